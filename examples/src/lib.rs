@@ -1,0 +1,1 @@
+//! Runnable examples of the outbox and inbox crates; see `examples/`.

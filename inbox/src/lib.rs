@@ -1,0 +1,1 @@
+//! Transactional inbox (being built).

@@ -1,0 +1,170 @@
+//! The crate's error type: opaque, with a [`ErrorKind`] users can match on.
+
+use std::fmt;
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `publish` was called on a connection that is not inside a transaction. Nothing was written.
+    NotInTransaction,
+    /// The event could not be serialised to JSON. Nothing was written.
+    Serialize,
+    /// A database error (connection lost, constraint violated, ...).
+    Database,
+    /// A Kafka client error.
+    Kafka,
+    /// Invalid configuration, detected when the object was built.
+    Config,
+    /// A message that does not follow the wire format (missing or malformed CloudEvents headers).
+    InvalidMessage,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::NotInTransaction => "not in a transaction",
+            ErrorKind::Serialize => "serialisation failed",
+            ErrorKind::Database => "database error",
+            ErrorKind::Kafka => "kafka error",
+            ErrorKind::Config => "invalid configuration",
+            ErrorKind::InvalidMessage => "invalid message",
+        })
+    }
+}
+
+/// An error from the outbox: see [`Error::kind`] and [`Error::is_transient`].
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Source>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Source>,
+    ) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    /// Builds an error of `kind`. For crates extending the outbox (the inbox uses it).
+    #[doc(hidden)]
+    pub fn other(kind: ErrorKind, message: impl Into<String>, source: Option<Source>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source,
+        }
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether retrying the same operation later may succeed (lost connection, serialisation
+    /// conflict, broker unavailable). Configuration and input errors are never transient.
+    pub fn is_transient(&self) -> bool {
+        match self.kind {
+            ErrorKind::Database => {
+                use diesel::result::{DatabaseErrorKind as D, Error as E};
+                match self.source.as_deref().and_then(|s| s.downcast_ref::<E>()) {
+                    Some(E::DatabaseError(kind, _)) => matches!(
+                        kind,
+                        D::SerializationFailure
+                            | D::ClosedConnection
+                            | D::ReadOnlyTransaction
+                            | D::UnableToSendCommand
+                    ),
+                    Some(E::BrokenTransactionManager) | None => true,
+                    Some(_) => false,
+                }
+            }
+            ErrorKind::Kafka => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::with_source(ErrorKind::Database, e.to_string(), e)
+    }
+}
+
+impl From<diesel::ConnectionError> for Error {
+    fn from(e: diesel::ConnectionError) -> Self {
+        Self::with_source(ErrorKind::Database, e.to_string(), e)
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::with_source(ErrorKind::Kafka, e.to_string(), e)
+    }
+}
+
+/// Lets `outbox::publish(tx, &e).await?` work inside a transaction closure whose error type is
+/// `diesel::result::Error`. A database error is passed through unchanged, so diesel's own
+/// handling (e.g. of serialisation failures) still applies.
+impl From<Error> for diesel::result::Error {
+    fn from(e: Error) -> Self {
+        match e.source {
+            Some(source) if e.kind == ErrorKind::Database => {
+                match source.downcast::<diesel::result::Error>() {
+                    Ok(inner) => *inner,
+                    Err(source) => diesel::result::Error::QueryBuilderError(source),
+                }
+            }
+            _ => diesel::result::Error::QueryBuilderError(Box::new(Error { source: None, ..e })),
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

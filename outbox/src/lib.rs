@@ -1,0 +1,53 @@
+//! Transactional outbox for PostgreSQL and Kafka.
+//!
+//! Store events in the same diesel-async transaction as your business change with
+//! [`publish`]; a [`Relay`](relay::Relay) publishes them to Kafka after commit and marks them
+//! sent. A message is stored if and only if its transaction commits, and every stored message
+//! is published at least once. See the repository README for the guarantees and how each is tested.
+//!
+//! ```no_run
+//! use schemars::JsonSchema;
+//! use serde::{Deserialize, Serialize};
+//! use diesel_async::{AsyncConnection, AsyncPgConnection};
+//!
+//! #[derive(Serialize, Deserialize, JsonSchema, outbox::Event)]
+//! #[event(topic = "orders", name = "order.placed", version = 1)]
+//! struct OrderPlaced {
+//!     #[event(key)]
+//!     order_id: uuid::Uuid,
+//!     total_cents: i64,
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut conn = AsyncPgConnection::establish(&std::env::var("DATABASE_URL")?).await?;
+//! outbox::migrate(&mut conn).await?;
+//! conn.transaction::<_, outbox::Error, _>(async |tx| {
+//!     // ... your INSERT/UPDATE of the business row ...
+//!     outbox::publish(tx, &OrderPlaced { order_id: uuid::Uuid::now_v7(), total_cents: 4200 }).await?;
+//!     Ok(())
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+mod envelope;
+mod error;
+mod event;
+mod migrate;
+pub mod schema;
+mod writer;
+
+pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};
+pub use error::{Error, ErrorKind, Result};
+pub use event::{Event, validate_topic};
+pub use migrate::{POSTGRES_MIGRATIONS, migrate};
+pub use writer::{Batch, publish, publish_all, publish_with};
+
+/// `#[derive(Event)]`: see [`Event`](trait@Event) for its attributes.
+pub use outbox_macros::Event;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use schemars;
+    pub use serde;
+}

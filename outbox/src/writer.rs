@@ -1,0 +1,194 @@
+//! Storing events in the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, TransactionManager};
+use uuid::Uuid;
+
+use crate::{Error, ErrorKind, Event, Metadata, Result, schema::outbox_messages};
+
+/// One row of `outbox_messages` as written by the writer.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox_messages)]
+struct NewMessage {
+    id: Uuid,
+    topic: &'static str,
+    key: Option<String>,
+    event_type: &'static str,
+    event_version: i32,
+    payload: Vec<u8>,
+    headers: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+}
+
+// PostgreSQL accepts at most 65,535 bind parameters per statement; 8 per row.
+const MAX_ROWS_PER_STATEMENT: usize = 8_000;
+
+/// Events to store together with one multi-row INSERT; they may be of different types.
+///
+/// ```no_run
+/// # use serde::Serialize; use schemars::JsonSchema;
+/// # #[derive(Serialize, JsonSchema, outbox::Event)] #[event(topic = "orders")] struct OrderPlaced { id: u32 }
+/// # #[derive(Serialize, JsonSchema, outbox::Event)] #[event(topic = "mail")] struct MailQueued { to: String }
+/// # async fn run(tx: &mut diesel_async::AsyncPgConnection) -> outbox::Result<()> {
+/// let mut batch = outbox::Batch::new();
+/// batch.push(&OrderPlaced { id: 1 })?;
+/// batch.push_with(&MailQueued { to: "a@example.com".into() }, outbox::Metadata::new().correlation_id("c-1"))?;
+/// let ids = batch.publish(tx).await?; // one INSERT, ids in push order
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct Batch {
+    rows: Vec<NewMessage>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty batch with room for `n` events.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds an event. Serialises it now, so a serialisation error surfaces here.
+    pub fn push<E: Event>(&mut self, event: &E) -> Result<Uuid> {
+        self.push_with(event, Metadata::default())
+    }
+
+    /// Adds an event with metadata.
+    pub fn push_with<E: Event>(&mut self, event: &E, meta: Metadata) -> Result<Uuid> {
+        let row = new_message(event, &meta)?;
+        let id = row.id;
+        self.rows.push(row);
+        Ok(id)
+    }
+
+    /// Number of events in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Stores every event of the batch in the transaction open on `conn`, in push order
+    /// (one INSERT statement per 8,000 events). Returns the message ids in push order.
+    ///
+    /// Fails with [`ErrorKind::NotInTransaction`] and writes nothing when `conn` is not in a
+    /// transaction.
+    pub async fn publish(self, conn: &mut AsyncPgConnection) -> Result<Vec<Uuid>> {
+        ensure_in_transaction(conn)?;
+        let ids = self.rows.iter().map(|r| r.id).collect();
+        for chunk in self.rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            diesel::insert_into(outbox_messages::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        Ok(ids)
+    }
+}
+
+fn new_message<E: Event>(event: &E, meta: &Metadata) -> Result<NewMessage> {
+    meta.validate()?;
+    let payload = serde_json::to_vec(event).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Serialize,
+            format!("cannot serialise `{}`", E::NAME),
+            e,
+        )
+    })?;
+    let event_version = i32::try_from(E::VERSION).map_err(|_| {
+        Error::config(format!(
+            "version {} of `{}` is too large",
+            E::VERSION,
+            E::NAME
+        ))
+    })?;
+    Ok(NewMessage {
+        id: meta.message_id.unwrap_or_else(Uuid::now_v7),
+        topic: E::TOPIC,
+        key: event.key(),
+        event_type: E::NAME,
+        event_version,
+        payload,
+        headers: meta.to_stored_headers(),
+        occurred_at: Utc::now(),
+    })
+}
+
+/// diesel-async tracks the transaction depth of every connection it manages; a depth of zero
+/// means any INSERT would autocommit on its own, which is exactly the dual write we exist to prevent.
+fn ensure_in_transaction(conn: &mut AsyncPgConnection) -> Result<()> {
+    let status = <diesel_async::AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn);
+    match status.transaction_depth() {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::new(
+            ErrorKind::NotInTransaction,
+            "outbox::publish must run inside the transaction of the business change \
+             (conn.transaction(async |tx| { ...; outbox::publish(tx, &event).await?; ... }))",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stores `event` in the transaction open on `conn`; the relay publishes it after commit.
+///
+/// The payload is serialised once, here; the relay sends those exact bytes. Returns the new
+/// message id (UUIDv7). Called outside a transaction it fails with
+/// [`ErrorKind::NotInTransaction`] and writes nothing.
+///
+/// ```no_run
+/// # use serde::Serialize; use schemars::JsonSchema;
+/// # #[derive(Serialize, JsonSchema, outbox::Event)] #[event(topic = "orders")]
+/// # struct OrderPlaced { #[event(key)] order_id: uuid::Uuid }
+/// use diesel_async::{AsyncConnection, AsyncPgConnection};
+/// # async fn run(conn: &mut AsyncPgConnection) -> Result<(), diesel::result::Error> {
+/// let order_id = uuid::Uuid::now_v7();
+/// conn.transaction(async |tx| {
+///     // ... the business change, e.g. diesel::insert_into(orders::table) ...
+///     outbox::publish(tx, &OrderPlaced { order_id }).await?;
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn publish<E: Event>(conn: &mut AsyncPgConnection, event: &E) -> Result<Uuid> {
+    publish_with(conn, event, Metadata::default()).await
+}
+
+/// [`publish`] with correlation / causation ids, trace context or extra headers.
+pub async fn publish_with<E: Event>(
+    conn: &mut AsyncPgConnection,
+    event: &E,
+    meta: Metadata,
+) -> Result<Uuid> {
+    ensure_in_transaction(conn)?;
+    let row = new_message(event, &meta)?;
+    diesel::insert_into(outbox_messages::table)
+        .values(&row)
+        .execute(conn)
+        .await?;
+    Ok(row.id)
+}
+
+/// Stores many events of one type with one multi-row INSERT. Ids are returned in input order.
+pub async fn publish_all<'a, E, I>(conn: &mut AsyncPgConnection, events: I) -> Result<Vec<Uuid>>
+where
+    E: Event + 'a,
+    I: IntoIterator<Item = &'a E>,
+{
+    let events = events.into_iter();
+    let mut batch = Batch::with_capacity(events.size_hint().0);
+    for e in events {
+        batch.push(e)?;
+    }
+    batch.publish(conn).await
+}

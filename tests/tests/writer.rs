@@ -1,0 +1,321 @@
+//! The outbox writer against a real PostgreSQL server: a message is stored if and only if its
+//! business transaction commits (guarantee 1).
+
+use diesel::prelude::*;
+use diesel::sql_types::{
+    BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use outbox::{ErrorKind, Metadata};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tests::TestDb;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "orders", name = "order.placed", version = 3)]
+struct OrderPlaced {
+    #[event(key)]
+    order_id: Uuid,
+    total_cents: i64,
+    lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "audit")]
+struct Audited {
+    what: String,
+}
+
+#[derive(QueryableByName, Debug)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Integer)]
+    event_version: i32,
+    #[diesel(sql_type = Bytea)]
+    payload: Vec<u8>,
+    #[diesel(sql_type = Jsonb)]
+    headers: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    parked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn rows(db: &TestDb) -> Vec<Row> {
+    let mut conn = db.conn().await;
+    diesel::sql_query("SELECT * FROM outbox_messages ORDER BY seq")
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn order(n: i64) -> OrderPlaced {
+    OrderPlaced {
+        order_id: Uuid::now_v7(),
+        total_cents: n,
+        lines: vec![format!("line-{n}"), "ü ✓".into()],
+    }
+}
+
+#[tokio::test]
+async fn commit_stores_one_row_with_every_column() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let event = order(4200);
+    let before = chrono::Utc::now();
+    let meta = Metadata::new()
+        .correlation_id("corr-1")
+        .causation_id("cause-1")
+        .header("tenant", "acme");
+    let id = conn
+        .transaction::<_, outbox::Error, _>(async |tx| outbox::publish_with(tx, &event, meta).await)
+        .await
+        .unwrap();
+
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r.id, id);
+    assert_eq!(r.id.get_version_num(), 7, "message ids are UUIDv7");
+    assert_eq!(r.topic, "orders");
+    assert_eq!(r.key.as_deref(), Some(event.order_id.to_string().as_str()));
+    assert_eq!(r.event_type, "order.placed");
+    assert_eq!(r.event_version, 3);
+    assert_eq!(
+        r.payload,
+        serde_json::to_vec(&event).unwrap(),
+        "payload is the serialised bytes, untouched"
+    );
+    assert_eq!(
+        serde_json::from_slice::<OrderPlaced>(&r.payload).unwrap(),
+        event
+    );
+    assert_eq!(
+        r.headers,
+        serde_json::json!({"ce_correlationid": "corr-1", "ce_causationid": "cause-1", "tenant": "acme"})
+    );
+    assert!(
+        r.occurred_at >= before - chrono::Duration::seconds(1)
+            && r.occurred_at <= chrono::Utc::now()
+    );
+    assert_eq!(
+        (r.attempts, r.last_error.as_deref(), r.sent_at, r.parked_at),
+        (0, None, None, None)
+    );
+    assert!(r.seq > 0);
+}
+
+#[tokio::test]
+async fn explicit_rollback_stores_nothing() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    // diesel-async's manual transaction API: begin, publish, roll back.
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    AnsiTransactionManager::begin_transaction(&mut conn)
+        .await
+        .unwrap();
+    outbox::publish(&mut conn, &order(1)).await.unwrap();
+    AnsiTransactionManager::rollback_transaction(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM outbox_messages").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn error_returned_inside_the_transaction_stores_nothing() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let result = conn
+        .transaction::<(), diesel::result::Error, _>(async |tx| {
+            outbox::publish(tx, &order(1)).await?;
+            outbox::publish(tx, &order(2)).await?;
+            Err(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(result.is_err());
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM outbox_messages").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn rolled_back_savepoint_keeps_only_the_outer_event() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let outer = conn
+        .transaction::<Uuid, diesel::result::Error, _>(async |tx| {
+            let outer = outbox::publish(tx, &order(1)).await?;
+            let inner = tx
+                .transaction::<(), diesel::result::Error, _>(async |sp| {
+                    outbox::publish(sp, &order(2)).await?;
+                    Err(diesel::result::Error::RollbackTransaction)
+                })
+                .await;
+            assert!(inner.is_err());
+            Ok(outer)
+        })
+        .await
+        .unwrap();
+    let rows = rows(&db).await;
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![outer]);
+}
+
+#[tokio::test]
+async fn outside_a_transaction_is_a_typed_error_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let err = outbox::publish(&mut conn, &order(1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotInTransaction);
+    assert!(!err.is_transient());
+    let err = outbox::publish_all(&mut conn, &[order(1), order(2)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotInTransaction);
+    let mut batch = outbox::Batch::new();
+    batch.push(&order(3)).unwrap();
+    assert_eq!(
+        batch.publish(&mut conn).await.unwrap_err().kind(),
+        ErrorKind::NotInTransaction
+    );
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM outbox_messages").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn thousand_events_in_one_statement_keep_call_order() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let events: Vec<OrderPlaced> = (0..1000).map(order).collect();
+    let ids = conn
+        .transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await)
+        .await
+        .unwrap();
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids,
+        "seq order = call order"
+    );
+    for (row, event) in rows.iter().zip(&events) {
+        assert_eq!(
+            serde_json::from_slice::<OrderPlaced>(&row.payload).unwrap(),
+            *event
+        );
+    }
+    // Distinct xmin/cmin pairs: one command id means one statement.
+    let commands = db
+        .count("SELECT count(DISTINCT cmin::text) AS n FROM outbox_messages")
+        .await;
+    assert_eq!(commands, 1, "all 1,000 rows come from one INSERT statement");
+}
+
+#[tokio::test]
+async fn mixed_batch_and_publish_in_one_transaction() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let (a, b) = (order(7), Audited { what: "x".into() });
+    conn.transaction::<_, outbox::Error, _>(async |tx| {
+        let mut batch = outbox::Batch::new();
+        batch.push(&a)?;
+        batch.push_with(&b, Metadata::new().correlation_id("c"))?;
+        batch.publish(tx).await
+    })
+    .await
+    .unwrap();
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].topic.as_str(), rows[1].topic.as_str()),
+        ("orders", "audit")
+    );
+    assert_eq!(
+        rows[1].event_type, "Audited",
+        "name defaults to the struct's name"
+    );
+    assert_eq!(rows[1].event_version, 1, "version defaults to 1");
+    assert_eq!(rows[1].key, None);
+}
+
+#[tokio::test]
+async fn reserved_header_names_are_refused_before_writing() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let err = conn
+        .transaction::<_, outbox::Error, _>(async |tx| {
+            outbox::publish_with(tx, &order(1), Metadata::new().header("ce_id", "forged")).await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM outbox_messages").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn migrations_applied_twice_succeed() {
+    let db = TestDb::new().await; // migrated once already
+    let mut conn = db.conn().await;
+    outbox::migrate(&mut conn).await.unwrap();
+    outbox::migrate(&mut conn).await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM outbox_schema_migrations")
+            .await,
+        outbox::POSTGRES_MIGRATIONS.len() as i64
+    );
+    // Concurrent first-time migration of a fresh schema from several instances.
+    let fresh = TestDb::new().await;
+    let mut c = fresh.conn().await;
+    diesel::sql_query("DROP SCHEMA public CASCADE; ")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    diesel::sql_query("CREATE SCHEMA public")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let url = fresh.url.clone();
+            tokio::spawn(async move {
+                let mut c = diesel_async::AsyncPgConnection::establish(&url)
+                    .await
+                    .unwrap();
+                outbox::migrate(&mut c).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        fresh
+            .count("SELECT count(*) AS n FROM outbox_schema_migrations")
+            .await,
+        2
+    );
+}
