@@ -33,15 +33,21 @@
 mod envelope;
 mod error;
 mod event;
+mod kafka;
 mod migrate;
+pub mod relay;
 pub mod schema;
 mod writer;
 
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, validate_topic};
-pub use migrate::{POSTGRES_MIGRATIONS, migrate};
+pub use kafka::KafkaConfig;
+pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
 pub use writer::{Batch, publish, publish_all, publish_with};
+
+/// The connection pool the relay and the inbox run on (bb8 over diesel-async).
+pub type Pool = diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>;
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for its attributes.
 pub use outbox_macros::Event;

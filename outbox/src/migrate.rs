@@ -65,3 +65,19 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<()> {
     })
     .await
 }
+
+/// Turns the insert trigger's `NOTIFY outbox_messages` on or off (it is on after [`migrate`]).
+///
+/// NOTIFY lets an idle relay publish a committed event within milliseconds, but PostgreSQL
+/// serialises the commits of notifying transactions on one global lock. With it off, relays
+/// find new rows by polling (`RelayBuilder::poll_interval`). The README's benchmark section
+/// shows what it costs on write throughput.
+pub async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result<()> {
+    let sql = if on {
+        "ALTER TABLE outbox_messages ENABLE TRIGGER outbox_messages_notify"
+    } else {
+        "ALTER TABLE outbox_messages DISABLE TRIGGER outbox_messages_notify"
+    };
+    diesel::sql_query(sql).execute(conn).await?;
+    Ok(())
+}

@@ -23,8 +23,6 @@ CREATE TABLE outbox_messages (
 -- retention and parked rows do not slow it down.
 CREATE INDEX outbox_messages_pending ON outbox_messages (seq) WHERE sent_at IS NULL AND parked_at IS NULL;
 
--- Serves the per-key ordering check: "is there an earlier unsent row with this key?".
-CREATE INDEX outbox_messages_key_pending ON outbox_messages (topic, key, seq) WHERE sent_at IS NULL;
 
 -- Serves retention cleanup: "sent rows older than the retention period".
 CREATE INDEX outbox_messages_sent ON outbox_messages (sent_at) WHERE sent_at IS NOT NULL;
@@ -50,3 +48,7 @@ $$;
 
 CREATE TRIGGER outbox_messages_notify AFTER INSERT ON outbox_messages
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- Serves the claim's per-key blocking probe: "an earlier unsent row of this key that already
+-- failed" (only such rows can hold a key back). Tiny in normal operation.
+CREATE INDEX outbox_messages_key_blocked ON outbox_messages (topic, key, seq) WHERE sent_at IS NULL AND attempts > 0;

@@ -1,0 +1,195 @@
+//! Kafka client configuration with production-safe defaults and redacted secrets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// librdkafka properties whose values never appear in `Debug` output or logs.
+const SECRET_KEYS: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+    "ssl_key",
+];
+
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key) || key.contains("password") || key.contains("secret")
+}
+
+/// Kafka client settings: `bootstrap.servers` plus any librdkafka property (TLS, SASL, ...).
+///
+/// Deserialisable, so it can live in the application's own configuration file:
+///
+/// ```
+/// let cfg: outbox::KafkaConfig = serde_json::from_str(
+///     r#"{"bootstrap.servers": "kafka:9092", "security.protocol": "SASL_SSL", "sasl.password": "hunter2"}"#,
+/// ).unwrap();
+/// assert!(!format!("{cfg:?}").contains("hunter2"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaConfig {
+    properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Settings for the given `bootstrap.servers`.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self::default().set("bootstrap.servers", bootstrap_servers)
+    }
+
+    /// `KAFKA_BROKERS` plus every `KAFKA_<PROPERTY>` variable, e.g. `KAFKA_SECURITY_PROTOCOL`
+    /// becomes `security.protocol` (underscores become dots).
+    pub fn from_env() -> Result<Self> {
+        let brokers = std::env::var("KAFKA_BROKERS").map_err(|_| {
+            Error::config("KAFKA_BROKERS is not set (e.g. KAFKA_BROKERS=localhost:9092)")
+        })?;
+        let mut cfg = Self::new(brokers);
+        for (k, v) in std::env::vars() {
+            if let Some(prop) = k.strip_prefix("KAFKA_").filter(|p| *p != "BROKERS") {
+                cfg = cfg.set(prop.to_ascii_lowercase().replace('_', "."), v);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Sets a librdkafka property.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The value of a property, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn to_client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The producer configuration the relay uses: the user's properties on top of safe defaults,
+    /// refusing any setting that would weaken delivery guarantees.
+    pub(crate) fn producer_config(&self) -> Result<ClientConfig> {
+        if self.get("bootstrap.servers").is_none_or(str::is_empty) {
+            return Err(Error::config("kafka: `bootstrap.servers` is required"));
+        }
+        let refuse = |key: &str, safe: &[&str], why: &str| -> Result<()> {
+            match self.get(key) {
+                Some(v) if !safe.contains(&v.to_ascii_lowercase().as_str()) => {
+                    Err(Error::config(format!(
+                        "kafka: `{key}={v}` is refused: {why}; the relay requires {key}={}",
+                        safe[0]
+                    )))
+                }
+                _ => Ok(()),
+            }
+        };
+        refuse(
+            "enable.idempotence",
+            &["true"],
+            "without idempotence a retried batch can be duplicated or reordered",
+        )?;
+        refuse(
+            "acks",
+            &["all", "-1"],
+            "a message is marked sent only once every in-sync replica has it",
+        )?;
+        refuse(
+            "request.required.acks",
+            &["all", "-1"],
+            "a message is marked sent only once every in-sync replica has it",
+        )?;
+        refuse(
+            "transactional.id",
+            &[""],
+            "the relay does not use Kafka transactions",
+        )?;
+        let mut c = self.to_client_config();
+        c.set("enable.idempotence", "true").set("acks", "all");
+        for (k, v) in [
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "300000"),
+        ] {
+            if self.get(k).is_none() {
+                c.set(k, v);
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.properties {
+            if is_secret(k) {
+                m.entry(k, &"<redacted>");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = KafkaConfig::new("b:9092")
+            .set("sasl.password", "p1")
+            .set("ssl.key.pem", "p2")
+            .set("ssl.key.password", "p3")
+            .set("sasl.oauthbearer.config", "p4")
+            .set("sasl.username", "visible-user");
+        let debug = format!("{c:?}");
+        for secret in ["p1", "p2", "p3", "p4"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("visible-user") && debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn weakening_delivery_is_refused() {
+        for (k, v) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("acks", "0"),
+            ("transactional.id", "x"),
+        ] {
+            let err = KafkaConfig::new("b:9092")
+                .set(k, v)
+                .producer_config()
+                .unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config);
+            assert!(err.to_string().contains(k), "{err}");
+        }
+        assert!(
+            KafkaConfig::default().producer_config().is_err(),
+            "bootstrap.servers required"
+        );
+        let ok = KafkaConfig::new("b:9092")
+            .set("acks", "all")
+            .set("linger.ms", "20")
+            .producer_config()
+            .unwrap();
+        assert_eq!(ok.get("enable.idempotence"), Some("true"));
+        assert_eq!(ok.get("linger.ms"), Some("20"));
+    }
+}

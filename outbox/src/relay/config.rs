@@ -1,0 +1,213 @@
+//! Relay configuration: every option, its default, and the checks made by `build()`.
+
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::bb8::Pool;
+
+use super::Relay;
+use crate::{Error, KafkaConfig, Result};
+
+/// What the relay does with a row once Kafka acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSend {
+    /// Delete it in the same statement that confirms delivery (default: least table churn).
+    Delete,
+    /// Keep it with `sent_at` set, for auditing or replay; a cleanup task deletes rows older
+    /// than `retention` in small batches.
+    Keep {
+        /// How long sent rows are kept.
+        retention: Duration,
+    },
+}
+
+/// Relay options. Build with [`Relay::builder`]; each setter documents its default.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub(crate) name: String,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) listen: bool,
+    pub(crate) lease: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) after_send: AfterSend,
+    pub(crate) cleanup_interval: Duration,
+    pub(crate) cleanup_batch: i64,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) source: String,
+    pub(crate) metrics_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(500),
+            listen: true,
+            lease: Duration::from_secs(15),
+            max_attempts: 12,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+            after_send: AfterSend::Delete,
+            cleanup_interval: Duration::from_secs(30),
+            cleanup_batch: 1000,
+            shutdown_timeout: Duration::from_secs(10),
+            source: "outbox".into(),
+            metrics_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`Relay`]; invalid settings are reported by [`build`](Self::build).
+#[must_use]
+pub struct RelayBuilder {
+    pub(crate) pool: Pool<AsyncPgConnection>,
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) config: RelayConfig,
+}
+
+impl RelayBuilder {
+    /// Relays with the same name share one lease: one of them publishes, the others stand by
+    /// and take over within `lease` when it dies. Default `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Rows claimed, produced and marked together. Default 1000; 1 to 100,000.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How often the relay looks for rows when nothing woke it. Default 500 ms.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.config.poll_interval = d;
+        self
+    }
+
+    /// Wake immediately on the `outbox_messages` NOTIFY sent by the insert trigger. Default
+    /// `true`. Turn off behind PgBouncer in transaction mode (LISTEN needs a session); the
+    /// relay then polls. To stop writers sending NOTIFY, see [`crate::set_notify`].
+    pub fn listen(mut self, on: bool) -> Self {
+        self.config.listen = on;
+        self
+    }
+
+    /// Leadership lease: a dead relay's work is taken over within this time. Default 15 s;
+    /// at least 1 s.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.config.lease = d;
+        self
+    }
+
+    /// Attempts before a row is parked. Default 12 (about 17 minutes with the default backoff).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.config.max_attempts = n;
+        self
+    }
+
+    /// Retry delay after the first failure, doubled each attempt up to `max`, with jitter
+    /// (a random delay between half and all of it). Default 500 ms to 5 min.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.config.backoff_base = base;
+        self.config.backoff_max = max;
+        self
+    }
+
+    /// Delete rows once sent (default) or keep them for a retention period.
+    pub fn after_send(mut self, policy: AfterSend) -> Self {
+        self.config.after_send = policy;
+        self
+    }
+
+    /// How often, and how many rows at a time, the retention cleanup deletes. Default every 30 s,
+    /// 1000 rows per statement.
+    pub fn cleanup(mut self, interval: Duration, batch: i64) -> Self {
+        self.config.cleanup_interval = interval;
+        self.config.cleanup_batch = batch;
+        self
+    }
+
+    /// After shutdown is requested, how long an in-flight batch may take to be acknowledged
+    /// before its unacknowledged messages are abandoned (left unsent, so re-published later).
+    /// Default 10 s.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.config.shutdown_timeout = d;
+        self
+    }
+
+    /// The CloudEvents `ce_source` of every message, e.g. `"/order-service"`. Default `"outbox"`.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.config.source = source.into();
+        self
+    }
+
+    /// How often the backlog gauges (`outbox_pending`, ...) are refreshed. Default 10 s.
+    pub fn metrics_interval(mut self, d: Duration) -> Self {
+        self.config.metrics_interval = d;
+        self
+    }
+
+    /// Checks the settings and creates the Kafka producer.
+    pub fn build(self) -> Result<Relay> {
+        let c = &self.config;
+        let bad = |what: String| Err(Error::config(format!("relay: {what}")));
+        if c.name.is_empty() {
+            return bad("name must not be empty".into());
+        }
+        if !(1..=100_000).contains(&c.batch_size) {
+            return bad(format!(
+                "batch_size {} is out of range 1..=100000",
+                c.batch_size
+            ));
+        }
+        if c.poll_interval.is_zero() {
+            return bad("poll_interval must be positive".into());
+        }
+        if c.lease < Duration::from_secs(1) {
+            return bad(format!("lease {:?} is shorter than 1 s", c.lease));
+        }
+        if c.max_attempts == 0 || c.max_attempts > i32::MAX as u32 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if c.backoff_base.is_zero() || c.backoff_base > c.backoff_max {
+            return bad(format!(
+                "backoff base {:?} must be positive and at most max {:?}",
+                c.backoff_base, c.backoff_max
+            ));
+        }
+        if let AfterSend::Keep { retention } = c.after_send {
+            if retention.is_zero() {
+                return bad("retention must be positive (or use AfterSend::Delete)".into());
+            }
+            if c.cleanup_batch < 1 || c.cleanup_interval.is_zero() {
+                return bad("cleanup interval and batch must be positive".into());
+            }
+        }
+        if c.source.is_empty() {
+            return bad("source must not be empty".into());
+        }
+        if c.metrics_interval.is_zero() {
+            return bad("metrics_interval must be positive".into());
+        }
+        let mut producer_config = self.kafka.producer_config()?;
+        // The queue must hold a whole batch: the relay produces it without awaiting each message.
+        let queue = (c.batch_size * 2).max(100_000).to_string();
+        if self.kafka.get("queue.buffering.max.messages").is_none() {
+            producer_config.set("queue.buffering.max.messages", &queue);
+        }
+        let producer = producer_config.create().map_err(|e| {
+            Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e)
+        })?;
+        Ok(Relay {
+            pool: self.pool,
+            producer,
+            producer_config,
+            config: self.config,
+        })
+    }
+}

@@ -1,0 +1,330 @@
+//! The relay: publishes stored events to Kafka and marks them sent.
+//!
+//! One loop per process, started with a shutdown token:
+//!
+//! ```no_run
+//! # async fn run(pool: outbox::Pool) -> outbox::Result<()> {
+//! use outbox::{KafkaConfig, relay::Relay};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let relay = Relay::builder(pool, KafkaConfig::new("localhost:9092")).build()?;
+//! relay.run(shutdown.clone()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Each round: hold the lease (one publishing relay per `name`), claim due rows in `seq` order,
+//! produce the whole batch without awaiting messages one at a time, wait for every delivery
+//! report, then — in one transaction under the fencing check — delete (or mark) the
+//! acknowledged rows and record failures with backoff. A row is never marked before Kafka
+//! acknowledged it; any error means "maybe sent" and the row is produced again.
+
+mod config;
+mod publish;
+pub(crate) mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::bb8::Pool;
+use futures_util::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+pub use config::{AfterSend, RelayBuilder, RelayConfig};
+
+use crate::{Error, ErrorKind, KafkaConfig, Result};
+
+/// Publishes the outbox to Kafka. See the [module docs](self).
+pub struct Relay {
+    pool: Pool<AsyncPgConnection>,
+    producer: FutureProducer,
+    producer_config: ClientConfig,
+    config: RelayConfig,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Lease {
+    owner: Uuid,
+    epoch: Option<i64>,
+    renewed: Instant,
+}
+
+impl Relay {
+    /// A relay over `pool` publishing with `kafka`; see [`RelayBuilder`] for the options.
+    pub fn builder(pool: Pool<AsyncPgConnection>, kafka: KafkaConfig) -> RelayBuilder {
+        RelayBuilder {
+            pool,
+            kafka,
+            config: RelayConfig::default(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. Database and broker errors are logged and retried,
+    /// never returned: the loop survives lost connections and broker outages. On shutdown it
+    /// stops claiming, gives the in-flight batch up to `shutdown_timeout` to be acknowledged,
+    /// marks what was acknowledged, releases the lease and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut lease = Lease {
+            owner: Uuid::now_v7(),
+            epoch: None,
+            renewed: Instant::now(),
+        };
+        let wake = Arc::new(Notify::new());
+        let tasks = tokio_util::task::TaskTracker::new();
+        let background = shutdown.child_token();
+        if self.config.listen {
+            tasks.spawn(listen(self.pool.clone(), wake.clone(), background.clone()));
+        }
+        if let AfterSend::Keep { retention } = self.config.after_send {
+            tasks.spawn(cleanup(
+                self.pool.clone(),
+                retention,
+                self.config.clone(),
+                background.clone(),
+            ));
+        }
+        info!(relay = %self.config.name, owner = %lease.owner, "relay started");
+        let mut failures_in_a_row = 0u32;
+        let mut last_gauges = Instant::now() - self.config.metrics_interval;
+        while !shutdown.is_cancelled() {
+            match self.round(&mut lease, &shutdown, &mut last_gauges).await {
+                Ok(Round::Busy) => failures_in_a_row = 0,
+                Ok(Round::Idle) => {
+                    failures_in_a_row = 0;
+                    self.idle(&wake, &shutdown, self.config.poll_interval).await;
+                }
+                Ok(Round::Standby) => {
+                    let wait = self.config.poll_interval.max(self.config.lease / 3);
+                    self.idle(&wake, &shutdown, wait).await;
+                }
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    let delay = publish::backoff(
+                        failures_in_a_row,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    );
+                    warn!(error = %e, retry_in = ?delay, "relay round failed");
+                    self.idle(&wake, &shutdown, delay).await;
+                }
+            }
+        }
+        if let Some(epoch) = lease.epoch {
+            if let Ok(mut conn) = self.pool.get().await {
+                let _ =
+                    store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
+            }
+        }
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        info!(relay = %self.config.name, "relay stopped");
+        Ok(())
+    }
+
+    async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+
+    async fn round(
+        &mut self,
+        lease: &mut Lease,
+        shutdown: &CancellationToken,
+        last_gauges: &mut Instant,
+    ) -> Result<Round> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        if lease.epoch.is_none() || lease.renewed.elapsed() >= self.config.lease / 3 {
+            let renewed = Instant::now();
+            let epoch =
+                store::acquire_lease(&mut conn, &self.config.name, lease.owner, self.config.lease)
+                    .await?;
+            if epoch != lease.epoch {
+                match epoch {
+                    Some(e) => info!(relay = %self.config.name, epoch = e, "relay holds the lease"),
+                    None if lease.epoch.is_some() => {
+                        warn!(relay = %self.config.name, "relay lost the lease")
+                    }
+                    None => {
+                        debug!(relay = %self.config.name, "lease held by another relay; standing by")
+                    }
+                }
+            }
+            lease.epoch = epoch;
+            lease.renewed = renewed;
+        }
+        let Some(epoch) = lease.epoch else {
+            return Ok(Round::Standby);
+        };
+        if last_gauges.elapsed() >= self.config.metrics_interval {
+            *last_gauges = Instant::now();
+            let b = store::backlog(&mut conn).await?;
+            metrics::gauge!("outbox_pending").set(b.pending as f64);
+            metrics::gauge!("outbox_parked").set(b.parked as f64);
+            metrics::gauge!("outbox_oldest_pending_seconds")
+                .set(b.oldest_pending_secs.unwrap_or(0.0));
+        }
+        let rows = store::claim(&mut conn, self.config.batch_size as i64).await?;
+        if rows.is_empty() {
+            return Ok(Round::Idle);
+        }
+        drop(conn); // do not hold a pooled connection while waiting for Kafka
+        let n = rows.len();
+        let span = info_span!("outbox.relay.batch", relay = %self.config.name, epoch, size = n);
+        async {
+            let started = Instant::now();
+            let outcome = publish::publish(&self.producer, &rows, &self.config, shutdown).await;
+            metrics::histogram!("outbox_batch_size").record(n as f64);
+            metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
+            if outcome.fatal {
+                // An idempotent producer that hit a fatal error can not be used again.
+                warn!("kafka producer hit a fatal error; recreating it");
+                self.producer = self.producer_config.create().map_err(Error::from)?;
+            }
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            let delete = matches!(self.config.after_send, AfterSend::Delete);
+            let marked = store::mark(
+                &mut conn,
+                &self.config.name,
+                lease.owner,
+                epoch,
+                &outcome.sent,
+                &outcome.failures,
+                delete,
+                self.config.max_attempts as i32,
+            )
+            .await?;
+            match marked {
+                None => {
+                    warn!(relay = %self.config.name, epoch, "fenced: another relay took the lease; nothing marked");
+                    lease.epoch = None;
+                }
+                Some(m) => {
+                    metrics::counter!("outbox_published_total").increment(m.sent as u64);
+                    metrics::counter!("outbox_publish_failures_total").increment(m.failed as u64);
+                    metrics::counter!("outbox_parked_total").increment(m.parked as u64);
+                    if m.failed > 0 {
+                        warn!(sent = m.sent, failed = m.failed, parked = m.parked, "batch had delivery failures");
+                    } else {
+                        debug!(sent = m.sent, "batch published");
+                    }
+                }
+            }
+            Ok(Round::Busy)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+enum Round {
+    Busy,
+    Idle,
+    Standby,
+}
+
+pub(crate) fn pool_error(e: diesel_async::pooled_connection::bb8::RunError) -> Error {
+    Error::with_source(ErrorKind::Database, format!("connection pool: {e}"), e)
+}
+
+/// Wakes the loop on every NOTIFY of the insert trigger; reconnects when the session is lost.
+async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    use diesel_async::SimpleAsyncConnection;
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let conn = pool.get_owned().await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "relay LISTEN: no connection");
+                sleep_or_cancel(
+                    &shutdown,
+                    publish::backoff(
+                        failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(10),
+                    ),
+                )
+                .await;
+                continue;
+            }
+        };
+        if let Err(e) = conn.batch_execute("LISTEN outbox_messages").await {
+            failures += 1;
+            warn!(error = %e, "relay LISTEN failed; polling only until it works");
+            sleep_or_cancel(
+                &shutdown,
+                publish::backoff(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                ),
+            )
+            .await;
+            continue;
+        }
+        failures = 0;
+        wake.notify_one(); // catch up on anything that committed while we were not listening
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = stream.next() => match n {
+                    Some(Ok(_)) => wake.notify_one(),
+                    Some(Err(e)) => { warn!(error = %e, "relay LISTEN connection lost"); break; }
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+async fn cleanup(
+    pool: Pool<AsyncPgConnection>,
+    retention: Duration,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let result: Result<usize> = async {
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            let mut total = 0;
+            loop {
+                let n = store::cleanup_sent(&mut conn, retention, config.cleanup_batch).await?;
+                total += n;
+                if (n as i64) < config.cleanup_batch || shutdown.is_cancelled() {
+                    return Ok(total);
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => debug!(deleted = n, "outbox retention cleanup"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "outbox retention cleanup failed"),
+        }
+        sleep_or_cancel(&shutdown, config.cleanup_interval).await;
+    }
+}
+
+async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

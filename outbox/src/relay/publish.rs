@@ -1,0 +1,200 @@
+//! Producing one claimed batch and collecting its delivery reports.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rand::Rng;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::RelayConfig;
+use super::store::{Claimed, Failure};
+use crate::envelope::{self, format_time};
+
+/// The result of producing a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Acknowledged by Kafka: safe to mark.
+    pub sent: Vec<i64>,
+    /// Failed: retried later, or parked.
+    pub failures: Vec<Failure>,
+    /// The producer hit a fatal error and must be recreated.
+    pub fatal: bool,
+}
+
+/// Exponential backoff with "equal jitter": between half and all of `min(base * 2^(n-1), max)`.
+pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(30));
+    let d = exp.min(max);
+    let half = d / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Errors that concern the record itself: retrying cannot help, so the row is parked at once.
+fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
+fn headers(row: &Claimed, source: &str) -> OwnedHeaders {
+    let id = row.id.to_string();
+    let time = format_time(row.occurred_at);
+    let version = row.event_version.to_string();
+    let fixed: [(&str, &str); 7] = [
+        (envelope::H_SPECVERSION, envelope::SPEC_VERSION),
+        (envelope::H_ID, &id),
+        (envelope::H_TYPE, &row.event_type),
+        (envelope::H_SOURCE, source),
+        (envelope::H_TIME, &time),
+        (envelope::H_CONTENT_TYPE, envelope::CONTENT_TYPE),
+        (envelope::H_TYPEVERSION, &version),
+    ];
+    let mut h = OwnedHeaders::new_with_capacity(fixed.len() + 4);
+    for (key, value) in fixed {
+        h = h.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    if let serde_json::Value::Object(extra) = &row.headers {
+        for (key, value) in extra {
+            if let Some(value) = value.as_str() {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+        }
+    }
+    h
+}
+
+/// Produces every row (skipping the rest of a key after a synchronous failure of that key),
+/// then waits for all delivery reports. When `shutdown` fires, waits at most
+/// `shutdown_timeout` more, then purges: purged messages are neither sent nor failed (maybe sent).
+pub(crate) async fn publish(
+    producer: &FutureProducer,
+    rows: &[Claimed],
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut in_flight = Vec::with_capacity(rows.len());
+    // Keys whose row failed before reaching the producer's queue: their later rows in this
+    // batch are not produced, so the key's order survives the retry.
+    let mut held: HashSet<(&str, &str)> = HashSet::new();
+    let fail = |row: &Claimed, e: &KafkaError| Failure {
+        seq: row.seq,
+        error: e.to_string(),
+        retry_in: backoff(
+            row.attempts as u32 + 1,
+            config.backoff_base,
+            config.backoff_max,
+        ),
+        park_now: is_permanent(e.rdkafka_error_code()),
+    };
+    for row in rows {
+        if let Some(key) = row.key.as_deref() {
+            if held.contains(&(row.topic.as_str(), key)) {
+                continue;
+            }
+        }
+        let mut record = FutureRecord::to(&row.topic)
+            .payload(&row.payload[..])
+            .headers(headers(row, &config.source));
+        if let Some(key) = row.key.as_deref() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    in_flight.push((row, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => {
+                    warn!(seq = row.seq, id = %row.id, error = %e, "produce failed");
+                    outcome.failures.push(fail(row, &e));
+                    if let Some(key) = row.key.as_deref() {
+                        held.insert((row.topic.as_str(), key));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    let (rows_in_flight, deliveries): (Vec<&Claimed>, Vec<_>) = in_flight.into_iter().unzip();
+    let all = join_all(deliveries);
+    tokio::pin!(all);
+    let reports = tokio::select! {
+        r = &mut all => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(config.shutdown_timeout).await;
+        } => {
+            warn!(timeout = ?config.shutdown_timeout, "shutdown: abandoning unacknowledged messages (they stay unsent)");
+            producer.purge(PurgeConfig::default().queue().inflight());
+            all.await
+        }
+    };
+    for (row, report) in rows_in_flight.into_iter().zip(reports) {
+        match report {
+            Ok(Ok(_delivery)) => outcome.sent.push(row.seq),
+            Ok(Err((e, _))) => {
+                let code = e.rdkafka_error_code();
+                if matches!(
+                    code,
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) {
+                    continue; // maybe sent: left as it is, produced again by the next claim
+                }
+                if matches!(code, Some(RDKafkaErrorCode::Fatal)) {
+                    outcome.fatal = true;
+                }
+                warn!(seq = row.seq, id = %row.id, error = %e, "delivery failed");
+                outcome.failures.push(fail(row, &e));
+            }
+            Err(_canceled) => {} // producer dropped: maybe sent
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        for attempt in 1..=20 {
+            let expected = base.saturating_mul(1 << (attempt - 1)).min(max);
+            for _ in 0..50 {
+                let d = backoff(attempt, base, max);
+                assert!(
+                    d >= expected / 2 && d <= expected,
+                    "attempt {attempt}: {d:?} vs {expected:?}"
+                );
+            }
+        }
+        assert!(backoff(1000, base, max) <= max);
+    }
+}
