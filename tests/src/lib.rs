@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 pub mod kafka;
+pub mod relay_support;
 
 use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
