@@ -107,11 +107,7 @@ impl Metadata {
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        if let Some(name) = self
-            .headers
-            .keys()
-            .find(|n| RESERVED.contains(&n.to_ascii_lowercase().as_str()))
-        {
+        if let Some(name) = self.headers.keys().find(|n| RESERVED.contains(&n.to_ascii_lowercase().as_str())) {
             return Err(crate::Error::config(format!(
                 "header `{name}` is set by the outbox itself; use the Metadata method for it"
             )));
@@ -184,10 +180,7 @@ impl EnvelopeError {
             EnvelopeError::Missing(h) => ("missing", *h),
             EnvelopeError::Invalid { header, .. } => ("invalid", *header),
         };
-        format!(
-            "{what}_{}",
-            header.trim_start_matches("ce_").replace('-', "_")
-        )
+        format!("{what}_{}", header.trim_start_matches("ce_").replace('-', "_"))
     }
 }
 
@@ -237,10 +230,8 @@ impl Envelope {
             let lower = name.to_ascii_lowercase();
             let text = |header: &'static str| -> Result<String, EnvelopeError> {
                 let bytes = value.ok_or(EnvelopeError::Missing(header))?;
-                String::from_utf8(bytes.to_vec()).map_err(|_| EnvelopeError::Invalid {
-                    header,
-                    reason: "not UTF-8".into(),
-                })
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| EnvelopeError::Invalid { header, reason: "not UTF-8".into() })
             };
             match lower.as_str() {
                 H_SPECVERSION => spec = Some(text(H_SPECVERSION)?),
@@ -262,19 +253,12 @@ impl Envelope {
         }
         let spec = spec.ok_or(EnvelopeError::Missing(H_SPECVERSION))?;
         if spec != SPEC_VERSION {
-            return Err(EnvelopeError::Invalid {
-                header: H_SPECVERSION,
-                reason: format!("`{spec}` is not 1.0"),
-            });
+            return Err(EnvelopeError::Invalid { header: H_SPECVERSION, reason: format!("`{spec}` is not 1.0") });
         }
         let id = id.ok_or(EnvelopeError::Missing(H_ID))?;
-        let id = Uuid::try_parse(&id).map_err(|e| EnvelopeError::Invalid {
-            header: H_ID,
-            reason: format!("`{id}` is not a UUID: {e}"),
-        })?;
-        let event_type = event_type
-            .filter(|t| !t.is_empty())
-            .ok_or(EnvelopeError::Missing(H_TYPE))?;
+        let id = Uuid::try_parse(&id)
+            .map_err(|e| EnvelopeError::Invalid { header: H_ID, reason: format!("`{id}` is not a UUID: {e}") })?;
+        let event_type = event_type.filter(|t| !t.is_empty()).ok_or(EnvelopeError::Missing(H_TYPE))?;
         let version = match version {
             None => 1,
             Some(v) => v.parse::<u32>().map_err(|_| EnvelopeError::Invalid {
@@ -285,10 +269,7 @@ impl Envelope {
         let time = match time {
             None => DateTime::<Utc>::MIN_UTC,
             Some(t) => DateTime::parse_from_rfc3339(&t)
-                .map_err(|e| EnvelopeError::Invalid {
-                    header: H_TIME,
-                    reason: format!("`{t}`: {e}"),
-                })?
+                .map_err(|e| EnvelopeError::Invalid { header: H_TIME, reason: format!("`{t}`: {e}") })?
                 .with_timezone(&Utc),
         };
         Ok(Envelope {
@@ -308,12 +289,7 @@ impl Envelope {
     pub fn to_kafka_headers(&self) -> OwnedHeaders {
         self.to_headers()
             .iter()
-            .fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                })
-            })
+            .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
     }
 
     /// [`from_headers`](Self::from_headers) from rdkafka headers.
@@ -337,9 +313,7 @@ mod tests {
             event_type: "order.placed".into(),
             version: 3,
             source: "/orders".into(),
-            time: DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456Z")
-                .unwrap()
-                .with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456Z").unwrap().with_timezone(&Utc),
             correlation_id: Some("corr".into()),
             causation_id: Some("cause".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
@@ -373,66 +347,28 @@ mod tests {
     fn roundtrips_through_headers_and_kafka_headers() {
         let e = sample();
         assert_eq!(roundtrip(&e.to_headers()).unwrap(), e);
-        assert_eq!(
-            Envelope::from_kafka_headers(&e.to_kafka_headers()).unwrap(),
-            e
-        );
-        let minimal = Envelope {
-            correlation_id: None,
-            causation_id: None,
-            traceparent: None,
-            headers: BTreeMap::new(),
-            ..e
-        };
+        assert_eq!(Envelope::from_kafka_headers(&e.to_kafka_headers()).unwrap(), e);
+        let minimal =
+            Envelope { correlation_id: None, causation_id: None, traceparent: None, headers: BTreeMap::new(), ..e };
         assert_eq!(roundtrip(&minimal.to_headers()).unwrap(), minimal);
     }
 
     #[test]
     fn rejects_bad_envelopes_with_a_reason() {
         let base = sample().to_headers();
-        let without = |name: &str| {
-            base.iter()
-                .filter(|(k, _)| k != name)
-                .cloned()
-                .collect::<Vec<_>>()
-        };
+        let without = |name: &str| base.iter().filter(|(k, _)| k != name).cloned().collect::<Vec<_>>();
         let with = |name: &str, value: &str| {
             let mut h = without(name);
             h.push((name.to_owned(), value.to_owned()));
             h
         };
-        assert_eq!(
-            roundtrip(&without("ce_id")).unwrap_err().reason(),
-            "missing_id"
-        );
-        assert_eq!(
-            roundtrip(&with("ce_id", "42")).unwrap_err().reason(),
-            "invalid_id"
-        );
-        assert_eq!(
-            roundtrip(&without("ce_type")).unwrap_err().reason(),
-            "missing_type"
-        );
-        assert_eq!(
-            roundtrip(&with("ce_specversion", "0.3"))
-                .unwrap_err()
-                .reason(),
-            "invalid_specversion"
-        );
-        assert_eq!(
-            roundtrip(&with("ce_typeversion", "-1"))
-                .unwrap_err()
-                .reason(),
-            "invalid_typeversion"
-        );
-        assert_eq!(
-            roundtrip(&with("ce_time", "yesterday"))
-                .unwrap_err()
-                .reason(),
-            "invalid_time"
-        );
-        let no_value =
-            Envelope::from_headers([("ce_specversion", Some(&b"1.0"[..])), ("ce_id", None)]);
+        assert_eq!(roundtrip(&without("ce_id")).unwrap_err().reason(), "missing_id");
+        assert_eq!(roundtrip(&with("ce_id", "42")).unwrap_err().reason(), "invalid_id");
+        assert_eq!(roundtrip(&without("ce_type")).unwrap_err().reason(), "missing_type");
+        assert_eq!(roundtrip(&with("ce_specversion", "0.3")).unwrap_err().reason(), "invalid_specversion");
+        assert_eq!(roundtrip(&with("ce_typeversion", "-1")).unwrap_err().reason(), "invalid_typeversion");
+        assert_eq!(roundtrip(&with("ce_time", "yesterday")).unwrap_err().reason(), "invalid_time");
+        let no_value = Envelope::from_headers([("ce_specversion", Some(&b"1.0"[..])), ("ce_id", None)]);
         assert_eq!(no_value.unwrap_err(), EnvelopeError::Missing("ce_id"));
     }
 

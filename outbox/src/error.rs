@@ -44,23 +44,11 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Self { kind, message: message.into(), source: None }
     }
 
-    pub(crate) fn with_source(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl Into<Source>,
-    ) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+    pub(crate) fn with_source(kind: ErrorKind, message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self { kind, message: message.into(), source: Some(source.into()) }
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
@@ -70,11 +58,7 @@ impl Error {
     /// Builds an error of `kind`. For crates extending the outbox (the inbox uses it).
     #[doc(hidden)]
     pub fn other(kind: ErrorKind, message: impl Into<String>, source: Option<Source>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source,
-        }
+        Self { kind, message: message.into(), source }
     }
 
     /// The kind of error.
@@ -91,10 +75,7 @@ impl Error {
                 match self.source.as_deref().and_then(|s| s.downcast_ref::<E>()) {
                     Some(E::DatabaseError(kind, _)) => matches!(
                         kind,
-                        D::SerializationFailure
-                            | D::ClosedConnection
-                            | D::ReadOnlyTransaction
-                            | D::UnableToSendCommand
+                        D::SerializationFailure | D::ClosedConnection | D::ReadOnlyTransaction | D::UnableToSendCommand
                     ),
                     Some(E::BrokenTransactionManager) | None => true,
                     Some(_) => false,
@@ -125,9 +106,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -155,12 +134,10 @@ impl From<rdkafka::error::KafkaError> for Error {
 impl From<Error> for diesel::result::Error {
     fn from(e: Error) -> Self {
         match e.source {
-            Some(source) if e.kind == ErrorKind::Database => {
-                match source.downcast::<diesel::result::Error>() {
-                    Ok(inner) => *inner,
-                    Err(source) => diesel::result::Error::QueryBuilderError(source),
-                }
-            }
+            Some(source) if e.kind == ErrorKind::Database => match source.downcast::<diesel::result::Error>() {
+                Ok(inner) => *inner,
+                Err(source) => diesel::result::Error::QueryBuilderError(source),
+            },
             _ => diesel::result::Error::QueryBuilderError(Box::new(Error { source: None, ..e })),
         }
     }

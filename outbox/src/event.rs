@@ -70,21 +70,13 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
         return Err("topic name is empty".into());
     }
     if topic.len() > 249 {
-        return Err(format!(
-            "topic name is {} characters long; Kafka allows at most 249",
-            topic.len()
-        ));
+        return Err(format!("topic name is {} characters long; Kafka allows at most 249", topic.len()));
     }
     if topic == "." || topic == ".." {
         return Err(format!("topic name `{topic}` is reserved by Kafka"));
     }
-    if let Some(c) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "topic name `{topic}` contains `{c}`; Kafka allows only a-z A-Z 0-9 . _ -"
-        ));
+    if let Some(c) = topic.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name `{topic}` contains `{c}`; Kafka allows only a-z A-Z 0-9 . _ -"));
     }
     Ok(())
 }

@@ -49,9 +49,8 @@ impl KafkaConfig {
     /// `KAFKA_BROKERS` plus every `KAFKA_<PROPERTY>` variable, e.g. `KAFKA_SECURITY_PROTOCOL`
     /// becomes `security.protocol` (underscores become dots).
     pub fn from_env() -> Result<Self> {
-        let brokers = std::env::var("KAFKA_BROKERS").map_err(|_| {
-            Error::config("KAFKA_BROKERS is not set (e.g. KAFKA_BROKERS=localhost:9092)")
-        })?;
+        let brokers = std::env::var("KAFKA_BROKERS")
+            .map_err(|_| Error::config("KAFKA_BROKERS is not set (e.g. KAFKA_BROKERS=localhost:9092)"))?;
         let mut cfg = Self::new(brokers);
         for (k, v) in std::env::vars() {
             if let Some(prop) = k.strip_prefix("KAFKA_").filter(|p| *p != "BROKERS") {
@@ -88,42 +87,24 @@ impl KafkaConfig {
         }
         let refuse = |key: &str, safe: &[&str], why: &str| -> Result<()> {
             match self.get(key) {
-                Some(v) if !safe.contains(&v.to_ascii_lowercase().as_str()) => {
-                    Err(Error::config(format!(
-                        "kafka: `{key}={v}` is refused: {why}; the relay requires {key}={}",
-                        safe[0]
-                    )))
-                }
+                Some(v) if !safe.contains(&v.to_ascii_lowercase().as_str()) => Err(Error::config(format!(
+                    "kafka: `{key}={v}` is refused: {why}; the relay requires {key}={}",
+                    safe[0]
+                ))),
                 _ => Ok(()),
             }
         };
-        refuse(
-            "enable.idempotence",
-            &["true"],
-            "without idempotence a retried batch can be duplicated or reordered",
-        )?;
-        refuse(
-            "acks",
-            &["all", "-1"],
-            "a message is marked sent only once every in-sync replica has it",
-        )?;
+        refuse("enable.idempotence", &["true"], "without idempotence a retried batch can be duplicated or reordered")?;
+        refuse("acks", &["all", "-1"], "a message is marked sent only once every in-sync replica has it")?;
         refuse(
             "request.required.acks",
             &["all", "-1"],
             "a message is marked sent only once every in-sync replica has it",
         )?;
-        refuse(
-            "transactional.id",
-            &[""],
-            "the relay does not use Kafka transactions",
-        )?;
+        refuse("transactional.id", &[""], "the relay does not use Kafka transactions")?;
         let mut c = self.to_client_config();
         c.set("enable.idempotence", "true").set("acks", "all");
-        for (k, v) in [
-            ("linger.ms", "5"),
-            ("compression.type", "lz4"),
-            ("message.timeout.ms", "300000"),
-        ] {
+        for (k, v) in [("linger.ms", "5"), ("compression.type", "lz4"), ("message.timeout.ms", "300000")] {
             if self.get(k).is_none() {
                 c.set(k, v);
             }
@@ -167,28 +148,13 @@ mod tests {
 
     #[test]
     fn weakening_delivery_is_refused() {
-        for (k, v) in [
-            ("enable.idempotence", "false"),
-            ("acks", "1"),
-            ("acks", "0"),
-            ("transactional.id", "x"),
-        ] {
-            let err = KafkaConfig::new("b:9092")
-                .set(k, v)
-                .producer_config()
-                .unwrap_err();
+        for (k, v) in [("enable.idempotence", "false"), ("acks", "1"), ("acks", "0"), ("transactional.id", "x")] {
+            let err = KafkaConfig::new("b:9092").set(k, v).producer_config().unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Config);
             assert!(err.to_string().contains(k), "{err}");
         }
-        assert!(
-            KafkaConfig::default().producer_config().is_err(),
-            "bootstrap.servers required"
-        );
-        let ok = KafkaConfig::new("b:9092")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .producer_config()
-            .unwrap();
+        assert!(KafkaConfig::default().producer_config().is_err(), "bootstrap.servers required");
+        let ok = KafkaConfig::new("b:9092").set("acks", "all").set("linger.ms", "20").producer_config().unwrap();
         assert_eq!(ok.get("enable.idempotence"), Some("true"));
         assert_eq!(ok.get("linger.ms"), Some("20"));
     }

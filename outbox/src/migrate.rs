@@ -9,14 +9,8 @@ use crate::Result;
 /// The same folders (`migrations/postgres/*/{up,down}.sql`) are diesel-CLI migrations, so teams
 /// that manage their schema with `diesel migration run` can copy them instead of calling [`migrate`].
 pub const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
-    (
-        "00000000000001_outbox",
-        include_str!("../../migrations/postgres/00000000000001_outbox/up.sql"),
-    ),
-    (
-        "00000000000002_inbox",
-        include_str!("../../migrations/postgres/00000000000002_inbox/up.sql"),
-    ),
+    ("00000000000001_outbox", include_str!("../../migrations/postgres/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../migrations/postgres/00000000000002_inbox/up.sql")),
 ];
 
 // Serialises concurrent `migrate` calls (several service instances starting at once).
@@ -50,12 +44,11 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<()> {
         .execute(tx)
         .await?;
         for (version, up) in POSTGRES_MIGRATIONS {
-            let inserted = diesel::sql_query(
-                "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind::<diesel::sql_types::Text, _>(*version)
-            .execute(tx)
-            .await?;
+            let inserted =
+                diesel::sql_query("INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
+                    .bind::<diesel::sql_types::Text, _>(*version)
+                    .execute(tx)
+                    .await?;
             if inserted == 1 {
                 tracing::info!(version, "applying outbox migration");
                 diesel_async::SimpleAsyncConnection::batch_execute(tx, up).await?;

@@ -50,9 +50,7 @@ impl Batch {
 
     /// An empty batch with room for `n` events.
     pub fn with_capacity(n: usize) -> Self {
-        Self {
-            rows: Vec::with_capacity(n),
-        }
+        Self { rows: Vec::with_capacity(n) }
     }
 
     /// Adds an event. Serialises it now, so a serialisation error surfaces here.
@@ -87,10 +85,7 @@ impl Batch {
         ensure_in_transaction(conn)?;
         let ids = self.rows.iter().map(|r| r.id).collect();
         for chunk in self.rows.chunks(MAX_ROWS_PER_STATEMENT) {
-            diesel::insert_into(outbox_messages::table)
-                .values(chunk)
-                .execute(conn)
-                .await?;
+            diesel::insert_into(outbox_messages::table).values(chunk).execute(conn).await?;
         }
         Ok(ids)
     }
@@ -98,20 +93,10 @@ impl Batch {
 
 fn new_message<E: Event>(event: &E, meta: &Metadata) -> Result<NewMessage> {
     meta.validate()?;
-    let payload = serde_json::to_vec(event).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Serialize,
-            format!("cannot serialise `{}`", E::NAME),
-            e,
-        )
-    })?;
-    let event_version = i32::try_from(E::VERSION).map_err(|_| {
-        Error::config(format!(
-            "version {} of `{}` is too large",
-            E::VERSION,
-            E::NAME
-        ))
-    })?;
+    let payload = serde_json::to_vec(event)
+        .map_err(|e| Error::with_source(ErrorKind::Serialize, format!("cannot serialise `{}`", E::NAME), e))?;
+    let event_version = i32::try_from(E::VERSION)
+        .map_err(|_| Error::config(format!("version {} of `{}` is too large", E::VERSION, E::NAME)))?;
     Ok(NewMessage {
         id: meta.message_id.unwrap_or_else(Uuid::now_v7),
         topic: E::TOPIC,
@@ -127,7 +112,10 @@ fn new_message<E: Event>(event: &E, meta: &Metadata) -> Result<NewMessage> {
 /// diesel-async tracks the transaction depth of every connection it manages; a depth of zero
 /// means any INSERT would autocommit on its own, which is exactly the dual write we exist to prevent.
 fn ensure_in_transaction(conn: &mut AsyncPgConnection) -> Result<()> {
-    let status = <diesel_async::AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn);
+    let status =
+        <diesel_async::AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
+            conn,
+        );
     match status.transaction_depth() {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(Error::new(
@@ -165,17 +153,10 @@ pub async fn publish<E: Event>(conn: &mut AsyncPgConnection, event: &E) -> Resul
 }
 
 /// [`publish`] with correlation / causation ids, trace context or extra headers.
-pub async fn publish_with<E: Event>(
-    conn: &mut AsyncPgConnection,
-    event: &E,
-    meta: Metadata,
-) -> Result<Uuid> {
+pub async fn publish_with<E: Event>(conn: &mut AsyncPgConnection, event: &E, meta: Metadata) -> Result<Uuid> {
     ensure_in_transaction(conn)?;
     let row = new_message(event, &meta)?;
-    diesel::insert_into(outbox_messages::table)
-        .values(&row)
-        .execute(conn)
-        .await?;
+    diesel::insert_into(outbox_messages::table).values(&row).execute(conn).await?;
     Ok(row.id)
 }
 

@@ -28,9 +28,8 @@ pub struct TestDb {
 }
 
 fn server_url() -> String {
-    std::env::var("DATABASE_URL").expect(
-        "DATABASE_URL is not set: run the suites with scripts/test, which starts a throwaway PostgreSQL server",
-    )
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the suites with scripts/test, which starts a throwaway PostgreSQL server")
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -53,13 +52,8 @@ impl TestDb {
     pub async fn new() -> Self {
         init_tracing();
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = AsyncPgConnection::establish(&server_url())
-            .await
-            .expect("connect to DATABASE_URL");
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        let mut admin = AsyncPgConnection::establish(&server_url()).await.expect("connect to DATABASE_URL");
+        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
         let url = with_database(&server_url(), &name);
         let db = TestDb { url, name };
         let mut conn = db.conn().await;
@@ -68,18 +62,19 @@ impl TestDb {
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url)
-            .await
-            .expect("connect to test database")
+        AsyncPgConnection::establish(&self.url).await.expect("connect to test database")
     }
 
     pub async fn pool(&self, size: u32) -> Pool<AsyncPgConnection> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(&self.url);
-        Pool::builder()
-            .max_size(size)
-            .build(manager)
-            .await
-            .expect("pool")
+        self.pool_named(size, "test").await
+    }
+
+    /// A pool whose sessions carry `application_name`, so a test can terminate them.
+    pub async fn pool_named(&self, size: u32, application_name: &str) -> Pool<AsyncPgConnection> {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}application_name={application_name}", self.url);
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        Pool::builder().max_size(size).build(manager).await.expect("pool")
     }
 
     /// Runs a one-value query such as `SELECT count(*) AS n FROM outbox_messages`.
@@ -90,11 +85,7 @@ impl TestDb {
             n: i64,
         }
         let mut conn = self.conn().await;
-        diesel::sql_query(sql)
-            .get_result::<N>(&mut conn)
-            .await
-            .expect(sql)
-            .n
+        diesel::sql_query(sql).get_result::<N>(&mut conn).await.expect(sql).n
     }
 
     /// Terminates every other session of this database (simulates a crash of its clients).

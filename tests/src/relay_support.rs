@@ -28,11 +28,7 @@ pub struct Happened {
 
 impl Happened {
     pub fn new(key: impl Into<String>, n: u64) -> Self {
-        Happened {
-            key: key.into(),
-            n,
-            pad: "x".repeat(200),
-        }
+        Happened { key: key.into(), n, pad: "x".repeat(200) }
     }
 }
 
@@ -43,9 +39,8 @@ pub async fn write_events(db: &TestDb, n: u64, keys: u64, per_tx: u64) -> Vec<Uu
     let mut ids = Vec::with_capacity(n as usize);
     let mut i = 0;
     while i < n {
-        let events: Vec<Happened> = (i..(i + per_tx).min(n))
-            .map(|j| Happened::new(format!("k{}", j % keys), j))
-            .collect();
+        let events: Vec<Happened> =
+            (i..(i + per_tx).min(n)).map(|j| Happened::new(format!("k{}", j % keys), j)).collect();
         let batch_ids = conn
             .transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await)
             .await
@@ -57,7 +52,12 @@ pub async fn write_events(db: &TestDb, n: u64, keys: u64, per_tx: u64) -> Vec<Uu
 }
 
 pub fn relay(db_pool: outbox::Pool, kafka: &TestKafka) -> RelayBuilder {
-    Relay::builder(db_pool, KafkaConfig::new(kafka.brokers()))
+    relay_with(db_pool, KafkaConfig::new(kafka.brokers()))
+}
+
+/// A relay with test-friendly timings and the given Kafka settings.
+pub fn relay_with(db_pool: outbox::Pool, kafka: KafkaConfig) -> RelayBuilder {
+    Relay::builder(db_pool, kafka)
         .poll_interval(Duration::from_millis(50))
         .lease(Duration::from_secs(3))
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
@@ -74,14 +74,12 @@ pub fn spawn(relay: Relay) -> (CancellationToken, JoinHandle<outbox::Result<()>>
 pub async fn wait_drained(db: &TestDb, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let left = db.count("SELECT count(*) AS n FROM outbox_messages WHERE sent_at IS NULL AND parked_at IS NULL").await;
+        let left =
+            db.count("SELECT count(*) AS n FROM outbox_messages WHERE sent_at IS NULL AND parked_at IS NULL").await;
         if left == 0 {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "outbox not drained: {left} rows left after {timeout:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "outbox not drained: {left} rows left after {timeout:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -96,43 +94,23 @@ pub struct DeliveryReport {
 
 /// The oracle: every expected id is on the topic, nothing unexpected is, and per key the first
 /// occurrences are in write order. Returns the counts (duplicates are allowed and reported).
-pub fn check_delivery(
-    records: &[Record],
-    expected: &[Uuid],
-    forbidden: &HashSet<Uuid>,
-) -> DeliveryReport {
-    let position: HashMap<Uuid, usize> = expected
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (*id, i))
-        .collect();
+pub fn check_delivery(records: &[Record], expected: &[Uuid], forbidden: &HashSet<Uuid>) -> DeliveryReport {
+    let position: HashMap<Uuid, usize> = expected.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut seen = HashSet::new();
     let mut last_per_key: BTreeMap<String, usize> = BTreeMap::new();
     // Records of one key live in one partition; order within a partition is by offset.
     let mut sorted: Vec<&Record> = records.iter().collect();
     sorted.sort_by_key(|r| (r.partition, r.offset));
     for r in sorted {
-        let id: Uuid = r
-            .header("ce_id")
-            .expect("ce_id header")
-            .parse()
-            .expect("ce_id is a uuid");
-        assert!(
-            !forbidden.contains(&id),
-            "a rolled-back message was produced: {id}"
-        );
-        let pos = *position
-            .get(&id)
-            .unwrap_or_else(|| panic!("unexpected message on the topic: {id}"));
+        let id: Uuid = r.header("ce_id").expect("ce_id header").parse().expect("ce_id is a uuid");
+        assert!(!forbidden.contains(&id), "a rolled-back message was produced: {id}");
+        let pos = *position.get(&id).unwrap_or_else(|| panic!("unexpected message on the topic: {id}"));
         if !seen.insert(id) {
             continue; // a duplicate: allowed (at-least-once), counted below
         }
         let key = r.key.clone().expect("keyed record");
         if let Some(prev) = last_per_key.insert(key.clone(), pos) {
-            assert!(
-                prev < pos,
-                "key {key}: message #{pos} first seen after #{prev}: per-key order broken"
-            );
+            assert!(prev < pos, "key {key}: message #{pos} first seen after #{prev}: per-key order broken");
         }
     }
     let missing: Vec<_> = expected.iter().filter(|id| !seen.contains(id)).collect();
@@ -142,20 +120,9 @@ pub fn check_delivery(
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    DeliveryReport {
-        records: records.len(),
-        distinct: seen.len(),
-        duplicates: records.len() - seen.len(),
-    }
+    DeliveryReport { records: records.len(), distinct: seen.len(), duplicates: records.len() - seen.len() }
 }
 
 pub async fn read_topic(kafka: &TestKafka, expected: usize) -> Vec<Record> {
-    kafka
-        .read_all(
-            TOPIC,
-            expected,
-            Duration::from_secs(60),
-            Duration::from_millis(500),
-        )
-        .await
+    kafka.read_all(TOPIC, expected, Duration::from_secs(60), Duration::from_millis(500)).await
 }

@@ -15,10 +15,7 @@ async fn ten_thousand_events_over_a_hundred_keys() {
     kafka.create_topic(rs::TOPIC, 4).await;
     let ids = rs::write_events(&db, 10_000, 100, 250).await;
 
-    let relay = rs::relay(db.pool(4).await, &kafka)
-        .source("/tests/relay")
-        .build()
-        .unwrap();
+    let relay = rs::relay(db.pool(4).await, &kafka).source("/tests/relay").build().unwrap();
     let (stop, task) = rs::spawn(relay);
     rs::wait_drained(&db, Duration::from_secs(120)).await;
     let records = rs::read_topic(&kafka, ids.len()).await;
@@ -27,16 +24,11 @@ async fn ten_thousand_events_over_a_hundred_keys() {
 
     let report = rs::check_delivery(&records, &ids, &HashSet::new());
     println!("delivered: {report:?}");
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_messages").await,
-        0,
-        "outbox empty"
-    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0, "outbox empty");
 
     // Every record: key = event key, value = the stored bytes, CloudEvents binary headers.
     for r in &records {
-        let event: Happened =
-            serde_json::from_slice(&r.payload).expect("payload is the event's JSON");
+        let event: Happened = serde_json::from_slice(&r.payload).expect("payload is the event's JSON");
         assert_eq!(r.key.as_deref(), Some(event.key.as_str()));
         assert_eq!(r.header("ce_specversion"), Some("1.0"));
         assert_eq!(r.header("ce_type"), Some("test.happened"));
@@ -45,10 +37,7 @@ async fn ten_thousand_events_over_a_hundred_keys() {
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert!(chrono::DateTime::parse_from_rfc3339(r.header("ce_time").unwrap()).is_ok());
         let id: uuid::Uuid = r.header("ce_id").unwrap().parse().unwrap();
-        assert_eq!(
-            ids[event.n as usize], id,
-            "ce_id is the id returned by publish"
-        );
+        assert_eq!(ids[event.n as usize], id, "ce_id is the id returned by publish");
     }
 }
 
@@ -59,28 +48,21 @@ async fn retention_mode_keeps_sent_rows_then_cleans_them_up() {
     kafka.create_topic(rs::TOPIC, 2).await;
     let ids = rs::write_events(&db, 500, 10, 100).await;
     let relay = rs::relay(db.pool(4).await, &kafka)
-        .after_send(AfterSend::Keep {
-            retention: Duration::from_secs(2),
-        })
+        .after_send(AfterSend::Keep { retention: Duration::from_secs(2) })
         .cleanup(Duration::from_millis(200), 50)
         .build()
         .unwrap();
     let (stop, task) = rs::spawn(relay);
     rs::wait_drained(&db, Duration::from_secs(60)).await;
     // Right after sending, the rows are still there, marked sent.
-    let kept = db
-        .count("SELECT count(*) AS n FROM outbox_messages WHERE sent_at IS NOT NULL")
-        .await;
+    let kept = db.count("SELECT count(*) AS n FROM outbox_messages WHERE sent_at IS NOT NULL").await;
     assert!(kept > 0, "sent rows are kept for the retention period");
     let records = rs::read_topic(&kafka, ids.len()).await;
     rs::check_delivery(&records, &ids, &HashSet::new());
     // After the retention period the cleanup removes them, in batches of 50.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while db.count("SELECT count(*) AS n FROM outbox_messages").await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cleanup did not remove the sent rows"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "cleanup did not remove the sent rows");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
@@ -93,19 +75,9 @@ async fn invalid_configuration_fails_at_build() {
     let pool = db.pool(2).await;
     let kafka = outbox::KafkaConfig::new("localhost:9092");
     let cases: Vec<(&str, outbox::relay::RelayBuilder)> = vec![
-        (
-            "batch_size",
-            outbox::relay::Relay::builder(pool.clone(), kafka.clone()).batch_size(0),
-        ),
-        (
-            "lease",
-            outbox::relay::Relay::builder(pool.clone(), kafka.clone())
-                .lease(Duration::from_millis(10)),
-        ),
-        (
-            "max_attempts",
-            outbox::relay::Relay::builder(pool.clone(), kafka.clone()).max_attempts(0),
-        ),
+        ("batch_size", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).batch_size(0)),
+        ("lease", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).lease(Duration::from_millis(10))),
+        ("max_attempts", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).max_attempts(0)),
         (
             "backoff",
             outbox::relay::Relay::builder(pool.clone(), kafka.clone())
@@ -113,26 +85,14 @@ async fn invalid_configuration_fails_at_build() {
         ),
         (
             "enable.idempotence",
-            outbox::relay::Relay::builder(
-                pool.clone(),
-                kafka.clone().set("enable.idempotence", "false"),
-            ),
+            outbox::relay::Relay::builder(pool.clone(), kafka.clone().set("enable.idempotence", "false")),
         ),
-        (
-            "acks",
-            outbox::relay::Relay::builder(pool.clone(), kafka.clone().set("acks", "1")),
-        ),
-        (
-            "bootstrap.servers",
-            outbox::relay::Relay::builder(pool.clone(), outbox::KafkaConfig::default()),
-        ),
+        ("acks", outbox::relay::Relay::builder(pool.clone(), kafka.clone().set("acks", "1"))),
+        ("bootstrap.servers", outbox::relay::Relay::builder(pool.clone(), outbox::KafkaConfig::default())),
     ];
     for (what, builder) in cases {
         let err = builder.build().unwrap_err();
         assert_eq!(err.kind(), outbox::ErrorKind::Config, "{what}");
-        assert!(
-            err.to_string().contains(what),
-            "error for {what} names it: {err}"
-        );
+        assert!(err.to_string().contains(what), "error for {what} names it: {err}");
     }
 }

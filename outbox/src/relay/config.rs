@@ -160,10 +160,7 @@ impl RelayBuilder {
             return bad("name must not be empty".into());
         }
         if !(1..=100_000).contains(&c.batch_size) {
-            return bad(format!(
-                "batch_size {} is out of range 1..=100000",
-                c.batch_size
-            ));
+            return bad(format!("batch_size {} is out of range 1..=100000", c.batch_size));
         }
         if c.poll_interval.is_zero() {
             return bad("poll_interval must be positive".into());
@@ -200,14 +197,9 @@ impl RelayBuilder {
         if self.kafka.get("queue.buffering.max.messages").is_none() {
             producer_config.set("queue.buffering.max.messages", &queue);
         }
-        let producer = producer_config.create().map_err(|e| {
-            Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e)
-        })?;
-        Ok(Relay {
-            pool: self.pool,
-            producer,
-            producer_config,
-            config: self.config,
-        })
+        let producer = producer_config
+            .create()
+            .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
+        Ok(Relay { pool: self.pool, producer, producer_config, config: self.config })
     }
 }

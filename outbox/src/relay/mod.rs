@@ -48,9 +48,7 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -63,11 +61,7 @@ struct Lease {
 impl Relay {
     /// A relay over `pool` publishing with `kafka`; see [`RelayBuilder`] for the options.
     pub fn builder(pool: Pool<AsyncPgConnection>, kafka: KafkaConfig) -> RelayBuilder {
-        RelayBuilder {
-            pool,
-            kafka,
-            config: RelayConfig::default(),
-        }
+        RelayBuilder { pool, kafka, config: RelayConfig::default() }
     }
 
     /// Runs until `shutdown` is cancelled. Database and broker errors are logged and retried,
@@ -75,11 +69,7 @@ impl Relay {
     /// stops claiming, gives the in-flight batch up to `shutdown_timeout` to be acknowledged,
     /// marks what was acknowledged, releases the lease and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut lease = Lease {
-            owner: Uuid::now_v7(),
-            epoch: None,
-            renewed: Instant::now(),
-        };
+        let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now() };
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();
         let background = shutdown.child_token();
@@ -87,12 +77,7 @@ impl Relay {
             tasks.spawn(listen(self.pool.clone(), wake.clone(), background.clone()));
         }
         if let AfterSend::Keep { retention } = self.config.after_send {
-            tasks.spawn(cleanup(
-                self.pool.clone(),
-                retention,
-                self.config.clone(),
-                background.clone(),
-            ));
+            tasks.spawn(cleanup(self.pool.clone(), retention, self.config.clone(), background.clone()));
         }
         info!(relay = %self.config.name, owner = %lease.owner, "relay started");
         let mut failures_in_a_row = 0u32;
@@ -110,11 +95,7 @@ impl Relay {
                 }
                 Err(e) => {
                     failures_in_a_row += 1;
-                    let delay = publish::backoff(
-                        failures_in_a_row,
-                        Duration::from_millis(100),
-                        Duration::from_secs(5),
-                    );
+                    let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     warn!(error = %e, retry_in = ?delay, "relay round failed");
                     self.idle(&wake, &shutdown, delay).await;
                 }
@@ -122,8 +103,7 @@ impl Relay {
         }
         if let Some(epoch) = lease.epoch {
             if let Ok(mut conn) = self.pool.get().await {
-                let _ =
-                    store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
+                let _ = store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
             }
         }
         background.cancel();
@@ -150,9 +130,7 @@ impl Relay {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
         if lease.epoch.is_none() || lease.renewed.elapsed() >= self.config.lease / 3 {
             let renewed = Instant::now();
-            let epoch =
-                store::acquire_lease(&mut conn, &self.config.name, lease.owner, self.config.lease)
-                    .await?;
+            let epoch = store::acquire_lease(&mut conn, &self.config.name, lease.owner, self.config.lease).await?;
             if epoch != lease.epoch {
                 match epoch {
                     Some(e) => info!(relay = %self.config.name, epoch = e, "relay holds the lease"),
@@ -175,8 +153,7 @@ impl Relay {
             let b = store::backlog(&mut conn).await?;
             metrics::gauge!("outbox_pending").set(b.pending as f64);
             metrics::gauge!("outbox_parked").set(b.parked as f64);
-            metrics::gauge!("outbox_oldest_pending_seconds")
-                .set(b.oldest_pending_secs.unwrap_or(0.0));
+            metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
         let rows = store::claim(&mut conn, self.config.batch_size as i64).await?;
         if rows.is_empty() {
@@ -254,11 +231,7 @@ async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: Canc
                 warn!(error = %e, "relay LISTEN: no connection");
                 sleep_or_cancel(
                     &shutdown,
-                    publish::backoff(
-                        failures,
-                        Duration::from_millis(200),
-                        Duration::from_secs(10),
-                    ),
+                    publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)),
                 )
                 .await;
                 continue;
@@ -267,15 +240,8 @@ async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: Canc
         if let Err(e) = conn.batch_execute("LISTEN outbox_messages").await {
             failures += 1;
             warn!(error = %e, "relay LISTEN failed; polling only until it works");
-            sleep_or_cancel(
-                &shutdown,
-                publish::backoff(
-                    failures,
-                    Duration::from_millis(200),
-                    Duration::from_secs(10),
-                ),
-            )
-            .await;
+            sleep_or_cancel(&shutdown, publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)))
+                .await;
             continue;
         }
         failures = 0;
@@ -294,12 +260,7 @@ async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: Canc
     }
 }
 
-async fn cleanup(
-    pool: Pool<AsyncPgConnection>,
-    retention: Duration,
-    config: RelayConfig,
-    shutdown: CancellationToken,
-) {
+async fn cleanup(pool: Pool<AsyncPgConnection>, retention: Duration, config: RelayConfig, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let result: Result<usize> = async {
             let mut conn = pool.get().await.map_err(pool_error)?;

@@ -64,18 +64,12 @@ fn headers(row: &Claimed, source: &str) -> OwnedHeaders {
     ];
     let mut h = OwnedHeaders::new_with_capacity(fixed.len() + 4);
     for (key, value) in fixed {
-        h = h.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
+        h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
     if let serde_json::Value::Object(extra) = &row.headers {
         for (key, value) in extra {
             if let Some(value) = value.as_str() {
-                h = h.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
+                h = h.insert(Header { key, value: Some(value.as_bytes()) });
             }
         }
     }
@@ -96,32 +90,22 @@ pub(crate) async fn publish(
     // Keys whose row failed before reaching the producer's queue: their later rows in this
     // batch are not produced, so the key's order survives the retry.
     let mut held: HashSet<(&str, &str)> = HashSet::new();
-    let fail = |row: &Claimed, e: &KafkaError| Failure {
-        seq: row.seq,
-        error: e.to_string(),
-        retry_in: backoff(
-            row.attempts as u32 + 1,
-            config.backoff_base,
-            config.backoff_max,
-        ),
-        park_now: is_permanent(e.rdkafka_error_code()),
-    };
-    for row in rows {
+    // (index in batch, row, error), turned into `Failure`s in batch order at the end.
+    let mut failed: Vec<(usize, &Claimed, KafkaError)> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
         if let Some(key) = row.key.as_deref() {
             if held.contains(&(row.topic.as_str(), key)) {
                 continue;
             }
         }
-        let mut record = FutureRecord::to(&row.topic)
-            .payload(&row.payload[..])
-            .headers(headers(row, &config.source));
+        let mut record = FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(headers(row, &config.source));
         if let Some(key) = row.key.as_deref() {
             record = record.key(key);
         }
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    in_flight.push((row, delivery));
+                    in_flight.push(((index, row), delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -130,7 +114,7 @@ pub(crate) async fn publish(
                 }
                 Err((e, _)) => {
                     warn!(seq = row.seq, id = %row.id, error = %e, "produce failed");
-                    outcome.failures.push(fail(row, &e));
+                    failed.push((index, row, e));
                     if let Some(key) = row.key.as_deref() {
                         held.insert((row.topic.as_str(), key));
                     }
@@ -140,7 +124,7 @@ pub(crate) async fn publish(
         }
     }
 
-    let (rows_in_flight, deliveries): (Vec<&Claimed>, Vec<_>) = in_flight.into_iter().unzip();
+    let (rows_in_flight, deliveries): (Vec<(usize, &Claimed)>, Vec<_>) = in_flight.into_iter().unzip();
     let all = join_all(deliveries);
     tokio::pin!(all);
     let reports = tokio::select! {
@@ -154,25 +138,37 @@ pub(crate) async fn publish(
             all.await
         }
     };
-    for (row, report) in rows_in_flight.into_iter().zip(reports) {
+    for ((index, row), report) in rows_in_flight.into_iter().zip(reports) {
         match report {
             Ok(Ok(_delivery)) => outcome.sent.push(row.seq),
             Ok(Err((e, _))) => {
                 let code = e.rdkafka_error_code();
-                if matches!(
-                    code,
-                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                ) {
+                if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
                     continue; // maybe sent: left as it is, produced again by the next claim
                 }
                 if matches!(code, Some(RDKafkaErrorCode::Fatal)) {
                     outcome.fatal = true;
                 }
                 warn!(seq = row.seq, id = %row.id, error = %e, "delivery failed");
-                outcome.failures.push(fail(row, &e));
+                failed.push((index, row, e));
             }
             Err(_canceled) => {} // producer dropped: maybe sent
         }
+    }
+    failed.sort_by_key(|(index, _, _)| *index);
+    let mut failed_keys: HashSet<(&str, &str)> = HashSet::new();
+    for (_, row, e) in failed {
+        let counted = match row.key.as_deref() {
+            Some(key) => failed_keys.insert((row.topic.as_str(), key)),
+            None => true,
+        };
+        outcome.failures.push(Failure {
+            seq: row.seq,
+            error: e.to_string(),
+            retry_in: backoff(row.attempts as u32 + 1, config.backoff_base, config.backoff_max),
+            park_now: is_permanent(e.rdkafka_error_code()),
+            counted,
+        });
     }
     outcome
 }
@@ -189,10 +185,7 @@ mod tests {
             let expected = base.saturating_mul(1 << (attempt - 1)).min(max);
             for _ in 0..50 {
                 let d = backoff(attempt, base, max);
-                assert!(
-                    d >= expected / 2 && d <= expected,
-                    "attempt {attempt}: {d:?} vs {expected:?}"
-                );
+                assert!(d >= expected / 2 && d <= expected, "attempt {attempt}: {d:?} vs {expected:?}");
             }
         }
         assert!(backoff(1000, base, max) <= max);

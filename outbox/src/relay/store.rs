@@ -4,8 +4,7 @@
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{
-    Array, BigInt, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz,
-    Uuid as SqlUuid,
+    Array, BigInt, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -45,6 +44,9 @@ pub(crate) struct Failure {
     pub retry_in: std::time::Duration,
     /// Park now regardless of the attempt count (the record itself is unacceptable).
     pub park_now: bool,
+    /// Whether this failure counts as an attempt. Only the first failing row of a key in a
+    /// batch counts (it is the key's head); the key's later rows failed with it and just wait.
+    pub counted: bool,
 }
 
 // Due, unsent, unparked rows in seq order. The NOT EXISTS keeps per-key order across retries:
@@ -65,10 +67,7 @@ ORDER BY m.seq
 LIMIT $1";
 
 pub(crate) async fn claim(conn: &mut AsyncPgConnection, limit: i64) -> Result<Vec<Claimed>> {
-    Ok(diesel::sql_query(CLAIM)
-        .bind::<BigInt, _>(limit)
-        .load(conn)
-        .await?)
+    Ok(diesel::sql_query(CLAIM).bind::<BigInt, _>(limit).load(conn).await?)
 }
 
 #[derive(QueryableByName)]
@@ -110,12 +109,7 @@ const RELEASE: &str = "
 UPDATE outbox_relay_leases SET owner = NULL, expires_at = '-infinity'
 WHERE name = $1 AND owner = $2 AND epoch = $3";
 
-pub(crate) async fn release_lease(
-    conn: &mut AsyncPgConnection,
-    name: &str,
-    owner: Uuid,
-    epoch: i64,
-) -> Result<()> {
+pub(crate) async fn release_lease(conn: &mut AsyncPgConnection, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
     diesel::sql_query(RELEASE)
         .bind::<Text, _>(name)
         .bind::<SqlUuid, _>(owner)
@@ -131,17 +125,17 @@ const FENCE: &str = "
 SELECT epoch FROM outbox_relay_leases WHERE name = $1 AND owner = $2 AND epoch = $3 FOR SHARE";
 
 const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
-const MARK_SENT: &str =
-    "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
+const MARK_SENT: &str = "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
 
 // One statement for every failure of the batch, each with its own error and retry delay.
 const RECORD_FAILURES: &str = "
 UPDATE outbox_messages m
-   SET attempts = m.attempts + 1,
+   SET attempts = m.attempts + f.counted::int,
        last_error = f.error,
        next_attempt_at = now() + make_interval(secs => f.retry_secs),
-       parked_at = CASE WHEN f.park_now OR m.attempts + 1 >= $5 THEN now() END
-  FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[]) AS f(seq, error, retry_secs, park_now)
+       parked_at = CASE WHEN f.counted AND (f.park_now OR m.attempts + 1 >= $5) THEN now() END
+  FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[], $6::bool[])
+       AS f(seq, error, retry_secs, park_now, counted)
  WHERE m.seq = f.seq
 RETURNING m.seq, m.parked_at IS NOT NULL AS parked";
 
@@ -185,22 +179,21 @@ pub(crate) async fn mark(
         let mut marked = Marked::default();
         if !sent.is_empty() {
             let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
-            marked.sent = diesel::sql_query(sql)
-                .bind::<Array<BigInt>, _>(sent)
-                .execute(tx)
-                .await?;
+            marked.sent = diesel::sql_query(sql).bind::<Array<BigInt>, _>(sent).execute(tx).await?;
         }
         if !failures.is_empty() {
             let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
             let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
             let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
             let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
+            let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
             let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURES)
                 .bind::<Array<BigInt>, _>(seqs)
                 .bind::<Array<Text>, _>(errors)
                 .bind::<Array<Double>, _>(delays)
                 .bind::<Array<diesel::sql_types::Bool>, _>(park)
                 .bind::<Integer, _>(max_attempts)
+                .bind::<Array<diesel::sql_types::Bool>, _>(counted)
                 .load(tx)
                 .await?;
             marked.failed = rows.len();
@@ -251,7 +244,5 @@ pub(crate) async fn backlog(conn: &mut AsyncPgConnection) -> Result<Backlog> {
 }
 
 fn interval(d: std::time::Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(
-        i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-    )
+    diesel::pg::data_types::PgInterval::from_microseconds(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
