@@ -37,17 +37,11 @@ impl TestKafka {
     /// A 3-broker mock cluster (or KAFKA_BROKERS).
     pub fn new() -> Self {
         match std::env::var("KAFKA_BROKERS") {
-            Ok(brokers) if !brokers.is_empty() => TestKafka {
-                mock: None,
-                brokers,
-            },
+            Ok(brokers) if !brokers.is_empty() => TestKafka { mock: None, brokers },
             _ => {
                 let mock = MockCluster::new(3).expect("start librdkafka mock cluster");
                 let brokers = mock.bootstrap_servers();
-                TestKafka {
-                    mock: Some(mock),
-                    brokers,
-                }
+                TestKafka { mock: Some(mock), brokers }
             }
         }
     }
@@ -63,32 +57,19 @@ impl TestKafka {
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         match &self.mock {
-            Some(mock) => mock
-                .create_topic(topic, partitions, 1)
-                .expect("create mock topic"),
+            Some(mock) => mock.create_topic(topic, partitions, 1).expect("create mock topic"),
             None => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &self.brokers)
-                    .create()
-                    .expect("admin client");
+                let admin: AdminClient<DefaultClientContext> =
+                    ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("admin client");
                 let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
-                let _ = admin
-                    .create_topics(&topics, &AdminOptions::new())
-                    .await
-                    .expect("create topic");
+                let _ = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topic");
             }
         }
     }
 
     /// Reads `topic` from the beginning until `expected` records arrived or `timeout` passed,
     /// then keeps reading for `settle` to catch duplicates that arrive late.
-    pub async fn read_all(
-        &self,
-        topic: &str,
-        expected: usize,
-        timeout: Duration,
-        settle: Duration,
-    ) -> Vec<Record> {
+    pub async fn read_all(&self, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<Record> {
         let brokers = self.brokers.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -119,8 +100,7 @@ impl TestKafka {
                                 .map(|h| {
                                     (
                                         h.key.to_owned(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
                                     )
                                 })
                                 .collect()

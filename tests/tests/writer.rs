@@ -2,9 +2,7 @@
 //! business transaction commits (guarantee 1).
 
 use diesel::prelude::*;
-use diesel::sql_types::{
-    BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use outbox::{ErrorKind, Metadata};
 use schemars::JsonSchema;
@@ -59,18 +57,11 @@ struct Row {
 
 async fn rows(db: &TestDb) -> Vec<Row> {
     let mut conn = db.conn().await;
-    diesel::sql_query("SELECT * FROM outbox_messages ORDER BY seq")
-        .load(&mut conn)
-        .await
-        .unwrap()
+    diesel::sql_query("SELECT * FROM outbox_messages ORDER BY seq").load(&mut conn).await.unwrap()
 }
 
 fn order(n: i64) -> OrderPlaced {
-    OrderPlaced {
-        order_id: Uuid::now_v7(),
-        total_cents: n,
-        lines: vec![format!("line-{n}"), "ü ✓".into()],
-    }
+    OrderPlaced { order_id: Uuid::now_v7(), total_cents: n, lines: vec![format!("line-{n}"), "ü ✓".into()] }
 }
 
 #[tokio::test]
@@ -79,14 +70,9 @@ async fn commit_stores_one_row_with_every_column() {
     let mut conn = db.conn().await;
     let event = order(4200);
     let before = chrono::Utc::now();
-    let meta = Metadata::new()
-        .correlation_id("corr-1")
-        .causation_id("cause-1")
-        .header("tenant", "acme");
-    let id = conn
-        .transaction::<_, outbox::Error, _>(async |tx| outbox::publish_with(tx, &event, meta).await)
-        .await
-        .unwrap();
+    let meta = Metadata::new().correlation_id("corr-1").causation_id("cause-1").header("tenant", "acme");
+    let id =
+        conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish_with(tx, &event, meta).await).await.unwrap();
 
     let rows = rows(&db).await;
     assert_eq!(rows.len(), 1);
@@ -97,27 +83,14 @@ async fn commit_stores_one_row_with_every_column() {
     assert_eq!(r.key.as_deref(), Some(event.order_id.to_string().as_str()));
     assert_eq!(r.event_type, "order.placed");
     assert_eq!(r.event_version, 3);
-    assert_eq!(
-        r.payload,
-        serde_json::to_vec(&event).unwrap(),
-        "payload is the serialised bytes, untouched"
-    );
-    assert_eq!(
-        serde_json::from_slice::<OrderPlaced>(&r.payload).unwrap(),
-        event
-    );
+    assert_eq!(r.payload, serde_json::to_vec(&event).unwrap(), "payload is the serialised bytes, untouched");
+    assert_eq!(serde_json::from_slice::<OrderPlaced>(&r.payload).unwrap(), event);
     assert_eq!(
         r.headers,
         serde_json::json!({"ce_correlationid": "corr-1", "ce_causationid": "cause-1", "tenant": "acme"})
     );
-    assert!(
-        r.occurred_at >= before - chrono::Duration::seconds(1)
-            && r.occurred_at <= chrono::Utc::now()
-    );
-    assert_eq!(
-        (r.attempts, r.last_error.as_deref(), r.sent_at, r.parked_at),
-        (0, None, None, None)
-    );
+    assert!(r.occurred_at >= before - chrono::Duration::seconds(1) && r.occurred_at <= chrono::Utc::now());
+    assert_eq!((r.attempts, r.last_error.as_deref(), r.sent_at, r.parked_at), (0, None, None, None));
     assert!(r.seq > 0);
 }
 
@@ -127,17 +100,10 @@ async fn explicit_rollback_stores_nothing() {
     let mut conn = db.conn().await;
     // diesel-async's manual transaction API: begin, publish, roll back.
     use diesel_async::{AnsiTransactionManager, TransactionManager};
-    AnsiTransactionManager::begin_transaction(&mut conn)
-        .await
-        .unwrap();
+    AnsiTransactionManager::begin_transaction(&mut conn).await.unwrap();
     outbox::publish(&mut conn, &order(1)).await.unwrap();
-    AnsiTransactionManager::rollback_transaction(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_messages").await,
-        0
-    );
+    AnsiTransactionManager::rollback_transaction(&mut conn).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
 }
 
 #[tokio::test]
@@ -152,10 +118,7 @@ async fn error_returned_inside_the_transaction_stores_nothing() {
         })
         .await;
     assert!(result.is_err());
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_messages").await,
-        0
-    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
 }
 
 #[tokio::test]
@@ -187,20 +150,12 @@ async fn outside_a_transaction_is_a_typed_error_and_writes_nothing() {
     let err = outbox::publish(&mut conn, &order(1)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotInTransaction);
     assert!(!err.is_transient());
-    let err = outbox::publish_all(&mut conn, &[order(1), order(2)])
-        .await
-        .unwrap_err();
+    let err = outbox::publish_all(&mut conn, &[order(1), order(2)]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotInTransaction);
     let mut batch = outbox::Batch::new();
     batch.push(&order(3)).unwrap();
-    assert_eq!(
-        batch.publish(&mut conn).await.unwrap_err().kind(),
-        ErrorKind::NotInTransaction
-    );
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_messages").await,
-        0
-    );
+    assert_eq!(batch.publish(&mut conn).await.unwrap_err().kind(), ErrorKind::NotInTransaction);
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
 }
 
 #[tokio::test]
@@ -208,27 +163,15 @@ async fn thousand_events_in_one_statement_keep_call_order() {
     let db = TestDb::new().await;
     let mut conn = db.conn().await;
     let events: Vec<OrderPlaced> = (0..1000).map(order).collect();
-    let ids = conn
-        .transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await)
-        .await
-        .unwrap();
+    let ids = conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await).await.unwrap();
     let rows = rows(&db).await;
     assert_eq!(rows.len(), 1000);
-    assert_eq!(
-        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-        ids,
-        "seq order = call order"
-    );
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "seq order = call order");
     for (row, event) in rows.iter().zip(&events) {
-        assert_eq!(
-            serde_json::from_slice::<OrderPlaced>(&row.payload).unwrap(),
-            *event
-        );
+        assert_eq!(serde_json::from_slice::<OrderPlaced>(&row.payload).unwrap(), *event);
     }
     // Distinct xmin/cmin pairs: one command id means one statement.
-    let commands = db
-        .count("SELECT count(DISTINCT cmin::text) AS n FROM outbox_messages")
-        .await;
+    let commands = db.count("SELECT count(DISTINCT cmin::text) AS n FROM outbox_messages").await;
     assert_eq!(commands, 1, "all 1,000 rows come from one INSERT statement");
 }
 
@@ -247,14 +190,8 @@ async fn mixed_batch_and_publish_in_one_transaction() {
     .unwrap();
     let rows = rows(&db).await;
     assert_eq!(rows.len(), 2);
-    assert_eq!(
-        (rows[0].topic.as_str(), rows[1].topic.as_str()),
-        ("orders", "audit")
-    );
-    assert_eq!(
-        rows[1].event_type, "Audited",
-        "name defaults to the struct's name"
-    );
+    assert_eq!((rows[0].topic.as_str(), rows[1].topic.as_str()), ("orders", "audit"));
+    assert_eq!(rows[1].event_type, "Audited", "name defaults to the struct's name");
     assert_eq!(rows[1].event_version, 1, "version defaults to 1");
     assert_eq!(rows[1].key, None);
 }
@@ -270,10 +207,7 @@ async fn reserved_header_names_are_refused_before_writing() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_messages").await,
-        0
-    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
 }
 
 #[tokio::test]
@@ -283,28 +217,19 @@ async fn migrations_applied_twice_succeed() {
     outbox::migrate(&mut conn).await.unwrap();
     outbox::migrate(&mut conn).await.unwrap();
     assert_eq!(
-        db.count("SELECT count(*) AS n FROM outbox_schema_migrations")
-            .await,
+        db.count("SELECT count(*) AS n FROM outbox_schema_migrations").await,
         outbox::POSTGRES_MIGRATIONS.len() as i64
     );
     // Concurrent first-time migration of a fresh schema from several instances.
     let fresh = TestDb::new().await;
     let mut c = fresh.conn().await;
-    diesel::sql_query("DROP SCHEMA public CASCADE; ")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    diesel::sql_query("CREATE SCHEMA public")
-        .execute(&mut c)
-        .await
-        .unwrap();
+    diesel::sql_query("DROP SCHEMA public CASCADE; ").execute(&mut c).await.unwrap();
+    diesel::sql_query("CREATE SCHEMA public").execute(&mut c).await.unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let url = fresh.url.clone();
             tokio::spawn(async move {
-                let mut c = diesel_async::AsyncPgConnection::establish(&url)
-                    .await
-                    .unwrap();
+                let mut c = diesel_async::AsyncPgConnection::establish(&url).await.unwrap();
                 outbox::migrate(&mut c).await
             })
         })
@@ -312,10 +237,5 @@ async fn migrations_applied_twice_succeed() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(
-        fresh
-            .count("SELECT count(*) AS n FROM outbox_schema_migrations")
-            .await,
-        2
-    );
+    assert_eq!(fresh.count("SELECT count(*) AS n FROM outbox_schema_migrations").await, 2);
 }
