@@ -21,8 +21,9 @@ const FIELD_KEY: &str = "key";
 pub(crate) struct Container {
     /// `topic = "..."`, when given and valid.
     pub(crate) topic: Option<LitStr>,
-    /// Whether `topic` was given at all, valid or not: an invalid topic is not also "missing".
-    pub(crate) topic_given: bool,
+    /// Whether `topic` was written at all, even without a value, with a wrong one or misspelled:
+    /// then an error about it is already reported, and it is not also reported missing.
+    pub(crate) topic_attempted: bool,
     /// `name = "..."`, when given and valid.
     pub(crate) name: Option<LitStr>,
     /// `version = N`, when given and valid.
@@ -48,8 +49,7 @@ impl Container {
         let mut container = Self::default();
         let mut seen = Seen::default();
         for attr in attrs.iter().filter(|attr| attr.path().is_ident("event")) {
-            let result = attr
-                .parse_nested_meta(|meta| container.parse_key(&meta, &mut seen, fields, errors));
+            let result = attr.parse_nested_meta(|meta| container.parse_key(&meta, &mut seen, fields, errors));
             errors.ok(result);
         }
         container
@@ -75,36 +75,37 @@ impl Container {
         } else if path.is_ident("crate") {
             &mut seen.krate
         } else {
-            errors.push(unknown_container_key(path, fields));
+            let (error, suggestion) = unknown_container_key(path, fields);
+            errors.push(error);
+            if suggestion == Some("topic") {
+                self.topic_attempted = true;
+            }
             return skip_value(meta);
         };
         if std::mem::replace(flag, true) {
             errors.push(syn::Error::new_spanned(
                 path,
-                format!(
-                    "duplicate event attribute `{}`: it is already given above; remove one of them",
-                    path_to_string(path)
-                ),
+                format!("duplicate event attribute `{}`: it can be given only once", path_to_string(path)),
             ));
             return skip_value(meta);
+        }
+        if path.is_ident("topic") {
+            self.topic_attempted = true;
         }
 
         let Some(value) = parse_value(meta, errors)? else {
             return Ok(());
         };
         if path.is_ident("topic") {
-            self.topic_given = true;
             self.topic = errors.ok(string_value(&value, "topic", "orders").and_then(|lit| {
                 check::topic(&lit.value()).map_err(|msg| syn::Error::new(lit.span(), msg))?;
                 Ok(lit)
             }));
         } else if path.is_ident("name") {
-            self.name = errors.ok(
-                string_value(&value, "name", "order.placed").and_then(|lit| {
-                    check::name(&lit.value()).map_err(|msg| syn::Error::new(lit.span(), msg))?;
-                    Ok(lit)
-                }),
-            );
+            self.name = errors.ok(string_value(&value, "name", "order.placed").and_then(|lit| {
+                check::name(&lit.value()).map_err(|msg| syn::Error::new(lit.span(), msg))?;
+                Ok(lit)
+            }));
         } else if path.is_ident("version") {
             self.version = errors.ok(version_value(&value));
         } else {
@@ -125,39 +126,37 @@ impl Container {
     }
 }
 
-/// The error for a key that a struct's `#[event(...)]` does not take.
-fn unknown_container_key(path: &Path, fields: Option<&Fields>) -> syn::Error {
+/// The error for a key that a struct's `#[event(...)]` does not take, and the known key it is
+/// probably a typo of.
+fn unknown_container_key(path: &Path, fields: Option<&Fields>) -> (syn::Error, Option<&'static str>) {
     let name = path_to_string(path);
-    let message = if name == FIELD_KEY {
-        match fields {
-            Some(Fields::Unit) => {
-                "`#[event(key)]` is not supported on a unit struct: it has no \
-                                   field to use as the Kafka key; use a struct with named fields \
-                                   and put `#[event(key)]` on one of them"
-            }
-            Some(Fields::Unnamed(_)) => {
-                "`key` is a field attribute, and is not supported on \
-                                         tuple struct fields: use a struct with named fields and \
-                                         put `#[event(key)]` on one of them"
-            }
-            _ => {
-                "`key` is a field attribute: put `#[event(key)]` on the named field that holds \
+    let named_fields = "use a struct with named fields and put `#[event(key)]` on one of them";
+    let (message, suggestion) = if name == FIELD_KEY {
+        let message = match fields {
+            Some(Fields::Unit) => format!(
+                "`#[event(key)]` is not supported on a unit struct, which has no field to use as \
+                 the Kafka key: {named_fields}"
+            ),
+            Some(Fields::Unnamed(_)) => format!(
+                "`key` is a field attribute, and tuple struct fields are not supported: \
+                 {named_fields}"
+            ),
+            _ => "`key` is a field attribute: put `#[event(key)]` on the named field that holds \
                   the Kafka key, not on the struct"
-            }
-        }
-        .to_owned()
+                .to_owned(),
+        };
+        (message, None)
     } else {
         let expected = "the struct takes `topic`, `name`, `version` and `crate`";
         match check::suggest(&name, &CONTAINER_KEYS) {
-            Some(suggestion) => {
-                format!(
-                    "unknown event attribute `{name}`: did you mean `{suggestion}`? ({expected})"
-                )
-            }
-            None => format!("unknown event attribute `{name}` ({expected})"),
+            Some(suggestion) => (
+                format!("unknown event attribute `{name}`: did you mean `{suggestion}`? ({expected})"),
+                Some(suggestion),
+            ),
+            None => (format!("unknown event attribute `{name}` ({expected})"), None),
         }
     };
-    syn::Error::new_spanned(path, message)
+    (syn::Error::new_spanned(path, message), suggestion)
 }
 
 /// Parses the `#[event(...)]` attributes of one field.
@@ -181,11 +180,8 @@ pub(crate) fn parse_field(attrs: &[Attribute], errors: &mut Errors) -> Option<At
                 return skip_value(&meta);
             }
             if key_attr.is_some() {
-                errors.push(syn::Error::new_spanned(
-                    path,
-                    "duplicate event attribute `key`: this field is already the key; remove one \
-                     of them",
-                ));
+                errors
+                    .push(syn::Error::new_spanned(path, "duplicate event attribute `key`: it can be given only once"));
             } else {
                 key_attr = Some(attr.clone());
             }
@@ -229,10 +225,8 @@ fn parse_value(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<O
         "version" => "version = 2",
         _ => "crate = \"::outbox\"",
     };
-    errors.push(syn::Error::new_spanned(
-        &meta.path,
-        format!("event attribute `{name}` needs a value, e.g. `{example}`"),
-    ));
+    errors
+        .push(syn::Error::new_spanned(&meta.path, format!("event attribute `{name}` needs a value, e.g. `{example}`")));
     skip_value(meta)?;
     Ok(None)
 }
@@ -251,9 +245,7 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
 /// The string literal of `key = "..."`.
 fn string_value(value: &Expr, key: &str, example: &str) -> syn::Result<LitStr> {
     match value {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(lit), ..
-        }) => Ok(lit.clone()),
+        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit.clone()),
         _ => Err(syn::Error::new_spanned(
             value,
             format!("`{key}` must be a string literal, e.g. `{key} = \"{example}\"`"),
@@ -264,35 +256,21 @@ fn string_value(value: &Expr, key: &str, example: &str) -> syn::Result<LitStr> {
 /// The integer literal of `version = N`, as an unsuffixed `u32` literal of at least 1.
 fn version_value(value: &Expr) -> syn::Result<LitInt> {
     let lit = match value {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(lit), ..
-        }) => lit,
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(lit), ..
-        }) => {
+        Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => lit,
+        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => {
             let message = match lit.value().trim().parse::<u32>() {
                 Ok(n) => {
                     format!("`version` must be an integer, not a string: write `version = {n}`")
                 }
-                Err(_) => {
-                    "`version` must be an integer, not a string, e.g. `version = 2`".to_owned()
-                }
+                Err(_) => "`version` must be an integer, not a string, e.g. `version = 2`".to_owned(),
             };
             return Err(syn::Error::new_spanned(value, message));
         }
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_), ..
-        }) => {
-            return Err(syn::Error::new_spanned(
-                value,
-                "`version` must be a positive integer: versions count from 1",
-            ));
+        Expr::Unary(ExprUnary { op: UnOp::Neg(_), .. }) => {
+            return Err(syn::Error::new_spanned(value, "`version` must be a positive integer: versions count from 1"));
         }
         _ => {
-            return Err(syn::Error::new_spanned(
-                value,
-                "`version` must be an integer literal, e.g. `version = 2`",
-            ));
+            return Err(syn::Error::new_spanned(value, "`version` must be an integer literal, e.g. `version = 2`"));
         }
     };
     if !matches!(lit.suffix(), "" | "u32") {
@@ -305,17 +283,11 @@ fn version_value(value: &Expr) -> syn::Result<LitInt> {
             ),
         ));
     }
-    let version: u32 = lit.base10_parse().map_err(|_| {
-        syn::Error::new(
-            lit.span(),
-            format!("`version` must fit in a u32 (at most {})", u32::MAX),
-        )
-    })?;
+    let version: u32 = lit
+        .base10_parse()
+        .map_err(|_| syn::Error::new(lit.span(), format!("`version` must fit in a u32 (at most {})", u32::MAX)))?;
     if version == 0 {
-        return Err(syn::Error::new(
-            lit.span(),
-            "`version` must be at least 1: versions count from 1",
-        ));
+        return Err(syn::Error::new(lit.span(), "`version` must be at least 1: versions count from 1"));
     }
     Ok(LitInt::new(&version.to_string(), lit.span()))
 }

@@ -8,16 +8,14 @@ const MAX_TOPIC_LEN: usize = 249;
 /// Same rules as `outbox::validate_topic`, with messages that fit a compile error.
 pub(crate) fn topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
-        return Err(
-            "`topic` must not be empty: give the Kafka topic the event is published to, \
-                    e.g. `topic = \"orders\"`"
-                .into(),
-        );
+        let example = "topic = \"orders\"";
+        return Err(format!(
+            "`topic` must not be empty: give the Kafka topic the event is published to, e.g. \
+             `{example}`"
+        ));
     }
     if topic == "." || topic == ".." {
-        return Err(format!(
-            "invalid Kafka topic `{topic}`: the names `.` and `..` are reserved by Kafka"
-        ));
+        return Err(format!("invalid Kafka topic `{topic}`: the names `.` and `..` are reserved by Kafka"));
     }
     if let Some(c) = topic.chars().find(|&c| !is_topic_char(c)) {
         return Err(format!(
@@ -41,14 +39,17 @@ fn is_topic_char(c: char) -> bool {
 
 /// Checks an event name (the CloudEvents `ce_type`): anything but blank.
 pub(crate) fn name(name: &str) -> Result<(), String> {
-    if name.trim().is_empty() {
-        return Err(
-            "`name` must not be empty: it is the event type consumers dispatch on; \
-                    leave `name` out to use the struct's name"
-                .into(),
-        );
-    }
-    Ok(())
+    let problem = if name.is_empty() {
+        "empty"
+    } else if name.trim().is_empty() {
+        "blank"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "`name` must not be {problem}: it is the event type consumers dispatch on; leave `name` \
+         out to use the struct's name"
+    ))
 }
 
 /// The candidate closest to `unknown`, if it is close enough to be a likely typo.
@@ -61,20 +62,30 @@ pub(crate) fn suggest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a s
         .map(|(_, candidate)| candidate)
 }
 
-/// Levenshtein distance, in characters.
+/// Edit distance in characters, where swapping two neighbours counts as one edit, as in typos
+/// like `kye` (optimal string alignment distance).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = Vec::with_capacity(b.len() + 1);
-        current.push(i + 1);
-        for (j, &cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
+    // d[i][j]: distance between the first i characters of a and the first j of b.
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    previous[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -92,18 +103,14 @@ mod tests {
         assert!(topic("order events").unwrap_err().contains("contains ' '"));
         assert!(topic("orders/eu").unwrap_err().contains("contains '/'"));
         assert!(topic("commandé").unwrap_err().contains("contains 'é'"));
-        assert!(
-            topic(&"a".repeat(250))
-                .unwrap_err()
-                .contains("250 characters")
-        );
+        assert!(topic(&"a".repeat(250)).unwrap_err().contains("250 characters"));
     }
 
     #[test]
     fn names() {
         assert!(name("order.placed").is_ok());
-        assert!(name("").is_err());
-        assert!(name("  ").is_err());
+        assert!(name("").unwrap_err().contains("must not be empty"));
+        assert!(name("  ").unwrap_err().contains("must not be blank"));
     }
 
     #[test]
@@ -115,6 +122,9 @@ mod tests {
         assert_eq!(suggest("nmae", &keys), Some("name"));
         assert_eq!(suggest("primary", &keys), None);
         assert_eq!(suggest("x", &keys), None);
+        assert_eq!(suggest("kye", &["key"]), Some("key"));
+        assert_eq!(suggest("primary", &["key"]), None);
+        assert_eq!(edit_distance("nmae", "name"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -31,12 +31,11 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             "`Event` can only be derived for structs, not enums: make each event type its own \
              struct, with its own name and version",
         )),
-        Data::Union(data) => errors.push(syn::Error::new(
-            data.union_token.span,
-            "`Event` can only be derived for structs, not unions",
-        )),
+        Data::Union(data) => {
+            errors.push(syn::Error::new(data.union_token.span, "`Event` can only be derived for structs, not unions"))
+        }
     }
-    if fields.is_some() && !container.topic_given {
+    if fields.is_some() && !container.topic_attempted {
         errors.push(syn::Error::new(
             input.ident.span(),
             format!(
@@ -48,26 +47,21 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     }
     let key = fields.and_then(|fields| key_field(fields, &mut errors));
     errors.finish()?;
-    // No error was reported, so a topic was given and is valid.
+    // No error was reported, so a topic was given and is valid; an error rather than a panic
+    // all the same.
     let Some(topic) = container.topic else {
-        unreachable!("a missing or invalid topic is reported as an error")
+        return Err(syn::Error::new(input.ident.span(), "missing event attribute `topic`"));
     };
 
     let ident = &input.ident;
-    let krate = container
-        .krate
-        .map_or_else(|| quote!(::outbox), |path| quote!(#path));
-    let name = container
-        .name
-        .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
-    let version = container
-        .version
-        .unwrap_or_else(|| LitInt::new("1", proc_macro2::Span::call_site()));
+    let krate = container.krate.map_or_else(|| quote!(::outbox), |path| quote!(#path));
+    let name = container.name.unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
+    let version = container.version.unwrap_or_else(|| LitInt::new("1", proc_macro2::Span::call_site()));
     let key_body = match key {
         Some(KeyField { member, ty }) => {
             // Spanned to the field's type, so that a type without `Display` is reported there.
-            let to_string = quote_spanned!(ty.span()=> ::std::string::ToString::to_string);
-            quote!(::core::option::Option::Some(#to_string(&self.#member)))
+            let to_string = quote_spanned!(ty.span()=> ::std::string::ToString::to_string(&self.#member));
+            quote!(::core::option::Option::Some(#to_string))
         }
         None => quote!(::core::option::Option::None),
     };
@@ -76,15 +70,12 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     // A generic struct satisfies the trait's supertraits only for some parameters: ask for them.
     let mut where_clause = where_clause.cloned();
     if input.generics.type_params().next().is_some() {
-        where_clause
-            .get_or_insert_with(|| syn::parse_quote!(where))
-            .predicates
-            .push(syn::parse_quote! {
-                #ident #ty_generics: #krate::__private::serde::Serialize
-                    + #krate::__private::schemars::JsonSchema
-                    + ::core::marker::Send
-                    + ::core::marker::Sync
-            });
+        where_clause.get_or_insert_with(|| syn::parse_quote!(where)).predicates.push(syn::parse_quote! {
+            #ident #ty_generics: #krate::__private::serde::Serialize
+                + #krate::__private::schemars::JsonSchema
+                + ::core::marker::Send
+                + ::core::marker::Sync
+        });
     }
 
     Ok(quote! {
@@ -131,10 +122,7 @@ fn key_field(fields: &Fields, errors: &mut Errors) -> Option<KeyField> {
             ));
             continue;
         }
-        let field = KeyField {
-            member: Member::Named(ident.clone()),
-            ty: field.ty.clone(),
-        };
+        let field = KeyField { member: Member::Named(ident.clone()), ty: field.ty.clone() };
         key = Some((field, ident.unraw().to_string()));
     }
     key.map(|(field, _)| field)

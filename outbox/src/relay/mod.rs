@@ -101,10 +101,10 @@ impl Relay {
                 }
             }
         }
-        if let Some(epoch) = lease.epoch {
-            if let Ok(mut conn) = self.pool.get().await {
-                let _ = store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
-            }
+        if let Some(epoch) = lease.epoch
+            && let Ok(mut conn) = self.pool.get().await
+        {
+            let _ = store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
         }
         background.cancel();
         tasks.close();

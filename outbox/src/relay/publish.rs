@@ -93,10 +93,10 @@ pub(crate) async fn publish(
     // (index in batch, row, error), turned into `Failure`s in batch order at the end.
     let mut failed: Vec<(usize, &Claimed, KafkaError)> = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        if let Some(key) = row.key.as_deref() {
-            if held.contains(&(row.topic.as_str(), key)) {
-                continue;
-            }
+        if let Some(key) = row.key.as_deref()
+            && held.contains(&(row.topic.as_str(), key))
+        {
+            continue;
         }
         let mut record = FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(headers(row, &config.source));
         if let Some(key) = row.key.as_deref() {
