@@ -1,0 +1,210 @@
+//! B1: relay drain of a backlog vs raw produce + raw SQL claim/delete of the same rows.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text};
+use diesel_async::RunQueryDsl;
+use futures_util::future::join_all;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, Env};
+use crate::stats::Figure;
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = Bytea)]
+    payload: Vec<u8>,
+}
+
+async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> f64 {
+    let mut conn = env.conn().await;
+    common::truncate(&mut conn).await;
+    common::fill(&mut conn, topic, n, 100).await;
+    let relay = outbox::relay::Relay::builder(env.pool(4).await, outbox::KafkaConfig::new(&env.brokers))
+        .batch_size(batch)
+        .listen(false)
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .expect("relay");
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    common::wait_empty(&mut conn).await;
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.expect("relay task").expect("relay");
+    n as f64 / secs
+}
+
+async fn raw_produce(env: &Env, rows: &[Row]) -> f64 {
+    let producer: FutureProducer = env.producer_config().create().expect("producer");
+    // Warm up (connection, metadata, idempotent producer id) outside the timed part, as the
+    // relay's producer is warmed up by its first batch of the untimed verification runs.
+    producer
+        .send(FutureRecord::<str, str>::to("bench-e2e").payload("warm-up"), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("warm-up");
+    let started = Instant::now();
+    let mut futures = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id = r.id.to_string();
+        let h = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", id.as_str()),
+            ("ce_type", "bench.event"),
+            ("ce_source", "outbox"),
+            ("ce_time", "2026-11-23T10:00:00.000000Z"),
+            ("content-type", "application/json"),
+            ("ce_typeversion", "1"),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(7), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }));
+        let mut rec = FutureRecord::to("bench").payload(&r.payload[..]).headers(h);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_str());
+        }
+        futures.push(producer.send_result(rec).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    for d in join_all(futures).await {
+        d.expect("delivery").expect("delivered");
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw_sql(env: &Env, n: usize, batch: usize) -> f64 {
+    let mut conn = env.conn().await;
+    common::truncate(&mut conn).await;
+    common::fill(&mut conn, "bench", n, 100).await;
+    let started = Instant::now();
+    loop {
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT seq, id, key, payload FROM outbox_messages ORDER BY seq LIMIT $1")
+                .bind::<BigInt, _>(batch as i64)
+                .load(&mut conn)
+                .await
+                .expect("claim");
+        if rows.is_empty() {
+            break;
+        }
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        diesel::sql_query("DELETE FROM outbox_messages WHERE seq = ANY($1)")
+            .bind::<Array<BigInt>, _>(seqs)
+            .execute(&mut conn)
+            .await
+            .expect("delete");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Per-key order of the verification run's topic: counts records whose `n` is lower than the
+/// previous `n` of the same key (first occurrences only).
+fn reorders(env: &Env, topic: &str, expected: usize) -> (usize, usize) {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", format!("verify-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let (mut count, mut bad) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            count += 1;
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            let n = v["n"].as_i64().unwrap_or(-1);
+            if !seen.insert(n) {
+                continue;
+            }
+            let key = m.key().unwrap_or_default().to_vec();
+            if let Some(prev) = last.insert(key, n) {
+                if prev > n {
+                    bad += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(seen.len(), expected, "verification run: records missing on the topic");
+    (count, bad)
+}
+
+pub async fn run(env: &Env) -> Vec<Figure> {
+    let n = env.n(100_000);
+    let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let (mut sdk, mut produce, mut sql, mut combined) = (vec![], vec![], vec![], vec![]);
+    for run in 0..env.runs {
+        // Raw produce of exactly the rows the relay will send, loaded up front.
+        let mut conn = env.conn().await;
+        common::truncate(&mut conn).await;
+        common::fill(&mut conn, "bench", n, 100).await;
+        let rows: Vec<Row> = diesel::sql_query("SELECT seq, id, key, payload FROM outbox_messages ORDER BY seq")
+            .load(&mut conn)
+            .await
+            .expect("load");
+        let p = raw_produce(env, &rows).await;
+        drop(rows);
+        let s = raw_sql(env, n, batch).await;
+        let r = sdk_drain(env, "bench", n, batch).await;
+        let c = 1.0 / (1.0 / p + 1.0 / s);
+        eprintln!("B1 run {run}: relay {r:.0}/s, raw produce {p:.0}/s, raw SQL {s:.0}/s, combined raw {c:.0}/s");
+        sdk.push(r);
+        produce.push(p);
+        sql.push(s);
+        combined.push(c);
+    }
+    sdk_drain(env, "bench-verify", n, batch).await;
+    let (records, bad) = reorders(env, "bench-verify", n);
+    let order_note = format!("verification drain: {records} records, {bad} per-key reorderings");
+    eprintln!("B1 {order_note}");
+    vec![
+        Figure {
+            id: "B1",
+            what: format!("relay drain, {n} × 256 B, 100 keys, batch {batch}"),
+            unit: "msg/s",
+            sdk: sdk.clone(),
+            baseline: combined,
+            higher_is_better: true,
+            target: "≥ 0.9 × combined raw".into(),
+            ratio_bound: Some(0.9),
+            note: order_note,
+        },
+        Figure {
+            id: "B1a",
+            what: "raw produce alone (reference)".into(),
+            unit: "msg/s",
+            sdk: sdk.clone(),
+            baseline: produce,
+            higher_is_better: true,
+            target: "–".into(),
+            ratio_bound: None,
+            note: String::new(),
+        },
+        Figure {
+            id: "B1b",
+            what: "raw SQL claim+delete alone (reference)".into(),
+            unit: "msg/s",
+            sdk,
+            baseline: sql,
+            higher_is_better: true,
+            target: "–".into(),
+            ratio_bound: None,
+            note: String::new(),
+        },
+    ]
+}
