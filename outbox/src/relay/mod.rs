@@ -21,6 +21,7 @@ mod config;
 mod publish;
 pub(crate) mod store;
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,9 +82,10 @@ impl Relay {
         }
         info!(relay = %self.config.name, owner = %lease.owner, "relay started");
         let mut failures_in_a_row = 0u32;
+        let mut pipeline = Pipeline::default();
         let mut last_gauges = Instant::now() - self.config.metrics_interval;
         while !shutdown.is_cancelled() {
-            match self.round(&mut lease, &shutdown, &mut last_gauges).await {
+            match self.round(&mut lease, &mut pipeline, &shutdown, &mut last_gauges).await {
                 Ok(Round::Busy) => failures_in_a_row = 0,
                 Ok(Round::Idle) => {
                     failures_in_a_row = 0;
@@ -94,11 +96,21 @@ impl Relay {
                     self.idle(&wake, &shutdown, wait).await;
                 }
                 Err(e) => {
+                    // Batches still in flight stay unmarked; they are claimed again later.
+                    pipeline.window.clear();
+                    pipeline.held.clear();
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     warn!(error = %e, retry_in = ?delay, "relay round failed");
                     self.idle(&wake, &shutdown, delay).await;
                 }
+            }
+        }
+        // Stopped claiming; finish (or, past shutdown_timeout, abandon) what is in flight.
+        while let Some(batch) = pipeline.window.pop_front() {
+            let Some(epoch) = lease.epoch else { break };
+            if let Err(e) = self.finish(batch, &mut lease, epoch, &shutdown).await {
+                warn!(error = %e, "relay: could not mark the last batch; it will be published again");
             }
         }
         if let Some(epoch) = lease.epoch
@@ -124,6 +136,7 @@ impl Relay {
     async fn round(
         &mut self,
         lease: &mut Lease,
+        pipeline: &mut Pipeline,
         shutdown: &CancellationToken,
         last_gauges: &mut Instant,
     ) -> Result<Round> {
@@ -146,6 +159,9 @@ impl Relay {
             lease.renewed = renewed;
         }
         let Some(epoch) = lease.epoch else {
+            // Whatever is still in flight stays unmarked ("maybe sent"); the new leader resends it.
+            pipeline.window.clear();
+            pipeline.held.clear();
             return Ok(Round::Standby);
         };
         if last_gauges.elapsed() >= self.config.metrics_interval {
@@ -155,16 +171,47 @@ impl Relay {
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
-        let rows = store::claim(&mut conn, self.config.batch_size as i64).await?;
-        if rows.is_empty() {
-            return Ok(Round::Idle);
+        if !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH {
+            let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
+                (Some(first), Some(last)) => (first.first_seq(), last.last_seq()),
+                _ => (1, 0), // empty range
+            };
+            let rows = store::claim(&mut conn, self.config.batch_size as i64, in_flight).await?;
+            drop(conn); // never hold a pooled connection while waiting for Kafka
+            if !rows.is_empty() {
+                let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;
+                pipeline.window.push_back(batch);
+                if pipeline.window.len() < PIPELINE_DEPTH {
+                    return Ok(Round::Busy);
+                }
+            }
+        } else {
+            drop(conn);
         }
-        drop(conn); // do not hold a pooled connection while waiting for Kafka
-        let n = rows.len();
+        let Some(batch) = pipeline.window.pop_front() else {
+            pipeline.held.clear();
+            return Ok(Round::Idle);
+        };
+        self.finish(batch, lease, epoch, shutdown).await?;
+        if pipeline.window.is_empty() {
+            pipeline.held.clear();
+        }
+        Ok(Round::Busy)
+    }
+
+    /// Waits for a produced batch's delivery reports and marks it under the fence.
+    async fn finish(
+        &mut self,
+        batch: publish::Produced,
+        lease: &mut Lease,
+        epoch: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let n = batch.rows.len();
         let span = info_span!("outbox.relay.batch", relay = %self.config.name, epoch, size = n);
         async {
             let started = Instant::now();
-            let outcome = publish::publish(&self.producer, &rows, &self.config, shutdown).await;
+            let outcome = publish::collect(&self.producer, batch, &self.config, shutdown).await;
             metrics::histogram!("outbox_batch_size").record(n as f64);
             metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
             if outcome.fatal {
@@ -201,12 +248,24 @@ impl Relay {
                     }
                 }
             }
-            Ok(Round::Busy)
+            Ok(())
         }
         .instrument(span)
         .await
     }
 }
+
+/// Batches produced but not yet acknowledged. While batch N waits for its acknowledgements,
+/// batch N+1 is already claimed and produced, so the producer never idles between batches.
+#[derive(Default)]
+struct Pipeline {
+    window: VecDeque<publish::Produced>,
+    /// Keys rejected synchronously in the current window: their later rows are not produced.
+    held: HashSet<(String, String)>,
+}
+
+/// Batches in flight at once. Two keep the producer busy; more only add memory.
+const PIPELINE_DEPTH: usize = 2;
 
 enum Round {
     Busy,

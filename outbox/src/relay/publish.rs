@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use rand::Rng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -76,36 +76,49 @@ fn headers(row: &Claimed, source: &str) -> OwnedHeaders {
     h
 }
 
-/// Produces every row (skipping the rest of a key after a synchronous failure of that key),
-/// then waits for all delivery reports. When `shutdown` fires, waits at most
-/// `shutdown_timeout` more, then purges: purged messages are neither sent nor failed (maybe sent).
-pub(crate) async fn publish(
+/// A batch handed to the producer whose delivery reports are still to come.
+pub(crate) struct Produced {
+    pub rows: Vec<Claimed>,
+    deliveries: Vec<(usize, DeliveryFuture)>,
+    /// Rows that failed before reaching the producer's queue: (index in `rows`, error).
+    rejected: Vec<(usize, KafkaError)>,
+}
+
+impl Produced {
+    pub fn first_seq(&self) -> i64 {
+        self.rows.first().map_or(i64::MAX, |r| r.seq)
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        self.rows.last().map_or(i64::MIN, |r| r.seq)
+    }
+}
+
+/// Hands every row to the producer without awaiting any acknowledgement. A key whose row is
+/// rejected synchronously (e.g. too large) is `held`: its later rows are not produced, in this
+/// batch or in the batches pipelined behind it, so the key's order survives the retry.
+pub(crate) async fn produce(
     producer: &FutureProducer,
-    rows: &[Claimed],
-    config: &RelayConfig,
-    shutdown: &CancellationToken,
-) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut in_flight = Vec::with_capacity(rows.len());
-    // Keys whose row failed before reaching the producer's queue: their later rows in this
-    // batch are not produced, so the key's order survives the retry.
-    let mut held: HashSet<(&str, &str)> = HashSet::new();
-    // (index in batch, row, error), turned into `Failure`s in batch order at the end.
-    let mut failed: Vec<(usize, &Claimed, KafkaError)> = Vec::new();
+    rows: Vec<Claimed>,
+    source: &str,
+    held: &mut HashSet<(String, String)>,
+) -> Produced {
+    let mut deliveries = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         if let Some(key) = row.key.as_deref()
-            && held.contains(&(row.topic.as_str(), key))
+            && held.contains(&(row.topic.clone(), key.to_owned()))
         {
             continue;
         }
-        let mut record = FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(headers(row, &config.source));
+        let mut record = FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(headers(row, source));
         if let Some(key) = row.key.as_deref() {
             record = record.key(key);
         }
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    in_flight.push(((index, row), delivery));
+                    deliveries.push((index, delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -114,18 +127,32 @@ pub(crate) async fn publish(
                 }
                 Err((e, _)) => {
                     warn!(seq = row.seq, id = %row.id, error = %e, "produce failed");
-                    failed.push((index, row, e));
+                    rejected.push((index, e));
                     if let Some(key) = row.key.as_deref() {
-                        held.insert((row.topic.as_str(), key));
+                        held.insert((row.topic.clone(), key.to_owned()));
                     }
                     break;
                 }
             }
         }
     }
+    Produced { rows, deliveries, rejected }
+}
 
-    let (rows_in_flight, deliveries): (Vec<(usize, &Claimed)>, Vec<_>) = in_flight.into_iter().unzip();
-    let all = join_all(deliveries);
+/// Waits for every delivery report of a produced batch. When `shutdown` fires, waits at most
+/// `shutdown_timeout` more, then purges: purged messages are neither sent nor failed (maybe
+/// sent), so they stay in the outbox and are produced again later.
+pub(crate) async fn collect(
+    producer: &FutureProducer,
+    batch: Produced,
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let Produced { rows, deliveries, rejected } = batch;
+    let mut outcome = Outcome::default();
+    let mut failed: Vec<(usize, KafkaError)> = rejected;
+    let (indexes, futures): (Vec<usize>, Vec<DeliveryFuture>) = deliveries.into_iter().unzip();
+    let all = join_all(futures);
     tokio::pin!(all);
     let reports = tokio::select! {
         r = &mut all => r,
@@ -138,26 +165,28 @@ pub(crate) async fn publish(
             all.await
         }
     };
-    for ((index, row), report) in rows_in_flight.into_iter().zip(reports) {
+    for (index, report) in indexes.into_iter().zip(reports) {
+        let row = &rows[index];
         match report {
             Ok(Ok(_delivery)) => outcome.sent.push(row.seq),
             Ok(Err((e, _))) => {
                 let code = e.rdkafka_error_code();
                 if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
-                    continue; // maybe sent: left as it is, produced again by the next claim
+                    continue; // maybe sent: left as it is, produced again by a later claim
                 }
                 if matches!(code, Some(RDKafkaErrorCode::Fatal)) {
                     outcome.fatal = true;
                 }
                 warn!(seq = row.seq, id = %row.id, error = %e, "delivery failed");
-                failed.push((index, row, e));
+                failed.push((index, e));
             }
             Err(_canceled) => {} // producer dropped: maybe sent
         }
     }
-    failed.sort_by_key(|(index, _, _)| *index);
+    failed.sort_by_key(|(index, _)| *index);
     let mut failed_keys: HashSet<(&str, &str)> = HashSet::new();
-    for (_, row, e) in failed {
+    for (index, e) in failed {
+        let row = &rows[index];
         let counted = match row.key.as_deref() {
             Some(key) => failed_keys.insert((row.topic.as_str(), key)),
             None => true,
