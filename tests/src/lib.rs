@@ -2,6 +2,8 @@
 //! `DATABASE_URL`, which `scripts/test` exports) and a Kafka cluster per test (librdkafka's
 //! in-process mock cluster, or the broker named by `KAFKA_BROKERS`).
 #![allow(missing_docs)]
+// The README's code blocks compile (and run, unless `no_run`) as doc tests of this crate.
+#![doc = include_str!("../../README.md")]
 
 pub mod kafka;
 pub mod relay_support;
