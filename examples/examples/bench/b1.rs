@@ -133,10 +133,8 @@ fn reorders(env: &Env, topic: &str, expected: usize) -> (usize, usize) {
                 continue;
             }
             let key = m.key().unwrap_or_default().to_vec();
-            if let Some(prev) = last.insert(key, n) {
-                if prev > n {
-                    bad += 1;
-                }
+            if last.insert(key, n).is_some_and(|prev| prev > n) {
+                bad += 1;
             }
         }
     }
