@@ -47,13 +47,14 @@ impl KafkaConfig {
     }
 
     /// `KAFKA_BROKERS` plus every `KAFKA_<PROPERTY>` variable, e.g. `KAFKA_SECURITY_PROTOCOL`
-    /// becomes `security.protocol` (underscores become dots).
+    /// becomes `security.protocol` (underscores become dots). Variables the Kafka tools
+    /// themselves use (`KAFKA_HOME`, `KAFKA_OPTS`, `KAFKA_HEAP_OPTS`, ...) are ignored.
     pub fn from_env() -> Result<Self> {
         let brokers = std::env::var("KAFKA_BROKERS")
             .map_err(|_| Error::config("KAFKA_BROKERS is not set (e.g. KAFKA_BROKERS=localhost:9092)"))?;
         let mut cfg = Self::new(brokers);
         for (k, v) in std::env::vars() {
-            if let Some(prop) = k.strip_prefix("KAFKA_").filter(|p| *p != "BROKERS") {
+            if let Some(prop) = k.strip_prefix("KAFKA_").filter(|p| *p != "BROKERS" && !is_tooling_variable(p)) {
                 cfg = cfg.set(prop.to_ascii_lowercase().replace('_', "."), v);
             }
         }
@@ -111,6 +112,14 @@ impl KafkaConfig {
         }
         Ok(c)
     }
+}
+
+/// Environment variables of the Kafka distribution's scripts and images, not client properties.
+fn is_tooling_variable(suffix: &str) -> bool {
+    matches!(suffix, "HOME" | "DEBUG" | "CLUSTER_ID" | "VERSION")
+        || suffix.ends_with("_OPTS")
+        || suffix == "OPTS"
+        || suffix.starts_with("CFG_")
 }
 
 impl fmt::Debug for KafkaConfig {

@@ -35,6 +35,7 @@ mod error;
 mod event;
 mod kafka;
 mod migrate;
+pub mod ops;
 pub mod relay;
 pub mod schema;
 mod writer;

@@ -81,6 +81,21 @@ pub fn with_database(url: &str, db: &str) -> String {
 
 /// Fills the outbox with `n` rows of ~256-byte payloads over `keys` keys, in id order.
 pub async fn fill(conn: &mut AsyncPgConnection, topic: &str, n: usize, keys: usize) {
+    insert_rows(conn, topic, n, keys).await;
+    diesel::sql_query("VACUUM ANALYZE outbox_messages").execute(conn).await.expect("vacuum");
+}
+
+/// Like [`fill`], but in one transaction: the whole backlog becomes visible at once.
+pub async fn fill_in_one_transaction(conn: &mut AsyncPgConnection, topic: &str, n: usize, keys: usize) {
+    conn.transaction::<_, diesel::result::Error, _>(async |tx| {
+        insert_rows(tx, topic, n, keys).await;
+        Ok(())
+    })
+    .await
+    .expect("fill transaction");
+}
+
+async fn insert_rows(conn: &mut AsyncPgConnection, topic: &str, n: usize, keys: usize) {
     // One statement per 50,000 rows keeps the fill itself fast and its WAL bounded.
     let mut done = 0usize;
     while done < n {
@@ -101,7 +116,6 @@ pub async fn fill(conn: &mut AsyncPgConnection, topic: &str, n: usize, keys: usi
         .expect("fill");
         done += chunk;
     }
-    diesel::sql_query("VACUUM ANALYZE outbox_messages").execute(conn).await.expect("vacuum");
 }
 
 #[derive(QueryableByName)]

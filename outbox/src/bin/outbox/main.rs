@@ -1,0 +1,305 @@
+//! The `outbox` command-line binary (feature `cli`): migrate, run the relay, inspect the outbox,
+//! retry or discard parked messages, list or discard inbox dead letters. See `outbox/CLI.md`.
+//!
+//! Exit codes: 0 success, 1 runtime failure (database, Kafka), 2 invalid usage or configuration.
+
+mod output;
+mod relay;
+
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind as ClapErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use outbox::ErrorKind;
+use outbox::ops::{self, DeadLetterSelection, Selection};
+use uuid::Uuid;
+
+use crate::output::{print_dead_letters, print_json, print_parked, print_status};
+use crate::relay::RelayArgs;
+
+/// Transactional outbox operations: schema migration, the relay, and repairs.
+#[derive(Parser)]
+#[command(name = "outbox", version, propagate_version = true)]
+struct Cli {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade the outbox and inbox tables (applying twice is a no-op).
+    Migrate,
+    /// Publish the outbox to Kafka until SIGINT or SIGTERM.
+    ///
+    /// Kafka settings come from KAFKA_BROKERS and every other KAFKA_<PROPERTY> variable
+    /// (KAFKA_SECURITY_PROTOCOL becomes security.protocol). Every flag falls back to the
+    /// environment variable shown; when both are absent the library's default applies.
+    Relay(RelayArgs),
+    #[command(flatten)]
+    Ops(OpsCommand),
+}
+
+/// The commands that run one operation on one connection.
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// Pending and parked counts per topic, the relay lease, inbox dead letters.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages the relay parked after repeated or permanent delivery failures.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
+    /// Inbox messages that were refused or whose handler kept failing.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum ParkedCommand {
+    /// List parked messages, oldest first.
+    List {
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish parked messages again, with a fresh set of attempts; their keys' held messages follow.
+    Retry(ParkedSelectionArgs),
+    /// Delete parked messages without publishing them; their keys' held messages are released.
+    Discard(ParkedSelectionArgs),
+}
+
+#[derive(Args)]
+struct ParkedSelectionArgs {
+    /// These message ids.
+    #[arg(long = "id", value_name = "UUID", num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<Uuid>,
+    /// Every parked message (of --topic, when given).
+    #[arg(long)]
+    all: bool,
+    /// With --all: only this topic.
+    #[arg(long, requires = "all")]
+    topic: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this consumer group.
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters (they will not be replayed).
+    Discard {
+        /// These dead-letter ids (the ID column of `list`).
+        #[arg(long = "id", value_name = "ID", num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter of --group.
+        #[arg(long, requires = "group")]
+        all: bool,
+        /// With --all: the consumer group.
+        #[arg(long, requires = "all")]
+        group: Option<String>,
+    },
+}
+
+/// A failure, and the exit code it maps to.
+enum Failure {
+    /// Invalid usage or configuration: exit code 2.
+    Usage(String),
+    /// A failure at run time: exit code 1.
+    Runtime(String),
+}
+
+impl From<outbox::Error> for Failure {
+    fn from(e: outbox::Error) -> Self {
+        match e.kind() {
+            ErrorKind::Config => Failure::Usage(e.to_string()),
+            _ if e.to_string().contains("does not exist") => {
+                Failure::Runtime(format!("{e}\n(has `outbox migrate` been run on this database?)"))
+            }
+            _ => Failure::Runtime(e.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+                .from_env_lossy(),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints clap's message (exit code 2 for errors, 0 for --help and --version), adding which
+/// environment variable an invalid value came from: clap names only the flag.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    if matches!(e.kind(), ClapErrorKind::InvalidValue | ClapErrorKind::ValueValidation)
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+    {
+        let long = arg.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
+        let given_as_flag = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+        if let Some(env) = env_of(&Cli::command(), long).filter(|env| !given_as_flag && std::env::var_os(env).is_some())
+        {
+            eprintln!("note: the value comes from the environment variable {env}");
+        }
+    }
+    ExitCode::from(2)
+}
+
+/// The environment variable behind the flag `--long`, searching every subcommand.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|sub| env_of(sub, long)))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let url = cli
+        .database_url
+        .ok_or_else(|| Failure::Usage("the database is not set: set DATABASE_URL or pass --database-url".into()))?;
+    match cli.command {
+        Command::Migrate => {
+            outbox::migrate(&mut connect(&url).await?).await?;
+            println!("outbox schema is up to date");
+            Ok(())
+        }
+        Command::Relay(args) => relay::run(&url, args).await,
+        Command::Ops(op) => operate(&mut connect(&url).await?, op).await,
+    }
+}
+
+async fn operate(conn: &mut AsyncPgConnection, op: OpsCommand) -> Result<(), Failure> {
+    match op {
+        OpsCommand::Status { json } => {
+            let status = ops::status(conn).await?;
+            if json { print_json(&status)? } else { print_status(&status) }
+        }
+        OpsCommand::Parked(ParkedCommand::List { topic, limit, json }) => {
+            let parked = ops::list_parked(conn, limit, topic.as_deref()).await?;
+            if json { print_json(&parked)? } else { print_parked(&parked) }
+        }
+        OpsCommand::Parked(ParkedCommand::Retry(args)) => {
+            let (selection, asked) = args.selection();
+            let n = ops::retry_parked(conn, selection).await?;
+            println!("un-parked {n} message(s); the relay publishes them again");
+            warn_unmatched(n, asked, "parked messages");
+        }
+        OpsCommand::Parked(ParkedCommand::Discard(args)) => {
+            let (selection, asked) = args.selection();
+            let n = ops::discard_parked(conn, selection).await?;
+            println!("discarded {n} parked message(s)");
+            warn_unmatched(n, asked, "parked messages");
+        }
+        OpsCommand::DeadLetters(DeadLetterCommand::List { group, limit, json }) => {
+            let dead = ops::list_dead_letters(conn, group.as_deref(), limit).await?;
+            if json { print_json(&dead)? } else { print_dead_letters(&dead) }
+        }
+        OpsCommand::DeadLetters(DeadLetterCommand::Discard { ids, group, .. }) => {
+            let asked = (!ids.is_empty()).then(|| distinct(&ids));
+            let selection = match group {
+                Some(group) => DeadLetterSelection::Group(group),
+                None => DeadLetterSelection::Ids(ids),
+            };
+            let n = ops::discard_dead_letters(conn, selection).await?;
+            println!("discarded {n} dead letter(s)");
+            warn_unmatched(n, asked, "dead letters");
+        }
+    }
+    Ok(())
+}
+
+impl ParkedSelectionArgs {
+    /// The selection, and how many ids were asked for (None for --all).
+    fn selection(self) -> (Selection, Option<usize>) {
+        if self.all {
+            (Selection::All { topic: self.topic }, None)
+        } else {
+            let n = distinct(&self.ids);
+            (Selection::Ids(self.ids), Some(n))
+        }
+    }
+}
+
+fn distinct<T: Eq + std::hash::Hash>(ids: &[T]) -> usize {
+    ids.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+fn warn_unmatched(done: u64, asked: Option<usize>, what: &str) {
+    if let Some(asked) = asked.filter(|&a| a as u64 > done) {
+        eprintln!(
+            "note: {} of the {asked} given ids are not {what} (unknown, or already handled)",
+            asked as u64 - done
+        );
+    }
+}
+
+async fn connect(url: &str) -> Result<AsyncPgConnection, Failure> {
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot connect to the database (DATABASE_URL): {}", chain(&e))))
+}
+
+/// An error with its sources, each once: driver errors often keep the useful part in a source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}

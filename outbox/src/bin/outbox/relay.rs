@@ -1,0 +1,169 @@
+//! `outbox relay`: the relay configured from flags and environment variables, stopped by a signal.
+
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use outbox::KafkaConfig;
+use outbox::relay::{AfterSend, Relay};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Failure, connect};
+
+/// The library's backoff defaults (`RelayBuilder::backoff`, relay/config.rs). `backoff` sets base
+/// and max together, so when only one of the two flags is given the other keeps this value.
+const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Every option of the relay; `None` keeps the library's default.
+#[derive(Args)]
+pub(crate) struct RelayArgs {
+    /// Relays with the same name share one lease; one of them publishes [default: default].
+    #[arg(long, env = "OUTBOX_RELAY_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// Rows claimed, produced and marked together, 1 to 100000 [default: 1000].
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", value_name = "N")]
+    batch_size: Option<usize>,
+    /// How often to look for rows when nothing woke the relay [default: 500].
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
+    poll_interval_ms: Option<u64>,
+    /// Wake on the insert trigger's NOTIFY; false behind PgBouncer in transaction mode [default: true].
+    #[arg(long, env = "OUTBOX_LISTEN", value_name = "BOOL", action = ArgAction::Set)]
+    listen: Option<bool>,
+    /// Leadership lease: a dead relay's work is taken over within it; at least 1000 [default: 15000].
+    #[arg(long, env = "OUTBOX_LEASE_MS", value_name = "MS")]
+    lease_ms: Option<u64>,
+    /// Delivery attempts before a message is parked [default: 12].
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Retry delay after the first failure, doubled each attempt [default: 500].
+    #[arg(long, env = "OUTBOX_BACKOFF_BASE_MS", value_name = "MS")]
+    backoff_base_ms: Option<u64>,
+    /// Upper bound of the retry delay [default: 300000].
+    #[arg(long, env = "OUTBOX_BACKOFF_MAX_MS", value_name = "MS")]
+    backoff_max_ms: Option<u64>,
+    /// Keep sent rows this long instead of deleting them once sent [default: delete on send].
+    #[arg(long, env = "OUTBOX_RETENTION_SECS", value_name = "SECS")]
+    retention_secs: Option<u64>,
+    /// On shutdown, how long the in-flight batch may take to be acknowledged [default: 10000].
+    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// The CloudEvents ce_source of every message, e.g. /order-service [default: outbox].
+    #[arg(long, env = "OUTBOX_SOURCE", value_name = "URI")]
+    source: Option<String>,
+    /// Maximum database connections (the relay uses up to 3) [default: 10].
+    #[arg(long, env = "OUTBOX_POOL_SIZE", value_name = "N")]
+    pool_size: Option<u32>,
+}
+
+/// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
+pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
+    let kafka = KafkaConfig::from_env()?;
+    let mut pool = outbox::Pool::builder();
+    if let Some(n) = args.pool_size {
+        if n == 0 {
+            return Err(Failure::Usage("pool size must be at least 1".into()));
+        }
+        pool = pool.max_size(n);
+    }
+    // Connections are opened on first use; the check below reports an unreachable database.
+    let pool = pool.build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url));
+    let mut builder = Relay::builder(pool, kafka);
+    if let Some(name) = args.name {
+        builder = builder.name(name);
+    }
+    if let Some(n) = args.batch_size {
+        builder = builder.batch_size(n);
+    }
+    if let Some(ms) = args.poll_interval_ms {
+        builder = builder.poll_interval(Duration::from_millis(ms));
+    }
+    if let Some(on) = args.listen {
+        builder = builder.listen(on);
+    }
+    if let Some(ms) = args.lease_ms {
+        builder = builder.lease(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.max_attempts {
+        builder = builder.max_attempts(n);
+    }
+    if args.backoff_base_ms.is_some() || args.backoff_max_ms.is_some() {
+        builder = builder.backoff(
+            args.backoff_base_ms.map_or(DEFAULT_BACKOFF_BASE, Duration::from_millis),
+            args.backoff_max_ms.map_or(DEFAULT_BACKOFF_MAX, Duration::from_millis),
+        );
+    }
+    if let Some(secs) = args.retention_secs {
+        builder = builder.after_send(AfterSend::Keep { retention: Duration::from_secs(secs) });
+    }
+    if let Some(ms) = args.shutdown_timeout_ms {
+        builder = builder.shutdown_timeout(Duration::from_millis(ms));
+    }
+    if let Some(source) = args.source {
+        builder = builder.source(source);
+    }
+    let relay = builder.build()?;
+
+    // Fail at start-up on a wrong URL or a missing schema; later outages are retried by the relay.
+    let mut conn = connect(url).await?;
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let schema: Exists = diesel::sql_query("SELECT to_regclass('outbox_messages') IS NOT NULL AS exists")
+        .get_result(&mut conn)
+        .await
+        .map_err(outbox::Error::from)?;
+    if !schema.exists {
+        return Err(Failure::Runtime("the outbox tables do not exist: run `outbox migrate` first".into()));
+    }
+    drop(conn);
+
+    let shutdown = CancellationToken::new();
+    let signals = Signals::new().map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+    relay.run(shutdown).await?;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere). The first one stops the relay gracefully, a second
+/// one exits at once.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        self.recv().await;
+        tracing::info!("shutdown requested: finishing the in-flight batch (signal again to exit at once)");
+        shutdown.cancel();
+        self.recv().await;
+        tracing::warn!("second signal: exiting without waiting for the in-flight batch");
+        std::process::exit(130);
+    }
+}

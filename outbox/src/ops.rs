@@ -1,0 +1,410 @@
+//! Operations: what an operator asks of a running outbox, and the repairs they make.
+//!
+//! The `outbox` command-line binary (feature `cli`) is a thin shell over these functions; call
+//! them directly to build an admin endpoint or a health check. Each one is a few statements
+//! on any connection (no transaction needed, none opened), and none of them stops a relay.
+//!
+//! ```no_run
+//! # async fn run(conn: &mut diesel_async::AsyncPgConnection) -> outbox::Result<()> {
+//! use outbox::ops::{self, Selection};
+//!
+//! let status = ops::status(conn).await?;
+//! println!("{} pending, {} parked", status.pending, status.parked);
+//! for m in ops::list_parked(conn, 100, Some("orders")).await? {
+//!     println!("{} {:?}: {}", m.id, m.key, m.last_error.as_deref().unwrap_or(""));
+//! }
+//! // The broker's size limit was raised: let every parked `orders` message go again.
+//! let retried = ops::retry_parked(conn, Selection::All { topic: Some("orders".into()) }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Parked messages
+//! The relay parks a message after `max_attempts` failed deliveries, or at once when Kafka can
+//! never accept it (e.g. larger than `message.max.bytes`). A parked message holds back the later
+//! messages of its key, so per-key order survives; other keys keep flowing. The operator then
+//! either fixes the cause and [retries](retry_parked) it, or [discards](discard_parked) it.
+//!
+//! # Inbox dead letters
+//! Messages the inbox refused or whose handler kept failing. A dead letter keeps the record's
+//! key, payload and headers, so it can be replayed; replaying (running the handler again on the
+//! stored record) is the `inbox` crate's job. Producing the record to its topic again would not
+//! replay it: the inbox recorded the message id when it dead-lettered it, and skips it as a
+//! duplicate. [`discard_dead_letters`] deletes dead letters that need no replay.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// A snapshot of the outbox, the relay lease and the inbox dead letters. See [`status`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// Messages waiting to be published (not sent, not parked), including those held back behind
+    /// a parked message of their key and those waiting for a retry.
+    pub pending: i64,
+    /// Parked messages: see [`list_parked`].
+    pub parked: i64,
+    /// Sent messages still stored because the relay keeps them for a retention period.
+    pub sent_kept: i64,
+    /// Age of the oldest pending message (time since it was written). `None` when nothing is pending.
+    /// In JSON: `oldest_pending_age_secs`, in seconds.
+    #[serde(rename = "oldest_pending_age_secs", serialize_with = "secs::serialize")]
+    pub oldest_pending_age: Option<Duration>,
+    /// The same figures per topic, for topics with pending or parked messages, by topic name.
+    pub per_topic: Vec<TopicStatus>,
+    /// The relay lease; `None` when no relay has ever run on this database.
+    pub lease: Option<LeaseInfo>,
+    /// Rows in the inbox's dead-letter table, all consumer groups.
+    pub dead_letters: i64,
+}
+
+/// Pending and parked messages of one topic. Part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct TopicStatus {
+    /// The Kafka topic.
+    pub topic: String,
+    /// Messages waiting to be published.
+    pub pending: i64,
+    /// Parked messages.
+    pub parked: i64,
+    /// Age of the topic's oldest pending message. In JSON: `oldest_pending_age_secs`, in seconds.
+    #[serde(rename = "oldest_pending_age_secs", serialize_with = "secs::serialize")]
+    pub oldest_pending_age: Option<Duration>,
+}
+
+/// The relay lease: which relay process publishes. Part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The relay name (`RelayBuilder::name`, `OUTBOX_RELAY_NAME`).
+    pub name: String,
+    /// The relay process that holds or last held it; `None` after a graceful shutdown released it.
+    pub owner: Option<Uuid>,
+    /// The fencing epoch: incremented each time another relay takes the lease over.
+    pub epoch: i64,
+    /// Time left before the lease expires unless renewed; `None` when it has expired or was
+    /// released, i.e. no relay is publishing right now. In JSON: `expires_in_secs`, in seconds.
+    #[serde(rename = "expires_in_secs", serialize_with = "secs::serialize")]
+    pub expires_in: Option<Duration>,
+}
+
+/// A parked outbox message, as listed by [`list_parked`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+#[non_exhaustive]
+pub struct ParkedMessage {
+    /// Position in the outbox (claim order).
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    /// The message id (`ce_id`); what [`Selection::Ids`] takes.
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// The Kafka topic.
+    #[diesel(sql_type = Text)]
+    pub topic: String,
+    /// The Kafka key; the key's later messages wait behind this one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub key: Option<String>,
+    /// The event type (`ce_type`).
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    /// The event schema version.
+    #[diesel(sql_type = Integer)]
+    pub event_version: i32,
+    /// Failed deliveries counted against it.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// The last delivery error.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    /// When it was parked.
+    #[diesel(sql_type = Timestamptz)]
+    pub parked_at: DateTime<Utc>,
+    /// When it was written.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which parked messages [`retry_parked`] and [`discard_parked`] act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These message ids; ids of messages that are not parked (sent, pending, unknown) are ignored.
+    Ids(Vec<Uuid>),
+    /// Every parked message, or every parked message of one topic.
+    All {
+        /// Only this topic.
+        topic: Option<String>,
+    },
+}
+
+/// An inbox dead letter, as listed by [`list_dead_letters`]. The stored key, payload and
+/// headers are not loaded here; they stay in the row for replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Row id; what [`DeadLetterSelection::Ids`] takes.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// The consumer group that dead-lettered it.
+    #[diesel(sql_type = Text)]
+    pub consumer_group: String,
+    /// The message id (`ce_id`); `None` when the record had no valid one.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub message_id: Option<Uuid>,
+    /// The Kafka topic it was read from.
+    #[diesel(sql_type = Text)]
+    pub topic: String,
+    /// The Kafka partition.
+    #[diesel(sql_type = Integer, column_name = kafka_partition)]
+    pub partition: i32,
+    /// The Kafka offset.
+    #[diesel(sql_type = BigInt, column_name = kafka_offset)]
+    pub offset: i64,
+    /// Machine-readable kind, e.g. `unknown_type`, `handler_failed`.
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    /// Human-readable detail.
+    #[diesel(sql_type = Text)]
+    pub error: String,
+    /// Handler attempts made.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// When it was dead-lettered.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which dead letters [`discard_dead_letters`] deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterSelection {
+    /// These row ids ([`DeadLetter::id`]), whatever their group.
+    Ids(Vec<i64>),
+    /// Every dead letter of this consumer group.
+    Group(String),
+}
+
+#[derive(QueryableByName)]
+struct TopicRow {
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    parked: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    oldest_pending_secs: Option<f64>,
+}
+
+// Unsent rows only, per topic; the totals are summed from these rows so they always agree with
+// the per-topic figures (one snapshot). Ages are computed by the server, against the server's
+// created_at, so client clock skew does not distort them.
+const STATUS_TOPICS: &str = "
+SELECT topic,
+       count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8 AS oldest_pending_secs
+FROM outbox_messages WHERE sent_at IS NULL
+GROUP BY topic ORDER BY topic";
+
+#[derive(QueryableByName)]
+struct Totals {
+    #[diesel(sql_type = BigInt)]
+    sent_kept: i64,
+    #[diesel(sql_type = BigInt)]
+    dead_letters: i64,
+}
+
+// Kept sent rows are counted through the partial index outbox_messages_sent; one round trip for both.
+const STATUS_TOTALS: &str = "
+SELECT (SELECT count(*) FROM outbox_messages WHERE sent_at IS NOT NULL) AS sent_kept,
+       (SELECT count(*) FROM inbox_dead_letters) AS dead_letters";
+
+#[derive(QueryableByName)]
+struct LeaseRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    owner: Option<Uuid>,
+    #[diesel(sql_type = BigInt)]
+    epoch: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    expires_in_secs: Option<f64>,
+}
+
+// Relays normally share one name, so one row; should there be several, a live one comes first.
+// The CASE computes the remaining time only for a future expiry: a released lease expires at
+// '-infinity', and subtracting from an infinite timestamp is an error before PostgreSQL 17.
+const STATUS_LEASE: &str = "
+SELECT name, owner, epoch,
+       CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END AS expires_in_secs
+FROM outbox_relay_leases
+ORDER BY (owner IS NOT NULL AND expires_at > now()) DESC, expires_at DESC, name
+LIMIT 1";
+
+/// Pending and parked counts (in total and per topic), the oldest pending message's age, the
+/// relay lease and the number of inbox dead letters.
+///
+/// Counts every unsent row, so it costs a scan of the backlog: fine for a status command or a
+/// health check every few seconds, not for every request. The relay publishes the same figures
+/// as `metrics` gauges (`outbox_pending`, `outbox_parked`, `outbox_oldest_pending_seconds`).
+pub async fn status(conn: &mut AsyncPgConnection) -> Result<Status> {
+    let topics: Vec<TopicRow> = diesel::sql_query(STATUS_TOPICS).load(conn).await?;
+    let totals: Totals = diesel::sql_query(STATUS_TOTALS).get_result(conn).await?;
+    let lease: Vec<LeaseRow> = diesel::sql_query(STATUS_LEASE).load(conn).await?;
+    let per_topic: Vec<TopicStatus> = topics
+        .into_iter()
+        .map(|t| TopicStatus {
+            topic: t.topic,
+            pending: t.pending,
+            parked: t.parked,
+            oldest_pending_age: t.oldest_pending_secs.and_then(duration),
+        })
+        .collect();
+    Ok(Status {
+        pending: per_topic.iter().map(|t| t.pending).sum(),
+        parked: per_topic.iter().map(|t| t.parked).sum(),
+        sent_kept: totals.sent_kept,
+        oldest_pending_age: per_topic.iter().filter_map(|t| t.oldest_pending_age).max(),
+        per_topic,
+        lease: lease.into_iter().next().map(|l| LeaseInfo {
+            name: l.name,
+            owner: l.owner,
+            epoch: l.epoch,
+            expires_in: l.expires_in_secs.and_then(duration),
+        }),
+        dead_letters: totals.dead_letters,
+    })
+}
+
+// In seq order, which is the order they block their keys in and the order a retry sends them.
+const LIST_PARKED: &str = "
+SELECT seq, id, topic, key, event_type, event_version, attempts, last_error, parked_at, created_at
+FROM outbox_messages
+WHERE parked_at IS NOT NULL AND ($2::text IS NULL OR topic = $2)
+ORDER BY seq
+LIMIT $1";
+
+/// Parked messages, oldest first, at most `limit`, optionally of one topic only.
+pub async fn list_parked(conn: &mut AsyncPgConnection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
+    Ok(diesel::sql_query(LIST_PARKED)
+        .bind::<BigInt, _>(i64::from(limit))
+        .bind::<Nullable<Text>, _>(topic)
+        .load(conn)
+        .await?)
+}
+
+// The row becomes what a freshly written one is (no attempts, due now), so the next claim takes
+// it at its place in seq order, ahead of its key's held messages, and it gets a full set of
+// attempts. last_error stays as the record of what happened. `parked_at IS NOT NULL` guarantees
+// a pending row (possibly in a relay's current batch) is never touched.
+const RETRY_PARKED: &str = "
+UPDATE outbox_messages SET parked_at = NULL, attempts = 0, next_attempt_at = '-infinity'
+WHERE parked_at IS NOT NULL
+  AND ($1::uuid[] IS NULL OR id = ANY($1))
+  AND ($2::text IS NULL OR topic = $2)";
+
+/// Un-parks the selected messages: the relay publishes them again with a fresh set of
+/// attempts, and once a key's head is sent, the messages it held back follow in their order.
+/// Returns how many messages were un-parked.
+///
+/// Retry after fixing the cause (raised the broker's size limit, created the topic, ...);
+/// otherwise the message fails and parks again. The last error is kept until it is sent.
+pub async fn retry_parked(conn: &mut AsyncPgConnection, selection: Selection) -> Result<u64> {
+    update_parked(conn, RETRY_PARKED, selection).await
+}
+
+// Parked rows only: a parked row is never in a relay's batch, so deleting it cannot race a delivery.
+const DISCARD_PARKED: &str = "
+DELETE FROM outbox_messages
+WHERE parked_at IS NOT NULL
+  AND ($1::uuid[] IS NULL OR id = ANY($1))
+  AND ($2::text IS NULL OR topic = $2)";
+
+/// Deletes the selected parked messages: they are never published. Returns how many were deleted.
+///
+/// The later messages of a discarded message's key are released and published in their order,
+/// so consumers see that key's stream without the discarded event; nothing else changes. Only
+/// parked messages are deleted: a pending message selected by id is left alone.
+pub async fn discard_parked(conn: &mut AsyncPgConnection, selection: Selection) -> Result<u64> {
+    update_parked(conn, DISCARD_PARKED, selection).await
+}
+
+async fn update_parked(conn: &mut AsyncPgConnection, sql: &str, selection: Selection) -> Result<u64> {
+    let (ids, topic) = match selection {
+        Selection::Ids(ids) => (Some(ids), None),
+        Selection::All { topic } => (None, topic),
+    };
+    let n = diesel::sql_query(sql)
+        .bind::<Nullable<Array<SqlUuid>>, _>(ids)
+        .bind::<Nullable<Text>, _>(topic)
+        .execute(conn)
+        .await?;
+    Ok(n as u64)
+}
+
+// Newest first, served by the index inbox_dead_letters_group when a group is given.
+const LIST_DEAD_LETTERS: &str = "
+SELECT id, consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts, created_at
+FROM inbox_dead_letters
+WHERE ($1::text IS NULL OR consumer_group = $1)
+ORDER BY created_at DESC, id DESC
+LIMIT $2";
+
+/// Inbox dead letters, newest first, at most `limit`, of one consumer group or of all.
+pub async fn list_dead_letters(
+    conn: &mut AsyncPgConnection,
+    group: Option<&str>,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    Ok(diesel::sql_query(LIST_DEAD_LETTERS)
+        .bind::<Nullable<Text>, _>(group)
+        .bind::<BigInt, _>(i64::from(limit))
+        .load(conn)
+        .await?)
+}
+
+// Exactly one of $1 / $2 is non-NULL (see DeadLetterSelection), so this never deletes every row.
+const DISCARD_DEAD_LETTERS: &str = "
+DELETE FROM inbox_dead_letters
+WHERE ($1::bigint[] IS NULL OR id = ANY($1))
+  AND ($2::text IS NULL OR consumer_group = $2)";
+
+/// Deletes the selected dead letters (they will not be replayed). Returns how many were deleted.
+///
+/// The consumer is unaffected: it moved past these messages when it dead-lettered them.
+pub async fn discard_dead_letters(conn: &mut AsyncPgConnection, selection: DeadLetterSelection) -> Result<u64> {
+    let (ids, group) = match selection {
+        DeadLetterSelection::Ids(ids) => (Some(ids), None),
+        DeadLetterSelection::Group(group) => (None, Some(group)),
+    };
+    let n = diesel::sql_query(DISCARD_DEAD_LETTERS)
+        .bind::<Nullable<Array<BigInt>>, _>(ids)
+        .bind::<Nullable<Text>, _>(group)
+        .execute(conn)
+        .await?;
+    Ok(n as u64)
+}
+
+/// Seconds computed by the server as a duration; a negative age (server clock stepped back) is zero.
+fn duration(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs.max(0.0)).ok()
+}
+
+/// Durations as fractional seconds in JSON, which every consumer of the output can read.
+mod secs {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}

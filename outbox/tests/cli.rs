@@ -1,0 +1,251 @@
+//! The `outbox` binary, run as a process against a real PostgreSQL (a fresh database per test,
+//! created from `DATABASE_URL`) and librdkafka's in-process mock cluster.
+#![cfg(feature = "cli")]
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+
+/// A database of its own for one test; dropped by [`TestDb::drop_db`] when the test passes.
+struct TestDb {
+    server: String,
+    name: String,
+    url: String,
+}
+
+fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the suites with scripts/test, which starts a throwaway PostgreSQL server")
+}
+
+/// `url` with its database name replaced by `db` (query parameters kept).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let root = base[scheme_end..].find('/').map_or(base, |i| &base[..scheme_end + i]);
+    match query {
+        Some(q) => format!("{root}/{db}?{q}"),
+        None => format!("{root}/{db}"),
+    }
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let server = server_url();
+        let name = format!("cli_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = AsyncPgConnection::establish(&server).await.expect("connect to DATABASE_URL");
+        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+        let url = with_database(&server, &name);
+        TestDb { server, name, url }
+    }
+
+    async fn sql(&self, sql: &str) {
+        let mut conn = AsyncPgConnection::establish(&self.url).await.expect("connect to test database");
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, sql).await.expect(sql);
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.url).await.expect("connect to test database");
+        diesel::sql_query(sql).get_result::<N>(&mut conn).await.expect(sql).n
+    }
+
+    async fn drop_db(self) {
+        let mut admin = AsyncPgConnection::establish(&self.server).await.expect("connect to DATABASE_URL");
+        let _ = diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut admin).await;
+    }
+
+    /// The binary with a clean environment: only DATABASE_URL and `env`.
+    fn outbox(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox"));
+        cmd.env_clear().env("DATABASE_URL", &self.url).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.outbox(args, env).output().expect("run the outbox binary")
+    }
+
+    /// Runs a command that must succeed and returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, &[]);
+        assert!(out.status.success(), "outbox {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("outbox {args:?}: not JSON ({e}): {stdout}"))
+    }
+}
+
+// A parked head of key k1, the message it holds back, and one inbox dead letter.
+const FIXTURE: &str = "
+INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload, occurred_at, attempts, last_error, parked_at)
+VALUES ('0190f6e0-0000-7000-8000-000000000001', 'orders', 'k1', 'order.placed', 1, convert_to('{}', 'UTF8'), now(),
+        1, 'Broker: Message size too large', now()),
+       ('0190f6e0-0000-7000-8000-000000000002', 'orders', 'k1', 'order.placed', 1, convert_to('{}', 'UTF8'), now(),
+        0, NULL, NULL);
+INSERT INTO inbox_dead_letters (consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts)
+VALUES ('inventory', '0190f6e0-0000-7000-8000-0000000000aa', 'orders', 2, 41, 'handler_failed', 'stock table locked', 5);
+";
+
+#[tokio::test]
+async fn migrate_status_and_repairs() {
+    let db = TestDb::new().await;
+    assert!(db.ok(&["migrate"]).contains("up to date"));
+    assert!(db.ok(&["migrate"]).contains("up to date"), "migrating twice is a no-op");
+
+    let status = db.json(&["status", "--json"]);
+    assert_eq!(status["pending"], 0);
+    assert_eq!(status["parked"], 0);
+    assert_eq!(status["dead_letters"], 0);
+    assert!(status["lease"].is_null(), "{status}");
+    assert!(status["oldest_pending_age_secs"].is_null(), "{status}");
+
+    db.sql(FIXTURE).await;
+    let status = db.json(&["status", "--json"]);
+    assert_eq!(status["pending"], 1, "{status}");
+    assert_eq!(status["parked"], 1, "{status}");
+    assert_eq!(status["dead_letters"], 1, "{status}");
+    assert_eq!(status["per_topic"][0]["topic"], "orders", "{status}");
+    assert!(status["oldest_pending_age_secs"].as_f64().is_some(), "{status}");
+    assert!(db.ok(&["status"]).contains("1 parked"), "the human form too");
+
+    let parked = db.json(&["parked", "list", "--json"]);
+    let parked = parked.as_array().expect("a JSON array");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0]["id"], "0190f6e0-0000-7000-8000-000000000001");
+    assert_eq!(parked[0]["key"], "k1");
+    assert_eq!(parked[0]["last_error"], "Broker: Message size too large");
+    assert_eq!(db.json(&["parked", "list", "--json", "--topic", "other"]), Value::Array(vec![]));
+    assert!(db.ok(&["parked", "list"]).contains("Message size too large"));
+
+    // Retrying by id touches only the parked row, never the pending one named alongside it.
+    let out = db.run(
+        &["parked", "retry", "--id", "0190f6e0-0000-7000-8000-000000000001", "0190f6e0-0000-7000-8000-000000000002"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("un-parked 1 message"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of the 2 given ids are not parked"));
+    assert_eq!(db.json(&["parked", "list", "--json"]), Value::Array(vec![]));
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages WHERE attempts = 0 AND parked_at IS NULL").await, 2);
+
+    db.sql("UPDATE outbox_messages SET parked_at = now() WHERE key = 'k1'").await;
+    assert!(db.ok(&["parked", "discard", "--all", "--topic", "orders"]).contains("discarded 2 parked"));
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
+
+    let dead = db.json(&["dead-letters", "list", "--json", "--group", "inventory"]);
+    assert_eq!(dead[0]["reason"], "handler_failed", "{dead}");
+    assert_eq!(dead[0]["partition"], 2, "{dead}");
+    assert_eq!(dead[0]["offset"], 41, "{dead}");
+    assert!(db.ok(&["dead-letters", "discard", "--all", "--group", "other"]).contains("discarded 0"));
+    assert!(db.ok(&["dead-letters", "discard", "--all", "--group", "inventory"]).contains("discarded 1"));
+    assert_eq!(db.json(&["status", "--json"])["dead_letters"], 0);
+    db.drop_db().await;
+}
+
+/// Asserts exit code 2 and that stderr says each of `needles`.
+fn assert_usage_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr does not mention {needle:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_options_exit_with_code_2_and_say_why() {
+    let db = TestDb::new().await;
+    let brokers = ("KAFKA_BROKERS", "127.0.0.1:9");
+    // Not a number, from the environment: the flag and the variable are named.
+    let out = db.run(&["relay"], &[brokers, ("OUTBOX_BATCH_SIZE", "lots")]);
+    assert_usage_error(&out, &["invalid value 'lots'", "--batch-size", "OUTBOX_BATCH_SIZE"]);
+    // Not a boolean, as a flag.
+    let out = db.run(&["relay", "--listen", "maybe"], &[brokers]);
+    assert_usage_error(&out, &["invalid value 'maybe'", "--listen", "possible values: true, false"]);
+    // Well-formed but rejected by the relay's own checks.
+    let out = db.run(&["relay"], &[brokers, ("OUTBOX_BATCH_SIZE", "0")]);
+    assert_usage_error(&out, &["batch_size 0 is out of range"]);
+    let out = db.run(&["relay", "--backoff-base-ms", "400000"], &[brokers]);
+    assert_usage_error(&out, &["backoff base"]);
+    let out = db.run(&["relay"], &[brokers, ("KAFKA_ACKS", "1")]);
+    assert_usage_error(&out, &["acks=1", "refused"]);
+    let out = db.run(&["relay"], &[]);
+    assert_usage_error(&out, &["KAFKA_BROKERS is not set"]);
+    // Selections.
+    assert_usage_error(&db.run(&["parked", "retry"], &[]), &["--id"]);
+    assert_usage_error(&db.run(&["parked", "discard", "--id", "not-a-uuid"], &[]), &["not-a-uuid"]);
+    assert_usage_error(&db.run(&["dead-letters", "discard", "--all"], &[]), &["--group"]);
+    let mut no_db = db.outbox(&["status"], &[]);
+    no_db.env_remove("DATABASE_URL");
+    assert_usage_error(&no_db.output().expect("run"), &["DATABASE_URL"]);
+    db.drop_db().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_then_stops_gracefully_on_sigterm() {
+    let db = TestDb::new().await;
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("orders", 1, 1).expect("create topic");
+    let brokers = mock.bootstrap_servers();
+    db.ok(&["migrate"]);
+    db.sql(
+        "INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload, occurred_at)
+         SELECT gen_random_uuid(), 'orders', 'k' || (i % 3), 'order.placed', 1, convert_to('{}', 'UTF8'), now()
+         FROM generate_series(1, 20) AS i",
+    )
+    .await;
+
+    let mut relay = db
+        .outbox(
+            &["relay", "--poll-interval-ms", "50"],
+            &[("KAFKA_BROKERS", &brokers), ("OUTBOX_LEASE_MS", "3000"), ("OUTBOX_RELAY_NAME", "cli-test")],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start outbox relay");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count("SELECT count(*) AS n FROM outbox_messages").await > 0 {
+        if let Some(status) = relay.try_wait().expect("poll relay") {
+            panic!("relay exited early with {status}: {:?}", relay.wait_with_output().map(|o| o.stderr));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay did not drain the outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lease = &db.json(&["status", "--json"])["lease"];
+    assert_eq!(lease["name"], "cli-test", "{lease}");
+    assert!(
+        lease["owner"].is_string() && lease["expires_in_secs"].is_f64(),
+        "a running relay holds the lease: {lease}"
+    );
+
+    let killed = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().expect("run kill");
+    assert!(killed.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = relay.try_wait().expect("poll relay") {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = relay.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    assert!(status.success(), "relay exited with {status}: {stderr}");
+    assert!(stderr.contains("relay stopped"), "graceful shutdown is logged: {stderr}");
+    let lease = &db.json(&["status", "--json"])["lease"];
+    assert!(lease["owner"].is_null(), "a graceful shutdown releases the lease: {lease}");
+    db.drop_db().await;
+}
