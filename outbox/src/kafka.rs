@@ -105,7 +105,9 @@ impl KafkaConfig {
         refuse("transactional.id", &[""], "the relay does not use Kafka transactions")?;
         let mut c = self.to_client_config();
         c.set("enable.idempotence", "true").set("acks", "all");
-        for (k, v) in [("linger.ms", "5"), ("compression.type", "lz4"), ("message.timeout.ms", "300000")] {
+        // linger.ms=1: the relay hands librdkafka a whole batch at once, so lingering buys no
+        // batching, only latency on the last messages of each batch.
+        for (k, v) in [("linger.ms", "1"), ("compression.type", "lz4"), ("message.timeout.ms", "300000")] {
             if self.get(k).is_none() {
                 c.set(k, v);
             }

@@ -136,7 +136,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let n = env.n(2000);
     let secs = (5.0 * env.scale).clamp(1.0, 5.0);
     let (mut lat_sdk, mut lat_hand, mut lat_10, mut lat_1) = (vec![], vec![], vec![], vec![]);
-    let (mut tps_sdk, mut tps_bare, mut tps_quiet) = (vec![], vec![], vec![]);
+    let (mut tps_sdk, mut tps_bare, mut tps_quiet, mut tps_hand) = (vec![], vec![], vec![], vec![]);
     for run in 0..env.runs {
         reset(env).await;
         outbox::set_notify(&mut conn, true).await.expect("notify on");
@@ -149,12 +149,21 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         tps_bare.push(tps(env, Mode::Bare, 8, secs).await);
         tps_sdk.push(tps(env, Mode::Sdk, 8, secs).await);
         outbox::set_notify(&mut conn, false).await.expect("notify off");
+        tps_hand.push(tps(env, Mode::HandWritten, 8, secs).await);
         tps_quiet.push(tps(env, Mode::Sdk, 8, secs).await);
         outbox::set_notify(&mut conn, true).await.expect("notify on");
         eprintln!(
             "B2 run {run}: latency sdk {:.3} ms / hand-written {:.3} ms; 10 events {:.3} ms / 1 event {:.3} ms; \
-             8 writers: {:.0} tps with outbox (NOTIFY on), {:.0} (NOTIFY off), {:.0} without",
-            lat_sdk[run], lat_hand[run], lat_10[run], lat_1[run], tps_sdk[run], tps_quiet[run], tps_bare[run]
+             8 writers: {:.0} tps with outbox (NOTIFY on), {:.0} (NOTIFY off), {:.0} hand-written outbox INSERT \
+             (no NOTIFY), {:.0} without",
+            lat_sdk[run],
+            lat_hand[run],
+            lat_10[run],
+            lat_1[run],
+            tps_sdk[run],
+            tps_quiet[run],
+            tps_hand[run],
+            tps_bare[run]
         );
     }
     let fig = |id, what: &str, unit, sdk, baseline, hib, target: &str, bound| Figure {
@@ -198,6 +207,16 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             true,
             "≥ 0.95",
             Some(0.95),
+        ),
+        fig(
+            "B2f",
+            "8 writers: TPS with SDK event vs hand-written outbox INSERT (both NOTIFY off)",
+            "tx/s",
+            tps_quiet.clone(),
+            tps_hand,
+            true,
+            "–",
+            None,
         ),
         fig("B2d", "8 writers: NOTIFY on vs off (cost of the wakeup)", "tx/s", tps_sdk, tps_quiet, true, "–", None),
         fig("B2e", "10 events per tx vs 1", "ms", lat_10, lat_1, false, "≤ 1.5×", Some(1.5)),

@@ -62,7 +62,7 @@ impl Env {
         c.set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "1")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "200000");
         c
