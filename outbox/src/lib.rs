@@ -38,6 +38,7 @@ mod migrate;
 pub mod ops;
 pub mod relay;
 pub mod schema;
+mod wakeup;
 mod writer;
 
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};

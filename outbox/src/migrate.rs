@@ -59,12 +59,14 @@ pub async fn migrate(conn: &mut AsyncPgConnection) -> Result<()> {
     .await
 }
 
-/// Turns the insert trigger's `NOTIFY outbox_messages` on or off (it is on after [`migrate`]).
+/// Turns the insert trigger's `NOTIFY outbox_messages` on or off (it is **off** after
+/// [`migrate`]).
 ///
-/// NOTIFY lets an idle relay publish a committed event within milliseconds, but PostgreSQL
-/// serialises the commits of notifying transactions on one global lock. With it off, relays
-/// find new rows by polling (`RelayBuilder::poll_interval`). The README's benchmark section
-/// shows what it costs on write throughput.
+/// Relays running in the writer's own process are woken in-process by `publish`, at no cost.
+/// NOTIFY also wakes relays in other processes within milliseconds, but PostgreSQL serialises
+/// the commits of notifying transactions on one global lock: with 8 concurrent writers and
+/// fsync on, pgbench measured about half the transactions per second (README, "Performance").
+/// With it off, other processes' relays find new rows by polling (`RelayBuilder::poll_interval`).
 pub async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result<()> {
     let sql = if on {
         "ALTER TABLE outbox_messages ENABLE TRIGGER outbox_messages_notify"

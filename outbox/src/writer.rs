@@ -87,6 +87,7 @@ impl Batch {
         for chunk in self.rows.chunks(MAX_ROWS_PER_STATEMENT) {
             diesel::insert_into(outbox_messages::table).values(chunk).execute(conn).await?;
         }
+        crate::wakeup::published();
         Ok(ids)
     }
 }
@@ -157,6 +158,7 @@ pub async fn publish_with<E: Event>(conn: &mut AsyncPgConnection, event: &E, met
     ensure_in_transaction(conn)?;
     let row = new_message(event, &meta)?;
     diesel::insert_into(outbox_messages::table).values(&row).execute(conn).await?;
+    crate::wakeup::published();
     Ok(row.id)
 }
 

@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
-use crate::{Error, ErrorKind, KafkaConfig, Result};
+use crate::{Error, ErrorKind, KafkaConfig, Result, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
 pub struct Relay {
@@ -83,17 +83,40 @@ impl Relay {
         info!(relay = %self.config.name, owner = %lease.owner, "relay started");
         let mut failures_in_a_row = 0u32;
         let mut pipeline = Pipeline::default();
+        let mut seen = wakeup::generation();
+        let mut burst: Option<usize> = None;
         let mut last_gauges = Instant::now() - self.config.metrics_interval;
         while !shutdown.is_cancelled() {
             match self.round(&mut lease, &mut pipeline, &shutdown, &mut last_gauges).await {
-                Ok(Round::Busy) => failures_in_a_row = 0,
+                Ok(Round::Busy) => {
+                    failures_in_a_row = 0;
+                    burst = None;
+                }
                 Ok(Round::Idle) => {
                     failures_in_a_row = 0;
-                    self.idle(&wake, &shutdown, self.config.poll_interval).await;
+                    // A `publish` in this process since we last looked: its transaction is
+                    // probably about to commit, so look again shortly, a few times.
+                    if wakeup::generation() != seen {
+                        seen = wakeup::generation();
+                        burst = Some(0);
+                    }
+                    match burst {
+                        Some(i) if i < wakeup::BURST.len() => {
+                            burst = Some(i + 1);
+                            sleep_or_cancel(&shutdown, wakeup::BURST[i]).await;
+                        }
+                        _ => {
+                            burst = None;
+                            if self.idle(&wake, &shutdown, self.config.poll_interval, seen).await {
+                                seen = wakeup::generation();
+                                burst = Some(0);
+                            }
+                        }
+                    }
                 }
                 Ok(Round::Standby) => {
                     let wait = self.config.poll_interval.max(self.config.lease / 3);
-                    self.idle(&wake, &shutdown, wait).await;
+                    self.idle(&wake, &shutdown, wait, wakeup::generation()).await;
                 }
                 Err(e) => {
                     // Batches still in flight stay unmarked; they are claimed again later.
@@ -102,7 +125,7 @@ impl Relay {
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     warn!(error = %e, retry_in = ?delay, "relay round failed");
-                    self.idle(&wake, &shutdown, delay).await;
+                    self.idle(&wake, &shutdown, delay, wakeup::generation()).await;
                 }
             }
         }
@@ -125,11 +148,20 @@ impl Relay {
         Ok(())
     }
 
-    async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration) {
+    /// Waits for shutdown, a NOTIFY, a `publish` in this process or the poll interval.
+    /// Returns true when woken by a `publish` in this process (since generation `seen`).
+    async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration, seen: u64) -> bool {
+        let local = wakeup::notified();
+        tokio::pin!(local);
+        local.as_mut().enable();
+        if wakeup::generation() != seen {
+            return true;
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(d) => {}
+            _ = shutdown.cancelled() => false,
+            _ = wake.notified() => false,
+            _ = &mut local => true,
+            _ = tokio::time::sleep(d) => false,
         }
     }
 
@@ -171,12 +203,15 @@ impl Relay {
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
-        if !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH {
-            let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
-                (Some(first), Some(last)) => (first.first_seq(), last.last_seq()),
-                _ => (1, 0), // empty range
-            };
-            let rows = store::claim(&mut conn, self.config.batch_size as i64, in_flight).await?;
+        let mut claim = !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH;
+        let after = pipeline.window.back().map_or(0, |b| b.last_seq());
+        if claim && after > 0 {
+            // Claiming above the window is only safe if nothing committed late inside it.
+            let in_flight: usize = pipeline.window.iter().map(|b| b.rows.len()).sum();
+            claim = store::claimable_upto(&mut conn, after).await? <= in_flight as i64;
+        }
+        if claim {
+            let rows = store::claim(&mut conn, self.config.batch_size as i64, after).await?;
             drop(conn); // never hold a pooled connection while waiting for Kafka
             if !rows.is_empty() {
                 let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;

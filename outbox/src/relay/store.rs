@@ -54,29 +54,38 @@ pub(crate) struct Failure {
 // already failed (attempts > 0) can block, so the probe uses the small partial index
 // outbox_messages_key_blocked. No high-water mark: a row whose transaction committed late (lower
 // seq than rows already sent) is simply picked up by the next claim.
-const CLAIM: &str = "
-SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, m.attempts
+const CLAIMABLE: &str = "
 FROM outbox_messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
   AND NOT EXISTS (
       SELECT 1 FROM outbox_messages b
       WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq
         AND b.sent_at IS NULL AND b.attempts > 0
-        AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))
-  -- Batches still in flight (pipelining) occupy [$2, $3]: skip that range. A late commit
-  -- inside it is not lost: the window moves on and the row falls below it.
-  AND (m.seq < $2 OR m.seq > $3)
-ORDER BY m.seq
-LIMIT $1";
+        AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
 
-/// Claims up to `limit` due rows outside the in-flight seq range `[lo, hi]` (`lo > hi`: none).
-pub(crate) async fn claim(conn: &mut AsyncPgConnection, limit: i64, in_flight: (i64, i64)) -> Result<Vec<Claimed>> {
-    Ok(diesel::sql_query(CLAIM)
-        .bind::<BigInt, _>(limit)
-        .bind::<BigInt, _>(in_flight.0)
-        .bind::<BigInt, _>(in_flight.1)
-        .load(conn)
-        .await?)
+/// Claims up to `limit` claimable rows above `after` (the last seq in flight; 0 when none).
+pub(crate) async fn claim(conn: &mut AsyncPgConnection, limit: i64, after: i64) -> Result<Vec<Claimed>> {
+    let sql = format!(
+        "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, \
+         m.attempts {CLAIMABLE} AND m.seq > $2 ORDER BY m.seq LIMIT $1"
+    );
+    Ok(diesel::sql_query(sql).bind::<BigInt, _>(limit).bind::<BigInt, _>(after).load(conn).await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Claimable rows with `seq <= upto`. While batches are in flight (all claimed rows are at or
+/// below `upto`), a count above their number means a transaction committed late with a seq
+/// inside the window: the relay then drains the window before claiming again, so that row goes
+/// out before any later row of its key.
+pub(crate) async fn claimable_upto(conn: &mut AsyncPgConnection, upto: i64) -> Result<i64> {
+    let sql = format!("SELECT count(*) AS n {CLAIMABLE} AND m.seq <= $1");
+    let c: Count = diesel::sql_query(sql).bind::<BigInt, _>(upto).get_result(conn).await?;
+    Ok(c.n)
 }
 
 #[derive(QueryableByName)]
