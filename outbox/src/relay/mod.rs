@@ -203,15 +203,17 @@ impl Relay {
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
-        let mut claim = !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH;
-        let after = pipeline.window.back().map_or(0, |b| b.last_seq());
-        if claim && after > 0 {
-            // Claiming above the window is only safe if nothing committed late inside it.
-            let in_flight: usize = pipeline.window.iter().map(|b| b.rows.len()).sum();
-            claim = store::claimable_upto(&mut conn, after).await? <= in_flight as i64;
-        }
+        let claim = !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH;
+        let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
+            (Some(first), Some(last)) => store::InFlight {
+                first: first.first_seq(),
+                last: last.last_seq(),
+                rows: pipeline.window.iter().map(|b| b.rows.len() as i64).sum(),
+            },
+            _ => store::InFlight { first: 1, last: 0, rows: 0 },
+        };
         if claim {
-            let rows = store::claim(&mut conn, self.config.batch_size as i64, after).await?;
+            let rows = store::claim(&mut conn, self.config.batch_size as i64, in_flight).await?;
             drop(conn); // never hold a pooled connection while waiting for Kafka
             if !rows.is_empty() {
                 let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;

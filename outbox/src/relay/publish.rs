@@ -85,6 +85,10 @@ pub(crate) struct Produced {
 }
 
 impl Produced {
+    pub fn first_seq(&self) -> i64 {
+        self.rows.first().map_or(i64::MAX, |r| r.seq)
+    }
+
     pub fn last_seq(&self) -> i64 {
         self.rows.last().map_or(i64::MIN, |r| r.seq)
     }

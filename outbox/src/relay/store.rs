@@ -63,29 +63,40 @@ WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
         AND b.sent_at IS NULL AND b.attempts > 0
         AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
 
-/// Claims up to `limit` claimable rows above `after` (the last seq in flight; 0 when none).
-pub(crate) async fn claim(conn: &mut AsyncPgConnection, limit: i64, after: i64) -> Result<Vec<Claimed>> {
+// While batches are in flight, their rows fill [$3, $2]. The InitPlan counts the due, unsent
+// rows there: more than the $4 in flight means a transaction committed late with a seq inside
+// the window, and then nothing above it is claimed (the relay drains the window first), so the
+// late row goes out before any later row of its key. Check and claim share one snapshot: a
+// later row of the key cannot be visible while the late row is not. (A due row of a held key
+// in the range is a false alarm that only costs one round without pipelining.)
+const CLAIM_ABOVE_WINDOW: &str = "
+  AND m.seq > $2
+  AND (SELECT count(*) FROM outbox_messages w
+       WHERE w.seq BETWEEN $3 AND $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
+         AND w.next_attempt_at <= now()) <= $4";
+
+/// The rows in flight: seq range `first..=last` holding `rows` claimed rows (`rows == 0`: none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InFlight {
+    pub first: i64,
+    pub last: i64,
+    pub rows: i64,
+}
+
+/// Claims up to `limit` claimable rows above the rows in flight, or none when a late commit
+/// landed inside them.
+pub(crate) async fn claim(conn: &mut AsyncPgConnection, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
     let sql = format!(
         "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, \
-         m.attempts {CLAIMABLE} AND m.seq > $2 ORDER BY m.seq LIMIT $1"
+         m.attempts {CLAIMABLE} {CLAIM_ABOVE_WINDOW} ORDER BY m.seq LIMIT $1"
     );
-    Ok(diesel::sql_query(sql).bind::<BigInt, _>(limit).bind::<BigInt, _>(after).load(conn).await?)
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// Claimable rows with `seq <= upto`. While batches are in flight (all claimed rows are at or
-/// below `upto`), a count above their number means a transaction committed late with a seq
-/// inside the window: the relay then drains the window before claiming again, so that row goes
-/// out before any later row of its key.
-pub(crate) async fn claimable_upto(conn: &mut AsyncPgConnection, upto: i64) -> Result<i64> {
-    let sql = format!("SELECT count(*) AS n {CLAIMABLE} AND m.seq <= $1");
-    let c: Count = diesel::sql_query(sql).bind::<BigInt, _>(upto).get_result(conn).await?;
-    Ok(c.n)
+    Ok(diesel::sql_query(sql)
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(in_flight.last)
+        .bind::<BigInt, _>(in_flight.first)
+        .bind::<BigInt, _>(in_flight.rows)
+        .load(conn)
+        .await?)
 }
 
 #[derive(QueryableByName)]
