@@ -1,1 +1,75 @@
-//! Transactional inbox (being built).
+//! Transactional inbox: typed Kafka event handlers whose effects, dedup record and stored
+//! position commit in one PostgreSQL transaction, so each message id takes effect once per
+//! consumer group, whatever redeliveries, restarts or rebalances happen.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use schemars::JsonSchema;
+//! use diesel_async::RunQueryDsl;
+//! use inbox::{Context, Handler, HandlerError, Inbox};
+//!
+//! #[derive(Serialize, Deserialize, JsonSchema, outbox::Event)]
+//! #[event(topic = "orders", name = "order.placed", version = 1)]
+//! struct OrderPlaced {
+//!     #[event(key)]
+//!     order_id: uuid::Uuid,
+//!     total_cents: i64,
+//! }
+//!
+//! struct ReserveStock;
+//!
+//! #[inbox::async_trait]
+//! impl Handler<OrderPlaced> for ReserveStock {
+//!     async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+//!         diesel::sql_query("INSERT INTO reservations (order_id) VALUES ($1)")
+//!             .bind::<diesel::sql_types::Uuid, _>(e.order_id)
+//!             .execute(cx.conn()) // the inbox transaction
+//!             .await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run(pool: diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>)
+//! #     -> Result<(), inbox::Error> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! Inbox::builder(pool, "localhost:9092")
+//!     .group("inventory")
+//!     .handle(ReserveStock)
+//!     .build()?
+//!     .run(shutdown)
+//!     .await
+//! # }
+//! ```
+//!
+//! The tables are created by [`outbox::migrate`]. See the crate README for error semantics,
+//! every option, the dedup window trade-off, metric names and the tests behind each guarantee.
+
+mod builder;
+mod classify;
+mod context;
+mod error;
+mod handler;
+mod inbox;
+mod kafka;
+pub mod metrics;
+mod partition;
+mod process;
+mod prune;
+mod rebalance;
+mod registry;
+mod store;
+
+pub use builder::{InboxBuilder, UnknownTypePolicy};
+pub use context::Context;
+pub use handler::{Handler, HandlerError};
+pub use inbox::Inbox;
+pub use kafka::KafkaSettings;
+pub use outbox::{Error, ErrorKind};
+
+/// Re-exported so handlers can be written as `#[inbox::async_trait] impl Handler<E> for H`.
+pub use async_trait::async_trait;
+
+// Keeps the README's examples compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -72,7 +72,8 @@ impl KafkaConfig {
         self.properties.get(key).map(String::as_str)
     }
 
-    pub(crate) fn to_client_config(&self) -> ClientConfig {
+    /// These properties as an rdkafka [`ClientConfig`], unchanged (no defaults added).
+    pub fn to_client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in &self.properties {
             c.set(k, v);

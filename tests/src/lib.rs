@@ -6,6 +6,7 @@
 #![doc = include_str!("../../README.md")]
 
 pub mod kafka;
+pub mod produce;
 pub mod relay_support;
 
 use diesel::prelude::*;

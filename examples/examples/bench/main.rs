@@ -7,6 +7,8 @@
 
 mod b1;
 mod b2;
+mod b3;
+mod b4;
 mod b5;
 mod common;
 mod stats;
@@ -28,6 +30,12 @@ async fn main() {
     }
     if wanted("B2") {
         figures.extend(b2::run(&env).await);
+    }
+    if wanted("B3") {
+        figures.extend(b3::run(&env).await);
+    }
+    if wanted("B4") {
+        figures.extend(b4::run(&env).await);
     }
     if wanted("B5") {
         figures.extend(b5::run(&env).await);

@@ -1,0 +1,232 @@
+//! B3: inbox throughput with a one-row handler vs raw consume + the same handler.
+
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::Env;
+use crate::stats::Figure;
+
+pub const TOPIC: &str = "bench-inbox";
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "bench-inbox", name = "bench.inbox")]
+pub struct Tick {
+    #[event(key)]
+    pub key: String,
+    pub n: i64,
+    pub pad: String,
+}
+
+struct OneRow;
+
+#[inbox::async_trait]
+impl inbox::Handler<Tick> for OneRow {
+    async fn handle(&self, e: Tick, cx: &mut inbox::Context<'_>) -> Result<(), inbox::HandlerError> {
+        insert_effect(cx.conn(), e.n).await.map(drop).map_err(inbox::HandlerError::transient)
+    }
+}
+
+/// The handler's whole effect: one row.
+async fn insert_effect(conn: &mut AsyncPgConnection, n: i64) -> Result<usize, diesel::result::Error> {
+    diesel::sql_query("INSERT INTO bench_effects (n) VALUES ($1)")
+        .bind::<diesel::sql_types::BigInt, _>(n)
+        .execute(conn)
+        .await
+}
+
+/// Produces `n` messages; with `duplicates`, every 10th repeats the previous message's id.
+async fn produce(env: &Env, n: usize, duplicates: bool) -> usize {
+    let producer: FutureProducer = env.producer_config().create().expect("producer");
+    let mut futures = Vec::with_capacity(n);
+    let mut previous = uuid::Uuid::now_v7();
+    let mut distinct = 0;
+    for i in 0..n {
+        let dup = duplicates && i % 10 == 9;
+        let id = if dup { previous } else { uuid::Uuid::now_v7() };
+        if !dup {
+            distinct += 1;
+        }
+        previous = id;
+        let tick = Tick { key: format!("key-{}", i % 100), n: i as i64, pad: "x".repeat(200) };
+        let payload = serde_json::to_vec(&tick).expect("json");
+        let envelope = outbox::Envelope {
+            id,
+            event_type: "bench.inbox".into(),
+            version: 1,
+            source: "bench".into(),
+            time: chrono::Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            headers: Default::default(),
+        };
+        let rec = FutureRecord::to(TOPIC).key(&tick.key).payload(&payload).headers(envelope.to_kafka_headers());
+        futures.push(producer.send_result(rec).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    for d in join_all(futures).await {
+        d.expect("delivery").expect("delivered");
+    }
+    distinct
+}
+
+async fn effects(conn: &mut AsyncPgConnection) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct C {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        c: i64,
+    }
+    let c: C = diesel::sql_query("SELECT count(*) AS c FROM bench_effects").get_result(conn).await.expect("count");
+    c.c
+}
+
+async fn reset(conn: &mut AsyncPgConnection) {
+    diesel::sql_query("TRUNCATE bench_effects, inbox_messages, inbox_offsets").execute(conn).await.expect("truncate");
+}
+
+/// The SDK: seconds from start until `expected` effects exist.
+async fn sdk(env: &Env, expected: usize, batch: usize) -> f64 {
+    let mut conn = env.conn().await;
+    reset(&mut conn).await;
+    let group = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let inbox = inbox::Inbox::builder(env.pool(6).await, env.brokers.as_str())
+        .group(group)
+        .batch_size(batch)
+        .handle(OneRow)
+        .build()
+        .expect("inbox");
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(inbox.run(stop.clone()));
+    while effects(&mut conn).await < expected as i64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    secs
+}
+
+/// Raw consume + the same handler, no dedup and no stored position: `batch` messages per
+/// transaction (1 = one transaction per message).
+async fn raw(env: &Env, total: usize, batch: usize) -> f64 {
+    let mut conn = env.conn().await;
+    reset(&mut conn).await;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", format!("raw-{}", uuid::Uuid::now_v7().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let started = Instant::now();
+    let mut done = 0;
+    // Whatever is ready, up to `batch`, goes into one transaction (no timers, no waiting).
+    let mut chunks = consumer.stream().ready_chunks(batch);
+    while done < total {
+        let Some(chunk) = chunks.next().await else { break };
+        let ns: Vec<i64> = chunk
+            .iter()
+            .filter_map(|m| m.as_ref().ok())
+            .map(|m| serde_json::from_slice::<Tick>(m.payload().unwrap_or_default()).expect("json").n)
+            .collect();
+        conn.transaction::<_, diesel::result::Error, _>(async |tx| {
+            for n in &ns {
+                insert_effect(tx, *n).await?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("tx");
+        done += ns.len();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+pub async fn run(env: &Env) -> Vec<Figure> {
+    let mut conn = env.conn().await;
+    diesel::sql_query("CREATE TABLE IF NOT EXISTS bench_effects (id bigserial PRIMARY KEY, n bigint NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .expect("effects table");
+    let n = env.n(50_000);
+    let (mut s_batch, mut s_one, mut s_dup, mut r_batch, mut r_one) = (vec![], vec![], vec![], vec![], vec![]);
+    let total = n;
+    let distinct = produce(env, n, false).await;
+    for run in 0..env.runs {
+        r_batch.push(raw(env, total, 500).await);
+        s_batch.push(distinct as f64 / sdk(env, distinct, 500).await);
+        eprintln!("B3 run {run}: inbox batch {:.0}/s, raw consume+handler {:.0}/s", s_batch[run], r_batch[run]);
+    }
+    // One-message modes are slow by nature (a commit each): a tenth of the messages.
+    let small = (n / 10).max(10);
+    for run in 0..env.runs {
+        s_one.push(one_message_sdk(env, small).await);
+        r_one.push(one_message_raw(env, small).await);
+        eprintln!("B3 run {run}: inbox one-message {:.0}/s, raw one-tx-per-message {:.0}/s", s_one[run], r_one[run]);
+    }
+    // 10 % duplicates on a separate topic segment: produce again with repeated ids.
+    let dup_distinct = produce(env, n, true).await;
+    for run in 0..env.runs {
+        // The topic now holds both sets (2n messages); distinct + dup_distinct effects expected.
+        s_dup.push((2 * n) as f64 / sdk(env, distinct + dup_distinct, 500).await);
+        eprintln!("B3 run {run}: inbox with 10% duplicates {:.0} msg/s", s_dup[run]);
+    }
+    let fig = |id, what: String, sdk, baseline, target: &str, bound| Figure {
+        id,
+        what,
+        unit: "msg/s",
+        sdk,
+        baseline,
+        higher_is_better: true,
+        target: target.into(),
+        ratio_bound: bound,
+        note: String::new(),
+    };
+    vec![
+        fig(
+            "B3a",
+            format!("inbox, batch 500, {n} msgs, one-row handler vs raw consume + handler (batch tx)"),
+            s_batch.clone(),
+            r_batch.clone(),
+            "≥ 0.9",
+            Some(0.9),
+        ),
+        fig(
+            "B3b",
+            "inbox batch mode vs raw one-tx-per-message".into(),
+            s_batch.clone(),
+            r_one.clone(),
+            "≥ 10×",
+            Some(10.0),
+        ),
+        fig("B3c", format!("inbox one-message mode vs raw one-tx-per-message ({small} msgs)"), s_one, r_one, "–", None),
+        fig(
+            "B3d",
+            "inbox batch mode, 10 % duplicates (msgs incl. duplicates/s) vs raw batch".into(),
+            s_dup,
+            r_batch,
+            "–",
+            None,
+        ),
+    ]
+}
+
+async fn one_message_sdk(env: &Env, n: usize) -> f64 {
+    // A fresh topic segment is not needed: a fresh group reads from the start, and we stop
+    // after `n` effects.
+    n as f64 / sdk(env, n, 1).await
+}
+
+async fn one_message_raw(env: &Env, n: usize) -> f64 {
+    raw(env, n, 1).await
+}

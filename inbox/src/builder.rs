@@ -1,0 +1,276 @@
+//! [`InboxBuilder`]: handler registration and every option, with its default.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::bb8::Pool;
+use outbox::Event;
+use serde::de::DeserializeOwned;
+
+use crate::error::config_error;
+use crate::handler::{ErasedHandler, Typed};
+use crate::registry::Registry;
+use crate::{Error, Handler, Inbox, KafkaSettings};
+
+/// What to do with a message whose `ce_type` has no registered handler on its topic.
+///
+/// Topics are often shared by several event types of which a service handles only some, so
+/// [`Skip`](Self::Skip) is a legitimate choice; the default keeps the message visible instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnknownTypePolicy {
+    /// Write a dead-letter row with reason `unknown_type` (default).
+    #[default]
+    DeadLetter,
+    /// Record the message as handled (a dedup row, the position moves on) without a dead letter.
+    Skip,
+}
+
+// PostgreSQL takes at most 65,535 bind parameters per statement; a dead-letter row binds 11.
+pub(crate) const MAX_BATCH_SIZE: usize = 5_000;
+
+/// The options of a built inbox (see the builder methods for meaning and defaults).
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub group: String,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_payload_bytes: usize,
+    pub max_json_depth: usize,
+    pub unknown_types: UnknownTypePolicy,
+    pub dedup_window: Duration,
+    pub prune_interval: Duration,
+    pub prune_batch_size: i64,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            group: String::new(),
+            batch_size: 100,
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            max_payload_bytes: 1024 * 1024,
+            max_json_depth: 64,
+            unknown_types: UnknownTypePolicy::DeadLetter,
+            dedup_window: Duration::from_secs(7 * 24 * 60 * 60),
+            prune_interval: Duration::from_secs(60),
+            prune_batch_size: 1_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Configures an [`Inbox`]: its consumer group, its handlers and its options.
+///
+/// Every option has a production-safe default; [`build`](Self::build) checks them all and the
+/// Kafka properties, so a mistake fails at startup, not at the first message.
+///
+/// ```no_run
+/// # use serde::{Deserialize, Serialize}; use schemars::JsonSchema;
+/// # #[derive(Serialize, Deserialize, JsonSchema, outbox::Event)]
+/// # #[event(topic = "orders", name = "order.placed")]
+/// # struct OrderPlaced { order_id: uuid::Uuid }
+/// # struct ReserveStock;
+/// # #[inbox::async_trait]
+/// # impl inbox::Handler<OrderPlaced> for ReserveStock {
+/// #     async fn handle(&self, _: OrderPlaced, _: &mut inbox::Context<'_>) -> Result<(), inbox::HandlerError> { Ok(()) }
+/// # }
+/// # async fn run(pool: diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>)
+/// #     -> Result<(), inbox::Error> {
+/// use std::time::Duration;
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// inbox::Inbox::builder(pool, "localhost:9092")
+///     .group("inventory")
+///     .handle(ReserveStock)
+///     .max_attempts(8)
+///     .retry_backoff(Duration::from_millis(200), Duration::from_secs(30))
+///     .build()?
+///     .run(shutdown)
+///     .await
+/// # }
+/// ```
+#[must_use = "an inbox does nothing until it is built and run"]
+pub struct InboxBuilder {
+    pool: Pool<AsyncPgConnection>,
+    kafka: KafkaSettings,
+    handlers: Vec<Arc<dyn ErasedHandler>>,
+    options: Options,
+}
+
+impl std::fmt::Debug for InboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxBuilder")
+            .field("kafka", &self.kafka)
+            .field("handlers", &self.handlers.iter().map(|h| h.handler_name()).collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// Starts configuring an inbox that handles messages with connections from `pool` and
+    /// consumes from `kafka` (a `bootstrap.servers` string or an [`rdkafka::ClientConfig`]).
+    pub fn builder(pool: Pool<AsyncPgConnection>, kafka: impl Into<KafkaSettings>) -> InboxBuilder {
+        InboxBuilder { pool, kafka: kafka.into(), handlers: Vec::new(), options: Options::default() }
+    }
+}
+
+impl InboxBuilder {
+    /// The consumer group (required). It is the Kafka `group.id` and the dedup namespace: each
+    /// message id takes effect once per group. Two services that both need every event use
+    /// two groups.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.options.group = group.into();
+        self
+    }
+
+    /// Registers `handler` for the event type `E` (at least one is required). The inbox
+    /// subscribes to `E::TOPIC` and dispatches messages whose `ce_type` is `E::NAME` to it,
+    /// for versions `1..=E::VERSION`; newer versions are dead-lettered as `unsupported_version`.
+    ///
+    /// A second handler for the same (topic, event type) makes [`build`](Self::build) fail.
+    /// When `H` handles several event types, name the one to register: `.handle::<E, _>(h)`.
+    pub fn handle<E, H>(mut self, handler: H) -> Self
+    where
+        E: Event + DeserializeOwned + 'static,
+        H: Handler<E>,
+    {
+        self.handlers.push(Arc::new(Typed::<E, H>::new(handler)));
+        self
+    }
+
+    /// How many messages of one partition share one transaction (default 100, at most 5,000).
+    /// Their dedup rows go in with one INSERT. If any message of a batch fails, the batch is
+    /// rolled back and its messages are retried one transaction each, so only the failing
+    /// message is retried or dead-lettered. `1` is one-message mode: one transaction per
+    /// message. Both modes leave the database in the same state.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.options.batch_size = n;
+        self
+    }
+
+    /// How many times a handler is called for a message that keeps failing with a transient
+    /// error before the message is dead-lettered with reason `retries_exhausted` (default 5,
+    /// counting the first call).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.options.max_attempts = n;
+        self
+    }
+
+    /// The delay before the first retry and the cap on later ones; delays double per attempt,
+    /// with jitter (default 100 ms and 10 s). The partition waits while a message is retried;
+    /// other partitions keep flowing.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.options.backoff_base = base;
+        self.options.backoff_max = max;
+        self
+    }
+
+    /// The largest payload handed to a handler, in bytes (default 1 MiB). Checked before the
+    /// payload is parsed; larger messages are dead-lettered as `payload_too_large`.
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.options.max_payload_bytes = n;
+        self
+    }
+
+    /// The deepest JSON nesting accepted in a payload (default 64). Checked by a scan before
+    /// parsing; deeper payloads are dead-lettered as `payload_too_deep`.
+    pub fn max_json_depth(mut self, n: usize) -> Self {
+        self.options.max_json_depth = n;
+        self
+    }
+
+    /// What to do with event types that have no handler on their topic (default
+    /// [`UnknownTypePolicy::DeadLetter`]).
+    pub fn unknown_types(mut self, policy: UnknownTypePolicy) -> Self {
+        self.options.unknown_types = policy;
+        self
+    }
+
+    /// How long dedup rows are kept (default 7 days, Kafka's default retention). A message
+    /// redelivered with the same id after the window, e.g. re-sent by a producer or replayed
+    /// from its outbox, is handled again. Normal redeliveries (rebalances, restarts) never
+    /// depend on the window: the stored position skips them. Longer windows cost table size.
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.options.dedup_window = window;
+        self
+    }
+
+    /// How often the background task deletes dedup rows older than the window (default 60 s).
+    pub fn prune_interval(mut self, interval: Duration) -> Self {
+        self.options.prune_interval = interval;
+        self
+    }
+
+    /// How many dedup rows one pruning DELETE removes at most (default 1,000); small batches
+    /// keep locks and WAL bursts short.
+    pub fn prune_batch_size(mut self, n: usize) -> Self {
+        self.options.prune_batch_size = i64::try_from(n).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// How long [`Inbox::run`] waits, after the shutdown token fires, for the batches in hand
+    /// to commit before it abandons them (they are rolled back and redelivered later) (default
+    /// 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.options.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Checks the configuration and builds the inbox. Fails with
+    /// [`ErrorKind::Config`](outbox::ErrorKind::Config) when the group or the handlers are
+    /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
+    /// property is unknown, invalid or unsafe (`enable.auto.offset.store=true`, a `group.id`
+    /// other than the group).
+    pub fn build(self) -> Result<Inbox, Error> {
+        let options = self.options;
+        if options.group.trim().is_empty() {
+            return Err(config_error("inbox: the consumer group is required: .group(\"my-service\")"));
+        }
+        if self.handlers.is_empty() {
+            return Err(config_error("inbox: no handler registered: add one with .handle(MyHandler)"));
+        }
+        let registry = Registry::new(self.handlers).map_err(|e| config_error(format!("inbox: {e}")))?;
+        if options.batch_size == 0 || options.batch_size > MAX_BATCH_SIZE {
+            return Err(config_error(format!(
+                "inbox: batch_size must be between 1 and {MAX_BATCH_SIZE}, not {}",
+                options.batch_size
+            )));
+        }
+        if options.max_attempts == 0 {
+            return Err(config_error("inbox: max_attempts must be at least 1"));
+        }
+        if options.backoff_base.is_zero() || options.backoff_base > options.backoff_max {
+            return Err(config_error(format!(
+                "inbox: retry_backoff needs 0 < base <= max, got base {:?} and max {:?}",
+                options.backoff_base, options.backoff_max
+            )));
+        }
+        if options.max_payload_bytes == 0 {
+            return Err(config_error("inbox: max_payload_bytes must be at least 1"));
+        }
+        if options.max_json_depth == 0 {
+            return Err(config_error("inbox: max_json_depth must be at least 1"));
+        }
+        if options.dedup_window.is_zero() {
+            return Err(config_error(
+                "inbox: dedup_window must be longer than zero (redeliveries would be handled twice)",
+            ));
+        }
+        if options.prune_interval.is_zero() || options.prune_batch_size <= 0 {
+            return Err(config_error("inbox: prune_interval and prune_batch_size must be greater than zero"));
+        }
+        if options.shutdown_timeout.is_zero() {
+            return Err(config_error("inbox: shutdown_timeout must be longer than zero"));
+        }
+        let consumer_config = self.kafka.consumer_config(&options.group)?;
+        Ok(Inbox::new(self.pool, consumer_config, registry, options))
+    }
+}

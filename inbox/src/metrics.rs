@@ -1,0 +1,180 @@
+//! Metric names, reported through the [`metrics`] facade: install any recorder (Prometheus,
+//! StatsD, ...) in the application to collect them; without one they cost next to nothing.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `inbox_handled_total` | counter | `group`, `topic`, `type` | messages whose handler succeeded and committed |
+//! | `inbox_duplicates_total` | counter | `group`, `topic` | messages skipped because their id was already handled by the group |
+//! | `inbox_dead_lettered_total` | counter | `group`, `topic`, `reason` | dead-letter rows committed |
+//! | `inbox_skipped_total` | counter | `group`, `topic` | unknown types recorded as handled under [`UnknownTypePolicy::Skip`](crate::UnknownTypePolicy::Skip) |
+//! | `inbox_handler_seconds` | histogram | `group`, `topic`, `type` | time spent in one handler call (every attempt) |
+//! | `inbox_lag` | gauge | `group`, `topic`, `partition` | messages in the partition after the inbox's last committed position (from librdkafka statistics, every `statistics.interval.ms`, 5 s by default) |
+//! | `inbox_pruned_total` | counter | `group` | dedup rows deleted by the retention task |
+
+/// Counter: messages whose handler succeeded and whose transaction committed.
+pub const HANDLED_TOTAL: &str = "inbox_handled_total";
+/// Counter: messages recognised as already handled by the group.
+pub const DUPLICATES_TOTAL: &str = "inbox_duplicates_total";
+/// Counter: dead-letter rows committed, by reason.
+pub const DEAD_LETTERED_TOTAL: &str = "inbox_dead_lettered_total";
+/// Counter: unknown event types recorded as handled under the skip policy.
+pub const SKIPPED_TOTAL: &str = "inbox_skipped_total";
+/// Histogram: seconds spent in one handler call.
+pub const HANDLER_SECONDS: &str = "inbox_handler_seconds";
+/// Gauge: messages in a partition after the inbox's last committed position.
+pub const LAG: &str = "inbox_lag";
+/// Counter: dedup rows deleted by the retention task.
+pub const PRUNED_TOTAL: &str = "inbox_pruned_total";
+
+/// What one committed transaction did, reported only after the commit so rolled-back work is
+/// never counted.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub handled: Vec<&'static str>,
+    pub duplicates: u64,
+    pub skipped: u64,
+    pub dead_lettered: Vec<String>,
+}
+
+impl Tally {
+    pub(crate) fn report(&self, group: &str, topic: &str) {
+        for event_type in &self.handled {
+            metrics::counter!(HANDLED_TOTAL, "group" => group.to_owned(), "topic" => topic.to_owned(), "type" => *event_type)
+                .increment(1);
+        }
+        if self.duplicates > 0 {
+            metrics::counter!(DUPLICATES_TOTAL, "group" => group.to_owned(), "topic" => topic.to_owned())
+                .increment(self.duplicates);
+        }
+        if self.skipped > 0 {
+            metrics::counter!(SKIPPED_TOTAL, "group" => group.to_owned(), "topic" => topic.to_owned())
+                .increment(self.skipped);
+        }
+        for reason in &self.dead_lettered {
+            metrics::counter!(DEAD_LETTERED_TOTAL, "group" => group.to_owned(), "topic" => topic.to_owned(), "reason" => reason.clone())
+                .increment(1);
+        }
+    }
+}
+
+pub(crate) fn handler_seconds(group: &str, topic: &str, event_type: &'static str, seconds: f64) {
+    metrics::histogram!(HANDLER_SECONDS, "group" => group.to_owned(), "topic" => topic.to_owned(), "type" => event_type)
+        .record(seconds);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString,
+        Unit,
+    };
+
+    use super::*;
+
+    /// Records every update as `name{label=value,..} value`.
+    #[derive(Default, Clone)]
+    pub(crate) struct Capture(Arc<Mutex<Vec<String>>>);
+
+    struct Handle(Arc<Mutex<Vec<String>>>, String);
+
+    impl Handle {
+        fn push(&self, v: impl std::fmt::Display) {
+            self.0.lock().unwrap().push(format!("{} {v}", self.1));
+        }
+    }
+    impl CounterFn for Handle {
+        fn increment(&self, v: u64) {
+            self.push(v)
+        }
+        fn absolute(&self, v: u64) {
+            self.push(v)
+        }
+    }
+    impl GaugeFn for Handle {
+        fn increment(&self, v: f64) {
+            self.push(v)
+        }
+        fn decrement(&self, v: f64) {
+            self.push(-v)
+        }
+        fn set(&self, v: f64) {
+            self.push(v)
+        }
+    }
+    impl HistogramFn for Handle {
+        fn record(&self, _: f64) {
+            self.push("observed")
+        }
+    }
+
+    impl Capture {
+        fn handle(&self, key: &Key) -> Arc<Handle> {
+            let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            Arc::new(Handle(self.0.clone(), format!("{}{{{}}}", key.name(), labels.join(","))))
+        }
+        pub(crate) fn lines(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.handle(key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.handle(key))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.handle(key))
+        }
+    }
+
+    #[test]
+    fn names_and_labels() {
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || {
+            Tally {
+                handled: vec!["order.placed"],
+                duplicates: 2,
+                skipped: 1,
+                dead_lettered: vec!["unknown_type".into()],
+            }
+            .report("inventory", "orders");
+            handler_seconds("inventory", "orders", "order.placed", 0.01);
+        });
+        assert_eq!(
+            capture.lines(),
+            [
+                "inbox_handled_total{group=inventory,topic=orders,type=order.placed} 1",
+                "inbox_duplicates_total{group=inventory,topic=orders} 2",
+                "inbox_skipped_total{group=inventory,topic=orders} 1",
+                "inbox_dead_lettered_total{group=inventory,topic=orders,reason=unknown_type} 1",
+                "inbox_handler_seconds{group=inventory,topic=orders,type=order.placed} observed",
+            ]
+        );
+    }
+
+    #[test]
+    fn lag_from_librdkafka_statistics() {
+        use rdkafka::ClientContext;
+        use rdkafka::statistics::{Partition, Statistics, Topic};
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let context = crate::rebalance::InboxContext { events, group: "inventory".into() };
+        let mut topic = Topic::default();
+        let partition =
+            |id, desired, lag| Partition { partition: id, desired, consumer_lag_stored: lag, ..Partition::default() };
+        topic.partitions.insert(3, partition(3, true, 42));
+        topic.partitions.insert(-1, partition(-1, true, 7)); // librdkafka's internal partition
+        topic.partitions.insert(4, partition(4, false, 9)); // not assigned here
+        let mut stats = Statistics::default();
+        stats.topics.insert("orders".into(), topic);
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || context.stats(stats));
+        assert_eq!(capture.lines(), ["inbox_lag{group=inventory,topic=orders,partition=3} 42"]);
+    }
+}

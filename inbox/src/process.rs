@@ -1,0 +1,550 @@
+//! Handling the messages of one partition in transactions: a whole batch in one, and when
+//! anything in it fails, each message in its own, so only the failing message is retried or
+//! dead-lettered.
+//!
+//! Errors fall in two classes. A handler error belongs to its message: it is retried with
+//! backoff up to `max_attempts` and then dead-lettered. An infrastructure error (pool, BEGIN,
+//! our own statements, COMMIT) says nothing about the message: the same step is retried with
+//! backoff for as long as it takes, and never dead-letters anything.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use futures_util::FutureExt;
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::classify::{Plan, classify, headers_json};
+use crate::context::{Context, MessageMeta};
+use crate::inbox::{Consumer, Shared};
+use crate::metrics::{Tally, handler_seconds};
+use crate::store::{self, NewDeadLetter, NewDedup};
+
+/// One Kafka message and what to do with it.
+pub(crate) struct Item {
+    msg: OwnedMessage,
+    plan: Plan,
+}
+
+/// Whether the worker may go on with the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Done,
+    /// Stopped (shutdown or partition revoked) before the batch was finished; the unfinished
+    /// messages are not committed and will be read again by whoever owns the partition next.
+    Interrupted,
+}
+
+/// A failed handler call.
+#[derive(Debug, Clone)]
+struct Failure {
+    transient: bool,
+    reason: &'static str,
+    error: String,
+}
+
+enum StepError {
+    Handler(Failure),
+    Infra(String),
+}
+
+fn infra(e: impl std::fmt::Display) -> StepError {
+    StepError::Infra(e.to_string())
+}
+
+/// Processes the batches of one partition.
+pub(crate) struct Processor<'a> {
+    pub shared: &'a Shared,
+    pub consumer: &'a Consumer,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub stop: &'a CancellationToken,
+}
+
+impl Processor<'_> {
+    pub(crate) async fn process(&self, batch: Vec<OwnedMessage>) -> Progress {
+        let shared = self.shared;
+        let mut items: Vec<Item> = batch
+            .into_iter()
+            .map(|msg| Item { plan: classify(&shared.registry, &shared.options, &msg), msg })
+            .collect();
+        let mut failed: Option<(usize, Failure)> = None;
+        if items.len() > 1 {
+            match self.try_batch(&mut items).await {
+                Ok(()) => return Progress::Done,
+                Err((index, failure)) => {
+                    tracing::debug!(
+                        topic = self.topic,
+                        partition = self.partition,
+                        size = items.len(),
+                        "inbox: batch failed; handling its messages one transaction each"
+                    );
+                    failed = index.zip(failure);
+                }
+            }
+        }
+        for (index, item) in items.iter_mut().enumerate() {
+            let prior = match &failed {
+                Some((i, f)) if *i == index => Some(f.clone()),
+                _ => None,
+            };
+            if self.process_one(item, prior).await == Progress::Interrupted {
+                return Progress::Interrupted;
+            }
+        }
+        Progress::Done
+    }
+
+    /// The whole batch in one transaction with one multi-row dedup INSERT. On failure returns
+    /// which message's handler failed and how, if it was a handler.
+    async fn try_batch(&self, items: &mut [Item]) -> Result<(), (Option<usize>, Option<Failure>)> {
+        let span =
+            tracing::debug_span!("inbox.batch", topic = self.topic, partition = self.partition, size = items.len());
+        async {
+            let mut conn = self.shared.pool.get().await.map_err(|e| {
+                tracing::warn!(error = %e, "inbox: no database connection");
+                (None, None)
+            })?;
+            let conn: &mut AsyncPgConnection = &mut conn;
+            AnsiTransactionManager::begin_transaction(conn).await.map_err(|_| (None, None))?;
+            match self.batch_body(conn, items).await {
+                Ok((tally, next)) => match AnsiTransactionManager::commit_transaction(conn).await {
+                    Ok(()) => {
+                        self.committed(next, &tally);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbox: batch commit failed");
+                        rollback_all(conn).await;
+                        Err((None, None))
+                    }
+                },
+                Err((index, e)) => {
+                    rollback_all(conn).await;
+                    Err(match e {
+                        StepError::Handler(f) => (Some(index), Some(f)),
+                        StepError::Infra(e) => {
+                            tracing::warn!(error = %e, "inbox: batch failed on the database");
+                            (None, None)
+                        }
+                    })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn batch_body(
+        &self,
+        conn: &mut AsyncPgConnection,
+        items: &mut [Item],
+    ) -> Result<(Tally, i64), (usize, StepError)> {
+        let group = self.shared.options.group.as_str();
+        let mut seen = HashSet::new();
+        let rows: Vec<NewDedup<'_>> = items
+            .iter()
+            .filter_map(|it| {
+                let id = it.plan.id().filter(|id| seen.insert(*id))?;
+                Some(self.dedup_row(id, &it.msg))
+            })
+            .collect();
+        let inserted: HashSet<Uuid> =
+            store::insert_dedup(conn, &rows).await.map_err(|e| (0, infra(e)))?.into_iter().collect();
+        drop(rows);
+
+        let mut tally = Tally::default();
+        let mut first = HashSet::new();
+        let mut dead = Vec::new();
+        for (index, item) in items.iter_mut().enumerate() {
+            // New: its id was inserted by this statement and this is its first occurrence.
+            let new = match item.plan.id() {
+                Some(id) => inserted.contains(&id) && first.insert(id),
+                None => true,
+            };
+            if !new {
+                tally.duplicates += 1;
+                continue;
+            }
+            match &item.plan {
+                Plan::DeadLetter { reason, .. } => {
+                    tally.dead_lettered.push(reason.clone());
+                    dead.push(index);
+                }
+                Plan::Record { .. } => tally.skipped += 1,
+                Plan::Handle { .. } => match self.call_handler(conn, item, 1).await {
+                    Ok(event_type) => tally.handled.push(event_type),
+                    Err(f) => return Err((index, StepError::Handler(f))),
+                },
+            }
+        }
+        let rows: Vec<NewDeadLetter<'_>> = dead
+            .iter()
+            .filter_map(|&i| {
+                let item = &items[i];
+                match &item.plan {
+                    Plan::DeadLetter { reason, error, .. } => Some(self.dead_letter_row(item, reason, error, 0)),
+                    _ => None,
+                }
+            })
+            .collect();
+        store::insert_dead_letters(conn, &rows).await.map_err(|e| (0, infra(e)))?;
+        let next = items.last().map_or(0, |it| it.msg.offset() + 1);
+        // Runs after the handlers: if one of them swallowed a failed statement, the aborted
+        // transaction fails here instead of COMMIT silently turning into ROLLBACK.
+        store::store_position(conn, group, self.topic, self.partition, next).await.map_err(|e| (0, infra(e)))?;
+        Ok((tally, next))
+    }
+
+    /// One message in its own transactions, retrying handler failures with backoff and
+    /// infrastructure failures until they pass.
+    async fn process_one(&self, item: &mut Item, prior: Option<Failure>) -> Progress {
+        let options = &self.shared.options;
+        let mut attempt: u32 = if prior.is_some() { 1 } else { 0 };
+        let mut failure = prior;
+        let mut retry_delays = self.delays();
+        let mut infra_delays = self.delays();
+        loop {
+            if let Some(f) = &failure {
+                if !f.transient || attempt >= options.max_attempts {
+                    match self.dead_letter_tx(item, f, attempt).await {
+                        Ok(()) => return Progress::Done,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "inbox: cannot write the dead letter; retrying");
+                            if !self.pause(infra_delays.next()).await {
+                                return Progress::Interrupted;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                tracing::info!(
+                    topic = self.topic,
+                    partition = self.partition,
+                    offset = item.msg.offset(),
+                    attempt,
+                    error = %f.error,
+                    "inbox: handler failed; retrying"
+                );
+                if !self.pause(retry_delays.next()).await {
+                    return Progress::Interrupted;
+                }
+                failure = None;
+            }
+            match self.one_tx(item, attempt + 1).await {
+                Ok(()) => return Progress::Done,
+                Err(StepError::Handler(f)) => {
+                    attempt += 1;
+                    failure = Some(f);
+                }
+                Err(StepError::Infra(e)) => {
+                    tracing::warn!(error = %e, offset = item.msg.offset(), "inbox: database error; retrying");
+                    if !self.pause(infra_delays.next()).await {
+                        return Progress::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn one_tx(&self, item: &mut Item, attempt: u32) -> Result<(), StepError> {
+        let mut conn = self.shared.pool.get().await.map_err(infra)?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        AnsiTransactionManager::begin_transaction(conn).await.map_err(infra)?;
+        match self.one_body(conn, item, attempt).await {
+            Ok(tally) => {
+                if let Err(e) = AnsiTransactionManager::commit_transaction(conn).await {
+                    rollback_all(conn).await;
+                    return Err(infra(e));
+                }
+                self.committed(item.msg.offset() + 1, &tally);
+                Ok(())
+            }
+            Err(e) => {
+                rollback_all(conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn one_body(&self, conn: &mut AsyncPgConnection, item: &mut Item, attempt: u32) -> Result<Tally, StepError> {
+        let group = self.shared.options.group.as_str();
+        let mut tally = Tally::default();
+        if let Some(id) = item.plan.id() {
+            let row = self.dedup_row(id, &item.msg);
+            if store::insert_dedup(conn, &[row]).await.map_err(infra)?.is_empty() {
+                tally.duplicates = 1;
+                store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1)
+                    .await
+                    .map_err(infra)?;
+                return Ok(tally);
+            }
+        }
+        let mut ran_handler = false;
+        match &item.plan {
+            Plan::DeadLetter { reason, error, .. } => {
+                let row = self.dead_letter_row(item, reason, error, 0);
+                store::insert_dead_letters(conn, &[row]).await.map_err(infra)?;
+                tally.dead_lettered.push(reason.clone());
+            }
+            Plan::Record { .. } => tally.skipped = 1,
+            Plan::Handle { .. } => {
+                let event_type = self.call_handler(conn, item, attempt).await.map_err(StepError::Handler)?;
+                tally.handled.push(event_type);
+                ran_handler = true;
+            }
+        }
+        store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(|e| {
+            // The handler returned Ok but swallowed a failed statement: PostgreSQL refuses
+            // everything until ROLLBACK. Charge it to the message, not the database.
+            if ran_handler && e.to_string().contains("current transaction is aborted") {
+                StepError::Handler(Failure {
+                    transient: true,
+                    reason: "handler_failed",
+                    error: format!(
+                        "the handler returned Ok but left its transaction aborted (a failed statement was ignored): {e}"
+                    ),
+                })
+            } else {
+                infra(e)
+            }
+        })?;
+        Ok(tally)
+    }
+
+    /// The dead-letter row of a message whose handler failed for good, in the same transaction
+    /// as its dedup row and the position.
+    async fn dead_letter_tx(&self, item: &Item, f: &Failure, attempts: u32) -> Result<(), String> {
+        let group = self.shared.options.group.as_str();
+        let mut conn = self.shared.pool.get().await.map_err(|e| e.to_string())?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        AnsiTransactionManager::begin_transaction(conn).await.map_err(|e| e.to_string())?;
+        let reason = if f.transient { "retries_exhausted" } else { f.reason };
+        let body = async {
+            let mut tally = Tally::default();
+            let new = match item.plan.id() {
+                Some(id) => !store::insert_dedup(conn, &[self.dedup_row(id, &item.msg)]).await?.is_empty(),
+                None => true,
+            };
+            if new {
+                let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+                let row = self.dead_letter_row(item, reason, &f.error, attempts);
+                store::insert_dead_letters(conn, &[row]).await?;
+                tally.dead_lettered.push(reason.to_owned());
+            } else {
+                // Another consumer handled it meanwhile (a rebalance): nothing to park.
+                tally.duplicates = 1;
+            }
+            store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1).await?;
+            Ok::<_, diesel::result::Error>(tally)
+        }
+        .await;
+        match body {
+            Ok(tally) => {
+                if let Err(e) = AnsiTransactionManager::commit_transaction(conn).await {
+                    rollback_all(conn).await;
+                    return Err(e.to_string());
+                }
+                if tally.duplicates == 0 {
+                    tracing::warn!(
+                        topic = self.topic,
+                        partition = self.partition,
+                        offset = item.msg.offset(),
+                        reason,
+                        attempts,
+                        error = %f.error,
+                        "inbox: message dead-lettered"
+                    );
+                }
+                self.committed(item.msg.offset() + 1, &tally);
+                Ok(())
+            }
+            Err(e) => {
+                rollback_all(conn).await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Calls the message's handler inside the open transaction; returns its event type.
+    async fn call_handler(
+        &self,
+        conn: &mut AsyncPgConnection,
+        item: &mut Item,
+        attempt: u32,
+    ) -> Result<&'static str, Failure> {
+        let Plan::Handle { envelope, route, decoded } = &mut item.plan else {
+            return Err(Failure {
+                transient: false,
+                reason: "handler_failed",
+                error: "inbox bug: no handler for this message".into(),
+            });
+        };
+        let event = match decoded.take() {
+            Some(event) => event,
+            // A retry: the first call consumed the decoded event. Same bytes, same result.
+            None => route.decode(item.msg.payload().unwrap_or_default()).map_err(|e| Failure {
+                transient: false,
+                reason: "handler_failed",
+                error: format!("payload no longer decodes: {e}"),
+            })?,
+        };
+        let envelope: &outbox::Envelope = envelope;
+        let route = &*route;
+        let meta = MessageMeta {
+            group: &self.shared.options.group,
+            topic: self.topic,
+            partition: self.partition,
+            offset: item.msg.offset(),
+            key: item.msg.key(),
+            envelope,
+            attempt,
+        };
+        let span = tracing::info_span!(
+            "inbox.handle",
+            group = %self.shared.options.group,
+            topic = self.topic,
+            partition = self.partition,
+            offset = item.msg.offset(),
+            message_id = %envelope.id,
+            event_type = %envelope.event_type,
+            attempt
+        );
+        let started = Instant::now();
+        let result = {
+            let mut cx = Context::new(conn, &meta);
+            AssertUnwindSafe(route.call(event, &mut cx)).catch_unwind().instrument(span).await
+        };
+        handler_seconds(&self.shared.options.group, self.topic, route.event_type(), started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(())) if transaction_depth(conn) == Some(1) => Ok(route.event_type()),
+            Ok(Ok(())) => Err(Failure {
+                transient: false,
+                reason: "handler_failed",
+                error: "the handler committed or rolled back the inbox transaction itself".into(),
+            }),
+            Ok(Err(e)) => {
+                Err(Failure { transient: e.is_transient(), reason: "handler_failed", error: error_chain(&e) })
+            }
+            Err(panic) => {
+                Err(Failure { transient: false, reason: "handler_panicked", error: panic_message(panic.as_ref()) })
+            }
+        }
+    }
+
+    fn dedup_row<'m>(&'m self, id: Uuid, msg: &OwnedMessage) -> NewDedup<'m> {
+        NewDedup {
+            consumer_group: &self.shared.options.group,
+            message_id: id,
+            topic: self.topic,
+            kafka_partition: self.partition,
+            kafka_offset: msg.offset(),
+        }
+    }
+
+    fn dead_letter_row<'m>(
+        &'m self,
+        item: &'m Item,
+        reason: &'m str,
+        error: &'m str,
+        attempts: i32,
+    ) -> NewDeadLetter<'m> {
+        NewDeadLetter {
+            consumer_group: &self.shared.options.group,
+            message_id: item.plan.id(),
+            topic: self.topic,
+            kafka_partition: self.partition,
+            kafka_offset: item.msg.offset(),
+            key: item.msg.key(),
+            payload: item.msg.payload(),
+            headers: headers_json(&item.msg),
+            reason,
+            error,
+            attempts,
+        }
+    }
+
+    /// After a commit: metrics, and the Kafka offset hint. Storing fails for a partition no
+    /// longer assigned to this consumer, which is exactly when it must not be stored.
+    fn committed(&self, next_offset: i64, tally: &Tally) {
+        tally.report(&self.shared.options.group, self.topic);
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(self.topic, self.partition, Offset::Offset(next_offset)).is_ok()
+            && let Err(e) = self.consumer.store_offsets(&tpl)
+        {
+            tracing::debug!(error = %e, topic = self.topic, partition = self.partition, "inbox: offset hint not stored");
+        }
+    }
+
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        let o = &self.shared.options;
+        let max = o.backoff_max;
+        ExponentialBuilder::new()
+            .with_min_delay(o.backoff_base)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .map(move |d| d.min(max))
+    }
+
+    /// Waits `delay`, or returns false at once when the worker is told to stop.
+    async fn pause(&self, delay: Option<Duration>) -> bool {
+        let delay = delay.unwrap_or(self.shared.options.backoff_max);
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+fn transaction_depth(conn: &mut AsyncPgConnection) -> Option<u32> {
+    match <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
+        .transaction_depth()
+    {
+        Ok(depth) => depth.map(|d| d.get()),
+        Err(_) => None,
+    }
+}
+
+/// Rolls back every open level (the handler may have left savepoints behind). A failure here
+/// leaves the transaction manager broken, and the pool then discards the connection.
+async fn rollback_all(conn: &mut AsyncPgConnection) {
+    while transaction_depth(conn).is_some() {
+        if let Err(e) = AnsiTransactionManager::rollback_transaction(conn).await {
+            tracing::debug!(error = %e, "inbox: rollback failed; the connection will be discarded");
+            return;
+        }
+    }
+}
+
+fn error_chain(e: &crate::HandlerError) -> String {
+    use std::error::Error as _;
+    let mut out = e.to_string();
+    // HandlerError displays its source; start the chain below it.
+    let mut next = e.source().and_then(|s| s.source());
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    format!("the handler panicked: {text}")
+}

@@ -1,0 +1,53 @@
+//! Retention: deletes the group's dedup rows older than the dedup window, in small batches.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::Shared;
+use crate::store;
+
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let o = &shared.options;
+    loop {
+        prune_once(&shared, &stop).await;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(o.prune_interval) => {}
+        }
+    }
+}
+
+/// Deletes batch after batch until a batch comes back short; yields between batches.
+async fn prune_once(shared: &Shared, stop: &CancellationToken) {
+    let o = &shared.options;
+    let mut total = 0u64;
+    while !stop.is_cancelled() {
+        let mut conn = match shared.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbox: pruning skipped, no database connection");
+                return;
+            }
+        };
+        match store::prune_dedup(&mut conn, &o.group, o.dedup_window, o.prune_batch_size).await {
+            Ok(n) => {
+                total += n as u64;
+                if (n as i64) < o.prune_batch_size {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox: pruning dedup rows failed");
+                break;
+            }
+        }
+        drop(conn);
+        tokio::task::yield_now().await;
+    }
+    if total > 0 {
+        tracing::debug!(rows = total, group = %o.group, "inbox: pruned dedup rows");
+        metrics::counter!(crate::metrics::PRUNED_TOTAL, "group" => o.group.clone()).increment(total);
+    }
+}

@@ -1,0 +1,118 @@
+//! Exactly-once chaining: a handler that publishes a follow-up event with `cx.publish` stores it
+//! in the outbox in the inbox transaction, so a redelivered input — or an attempt that failed
+//! after publishing — never yields a second follow-up. The follow-up's causation id is the
+//! input's id and the correlation id is carried over (or starts at the input's id).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::{Jsonb, Text};
+use diesel_async::RunQueryDsl;
+use inbox::{Context, Handler, HandlerError, Inbox};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tests::produce::{CloudEvent, TestProducer, wait_for_count};
+use tests::{TestDb, TestKafka};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "orders", name = "order.placed")]
+struct OrderPlaced {
+    #[event(key)]
+    order_id: Uuid,
+    fail_once_after_publishing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "stock", name = "stock.reserved")]
+struct StockReserved {
+    #[event(key)]
+    order_id: Uuid,
+}
+
+#[derive(Default)]
+struct ReserveStock {
+    failed: Mutex<HashSet<Uuid>>,
+}
+
+#[inbox::async_trait]
+impl Handler<OrderPlaced> for ReserveStock {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+        cx.publish(&StockReserved { order_id: e.order_id }).await?;
+        if e.fail_once_after_publishing && self.failed.lock().unwrap().insert(cx.message_id()) {
+            return Err(HandlerError::transient("stock service hiccup after publishing"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(QueryableByName, Debug)]
+struct FollowUp {
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Jsonb)]
+    headers: serde_json::Value,
+}
+
+#[tokio::test]
+async fn follow_up_is_published_once_per_input() {
+    let db = TestDb::new().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic("orders", 1).await;
+    let order = |fail: bool| {
+        CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), fail_once_after_publishing: fail }).partition(0)
+    };
+    let correlated = order(false).header("ce_correlationid", "checkout-42");
+    let uncorrelated = order(false);
+    let flaky = order(true);
+    let input = [
+        correlated.clone(),
+        uncorrelated.clone(),
+        correlated.clone(), // redelivered
+        flaky.clone(),
+        uncorrelated.clone(), // redelivered
+        correlated.clone(),   // redelivered again
+    ];
+    TestProducer::new(&kafka).send_all(&input).await;
+
+    let shutdown = CancellationToken::new();
+    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+        .group("inventory")
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .handle(ReserveStock::default())
+        .build()
+        .unwrap();
+    let running = tokio::spawn(inbox.run(shutdown.clone()));
+    let position =
+        wait_for_count(&db, "SELECT coalesce(max(next_offset), 0) AS n FROM inbox_offsets", 6, Duration::from_secs(20))
+            .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(position, 6);
+
+    assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 3, "one follow-up per input id");
+    let mut conn = db.conn().await;
+    for (input, correlation) in [
+        (&correlated, "checkout-42".to_owned()),
+        (&uncorrelated, uncorrelated.id().unwrap().to_string()),
+        (&flaky, flaky.id().unwrap().to_string()),
+    ] {
+        let id = input.id().unwrap();
+        let rows: Vec<FollowUp> = diesel::sql_query(
+            "SELECT topic, event_type, headers FROM outbox_messages WHERE headers->>'ce_causationid' = $1",
+        )
+        .bind::<Text, _>(id.to_string())
+        .load(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 1, "exactly one follow-up caused by {id}");
+        assert_eq!(rows[0].topic, "stock");
+        assert_eq!(rows[0].event_type, "stock.reserved");
+        assert_eq!(rows[0].headers["ce_correlationid"], correlation.as_str());
+    }
+}

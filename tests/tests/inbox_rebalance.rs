@@ -1,0 +1,131 @@
+//! Guarantee 6, rebalances: two consumers of one group share four partitions; one of them is
+//! stopped while it is processing (its task aborted, or shut down gracefully), the other takes
+//! its partitions over from their stored positions, and every message takes effect exactly once.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use inbox::{Context, Handler, HandlerError, Inbox};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config, wait_for_count};
+use tests::{TestDb, TestKafka};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "orders", name = "order.placed")]
+struct OrderPlaced {
+    #[event(key)]
+    order_id: Uuid,
+    n: i64,
+}
+
+/// Records which consumer handled which message.
+struct RecordOrder {
+    consumer: &'static str,
+}
+
+#[inbox::async_trait]
+impl Handler<OrderPlaced> for RecordOrder {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+        let (id, partition) = (cx.message_id(), cx.partition());
+        diesel::sql_query("INSERT INTO effects (message_id, n, kafka_partition, consumer) VALUES ($1, $2, $3, $4)")
+            .bind::<SqlUuid, _>(id)
+            .bind::<BigInt, _>(e.n)
+            .bind::<Integer, _>(partition)
+            .bind::<Text, _>(self.consumer)
+            .execute(cx.conn())
+            .await?;
+        // Slow enough that the first consumer is stopped with work in hand.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+}
+
+const PER_PARTITION: i64 = 100;
+const TOTAL: i64 = PER_PARTITION * 4;
+
+async fn consumer(db: &TestDb, kafka: &TestKafka, name: &'static str) -> Inbox {
+    Inbox::builder(db.pool(6).await, inbox_kafka_config(kafka))
+        .group("inventory")
+        .batch_size(10)
+        .handle(RecordOrder { consumer: name })
+        .build()
+        .unwrap()
+}
+
+/// Runs two consumers, calls `stop_a` once some work is committed, waits for the rest.
+async fn one_consumer_stops_mid_stream(abort: bool) {
+    let db = TestDb::new().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic("orders", 4).await;
+    diesel::sql_query(
+        "CREATE TABLE effects (message_id uuid NOT NULL, n bigint NOT NULL, \
+         kafka_partition int NOT NULL, consumer text NOT NULL)",
+    )
+    .execute(&mut db.conn().await)
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    for n in 0..PER_PARTITION {
+        for p in 0..4 {
+            let event = OrderPlaced { order_id: Uuid::now_v7(), n: n * 4 + i64::from(p) };
+            events.push(CloudEvent::of(&event).partition(p));
+        }
+    }
+    TestProducer::new(&kafka).send_all(&events).await;
+
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = tokio::spawn(consumer(&db, &kafka, "a").await.run(stop_a.clone()));
+    let b = tokio::spawn(consumer(&db, &kafka, "b").await.run(stop_b.clone()));
+
+    // Both members have work committed before one of them goes.
+    let both = "SELECT count(DISTINCT consumer) AS n FROM effects";
+    assert_eq!(wait_for_count(&db, both, 2, Duration::from_secs(20)).await, 2, "both consumers got partitions");
+    if abort {
+        a.abort();
+        assert!(a.await.unwrap_err().is_cancelled());
+    } else {
+        stop_a.cancel();
+        a.await.unwrap().unwrap();
+    }
+    let at_stop = db.count("SELECT count(*) AS n FROM effects").await;
+    assert!(at_stop < TOTAL, "stopped mid-stream ({at_stop} of {TOTAL} handled)");
+
+    let position = wait_for_count(
+        &db,
+        "SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM inbox_offsets",
+        TOTAL,
+        Duration::from_secs(25),
+    )
+    .await;
+    stop_b.cancel();
+    b.await.unwrap().unwrap();
+
+    assert_eq!(position, TOTAL);
+    assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, TOTAL, "no effect lost or doubled");
+    assert_eq!(db.count("SELECT count(DISTINCT message_id) AS n FROM effects").await, TOTAL);
+    assert_eq!(db.count("SELECT count(DISTINCT n) AS n FROM effects").await, TOTAL);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT kafka_partition) AS n FROM effects WHERE consumer = 'b'").await,
+        4,
+        "the remaining consumer took over the stopped one's partitions"
+    );
+    assert_eq!(
+        db.count(&format!("SELECT count(*) AS n FROM inbox_offsets WHERE next_offset = {PER_PARTITION}")).await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn consumer_aborted_mid_stream() {
+    one_consumer_stops_mid_stream(true).await;
+}
+
+#[tokio::test]
+async fn consumer_shut_down_mid_stream() {
+    one_consumer_stops_mid_stream(false).await;
+}
