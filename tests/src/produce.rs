@@ -1,7 +1,7 @@
 //! Putting CloudEvents messages on Kafka for the inbox suites, well-formed or hostile, and
 //! waiting for the inbox to catch up.
 //!
-//! ```ignore
+//! ```text
 //! let producer = TestProducer::new(&kafka);
 //! let good = CloudEvent::of(&OrderPlaced { .. }).partition(0);
 //! let evil = CloudEvent::of(&OrderPlaced { .. }).header("ce_id", "not-a-uuid");
