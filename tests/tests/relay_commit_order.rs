@@ -18,7 +18,8 @@ async fn out_of_order_commits_and_rollbacks() {
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 4).await;
     // Small batches: many pipelined windows, so late commits land inside in-flight ranges.
-    let relay = rs::relay(db.pool(4).await, &kafka).batch_size(8).poll_interval(Duration::from_millis(10)).build().unwrap();
+    let relay =
+        rs::relay(db.pool(4).await, &kafka).batch_size(8).poll_interval(Duration::from_millis(10)).build().unwrap();
     let (stop, task) = rs::spawn(relay);
 
     let seed: u64 = std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
