@@ -189,8 +189,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             Some(1.03),
         ),
         fig(
-            "B2b",
-            "8 writers, sync commit: TPS with outbox (NOTIFY on) vs without",
+            "B2c",
+            "8 writers, sync commit: TPS with outbox, NOTIFY trigger on (opt-in) vs without",
             "tx/s",
             tps_sdk.clone(),
             tps_bare.clone(),
@@ -199,8 +199,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             Some(0.95),
         ),
         fig(
-            "B2c",
-            "8 writers: TPS with outbox, NOTIFY off vs without",
+            "B2b",
+            "8 writers, sync commit: TPS with outbox (default: no NOTIFY) vs without",
             "tx/s",
             tps_quiet.clone(),
             tps_bare,
