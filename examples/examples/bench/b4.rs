@@ -61,9 +61,22 @@ async fn sdk(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
         .build()
         .expect("inbox");
     let inbox_task = tokio::spawn(inbox.run(stop.clone()));
-    tokio::time::sleep(Duration::from_secs(3)).await; // group join, partition assignment
-    latencies.lock().expect("lock").clear();
+    // Warm-up, not measured: group join, partition assignment and the first-message position
+    // check of every partition (one message per key covers all partitions).
     let mut conn = env.conn().await;
+    for key in 0..50u32 {
+        conn.transaction::<_, outbox::Error, _>(async |tx| {
+            outbox::publish(tx, &Stamp { key, at_us: now_us() }).await?;
+            Ok(())
+        })
+        .await
+        .expect("publish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latencies.lock().expect("lock").len() < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.lock().expect("lock").clear();
     let n = (rate * secs) as u32;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     for i in 0..n {
@@ -93,9 +106,10 @@ async fn raw(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
         .expect("consumer");
     consumer.subscribe(&["bench-e2e"]).expect("subscribe");
     let n = (rate * secs) as usize;
+    let warm_up = 50;
     let reader = tokio::spawn(async move {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        let mut out = Vec::with_capacity(n + warm_up);
+        while out.len() < n + warm_up {
             match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
                 Ok(Ok(m)) => {
                     if let Ok(s) = serde_json::from_slice::<Stamp>(m.payload().unwrap_or_default()) {
@@ -105,12 +119,12 @@ async fn raw(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
                 _ => break,
             }
         }
-        out
+        out.split_off(warm_up.min(out.len()))
     });
     tokio::time::sleep(Duration::from_secs(3)).await; // group join, partition assignment
     let producer: FutureProducer = env.producer_config().create().expect("producer");
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    for i in 0..n {
+    for i in 0..n + warm_up {
         tick.tick().await;
         let payload = serde_json::to_vec(&Stamp { key: (i % 50) as u32, at_us: now_us() }).expect("json");
         let key = (i % 50).to_string();
