@@ -136,10 +136,13 @@ pub(crate) fn is_transient_db_error(e: &diesel::result::Error) -> bool {
     match e {
         E::DatabaseError(kind, info) => match kind {
             D::SerializationFailure | D::ClosedConnection | D::UnableToSendCommand | D::ReadOnlyTransaction => true,
-            // diesel has no kind for these SQLSTATEs (40P01, 55P03, 57014); their messages are stable.
+            // diesel has no kind for these SQLSTATEs (57P01 session terminated, 40P01, 55P03, 57014); their messages are stable.
             _ => {
                 let m = info.message();
-                m.contains("deadlock detected") || m.contains("could not obtain lock") || m.contains("lock timeout")
+                m.contains("terminating connection")
+                    || m.contains("deadlock detected")
+                    || m.contains("could not obtain lock")
+                    || m.contains("lock timeout")
             }
         },
         E::BrokenTransactionManager => true,

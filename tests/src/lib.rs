@@ -5,6 +5,7 @@
 // The README's code blocks compile (and run, unless `no_run`) as doc tests of this crate.
 #![doc = include_str!("../../README.md")]
 
+pub mod crash;
 pub mod kafka;
 pub mod produce;
 pub mod relay_support;

@@ -72,7 +72,7 @@ WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
 const CLAIM_ABOVE_WINDOW: &str = "
   AND m.seq > $2
   AND (SELECT count(*) FROM outbox_messages w
-       WHERE w.seq BETWEEN $3 AND $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
+       WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
          AND w.next_attempt_at <= now()) <= $4";
 
 /// The rows in flight: seq range `first..=last` holding `rows` claimed rows (`rows == 0`: none).
