@@ -93,7 +93,8 @@ impl RelayBuilder {
     /// LISTEN for the `outbox_messages` NOTIFY of the insert trigger, which wakes this relay
     /// when another process writes. Default `true`; it only matters once the trigger is enabled
     /// with [`crate::set_notify`] (it is off by default: it halves concurrent commit
-    /// throughput). Turn off behind PgBouncer in transaction mode (LISTEN needs a session).
+    /// throughput); while it is off the relay holds no LISTEN connection and rechecks every
+    /// 30 s. Turn off behind PgBouncer in transaction mode (LISTEN needs a session).
     pub fn listen(mut self, on: bool) -> Self {
         self.config.listen = on;
         self

@@ -333,6 +333,27 @@ async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: Canc
                 continue;
             }
         };
+        // The trigger ships disabled: until someone enables it there is nothing to hear, so do
+        // not pin a pooled connection; look again now and then.
+        match store::notify_enabled(&mut conn).await {
+            Ok(true) => {}
+            Ok(false) => {
+                drop(conn);
+                sleep_or_cancel(&shutdown, Duration::from_secs(30)).await;
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "relay LISTEN: cannot read the trigger state");
+                drop(conn);
+                sleep_or_cancel(
+                    &shutdown,
+                    publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)),
+                )
+                .await;
+                continue;
+            }
+        }
         if let Err(e) = conn.batch_execute("LISTEN outbox_messages").await {
             failures += 1;
             warn!(error = %e, "relay LISTEN failed; polling only until it works");

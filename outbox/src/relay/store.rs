@@ -272,6 +272,23 @@ pub(crate) async fn backlog(conn: &mut AsyncPgConnection) -> Result<Backlog> {
     Ok(diesel::sql_query(BACKLOG).get_result(conn).await?)
 }
 
+#[derive(QueryableByName)]
+struct Enabled {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    enabled: bool,
+}
+
+// 'D' = disabled (outbox::set_notify(conn, false), the default after migrate).
+const NOTIFY_ENABLED: &str = "
+SELECT COALESCE(bool_or(tgenabled <> 'D'), false) AS enabled FROM pg_trigger
+WHERE tgname = 'outbox_messages_notify' AND tgrelid = 'outbox_messages'::regclass";
+
+/// Whether the insert trigger sends NOTIFY, i.e. whether LISTENing can hear anything.
+pub(crate) async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
+    let e: Enabled = diesel::sql_query(NOTIFY_ENABLED).get_result(conn).await?;
+    Ok(e.enabled)
+}
+
 fn interval(d: std::time::Duration) -> diesel::pg::data_types::PgInterval {
     diesel::pg::data_types::PgInterval::from_microseconds(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
