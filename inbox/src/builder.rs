@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::bb8::Pool;
 use outbox::Event;
+use outbox::db::{ConnPool, Database};
 use serde::de::DeserializeOwned;
 
 use crate::error::config_error;
@@ -97,14 +97,14 @@ impl Default for Options {
 /// # }
 /// ```
 #[must_use = "an inbox does nothing until it is built and run"]
-pub struct InboxBuilder {
-    pool: Pool<AsyncPgConnection>,
+pub struct InboxBuilder<C: Database = AsyncPgConnection> {
+    pool: ConnPool<C>,
     kafka: KafkaSettings,
-    handlers: Vec<Arc<dyn ErasedHandler>>,
+    handlers: Vec<Arc<dyn ErasedHandler<C>>>,
     options: Options,
 }
 
-impl std::fmt::Debug for InboxBuilder {
+impl<C: Database> std::fmt::Debug for InboxBuilder<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboxBuilder")
             .field("kafka", &self.kafka)
@@ -114,15 +114,25 @@ impl std::fmt::Debug for InboxBuilder {
     }
 }
 
-impl Inbox {
-    /// Starts configuring an inbox that handles messages with connections from `pool` and
-    /// consumes from `kafka` (a `bootstrap.servers` string or an [`rdkafka::ClientConfig`]).
-    pub fn builder(pool: Pool<AsyncPgConnection>, kafka: impl Into<KafkaSettings>) -> InboxBuilder {
-        InboxBuilder { pool, kafka: kafka.into(), handlers: Vec::new(), options: Options::default() }
+impl<C: Database> Inbox<C> {
+    /// Starts configuring an inbox that handles messages with connections from `pool`
+    /// (PostgreSQL, or SQLite with the `sqlite` feature) and consumes from `kafka` (a
+    /// `bootstrap.servers` string, an [`rdkafka::ClientConfig`] or an [`outbox::KafkaConfig`]).
+    pub fn builder<M>(pool: bb8::Pool<M>, kafka: impl Into<KafkaSettings>) -> InboxBuilder<C>
+    where
+        M: bb8::ManageConnection<Connection = C>,
+        M::Error: std::error::Error,
+    {
+        InboxBuilder {
+            pool: ConnPool::new(pool),
+            kafka: kafka.into(),
+            handlers: Vec::new(),
+            options: Options::default(),
+        }
     }
 }
 
-impl InboxBuilder {
+impl<C: Database> InboxBuilder<C> {
     /// The consumer group (required). It is the Kafka `group.id` and the dedup namespace: each
     /// message id takes effect once per group. Two services that both need every event use
     /// two groups.
@@ -140,7 +150,7 @@ impl InboxBuilder {
     pub fn handle<E, H>(mut self, handler: H) -> Self
     where
         E: Event + DeserializeOwned + 'static,
-        H: Handler<E>,
+        H: Handler<E, C>,
     {
         self.handlers.push(Arc::new(Typed::<E, H>::new(handler)));
         self
@@ -229,7 +239,7 @@ impl InboxBuilder {
     /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
     /// property is unknown, invalid or unsafe (`enable.auto.offset.store=true`, a `group.id`
     /// other than the group).
-    pub fn build(self) -> Result<Inbox, Error> {
+    pub fn build(self) -> Result<Inbox<C>, Error> {
         let options = self.options;
         if options.group.trim().is_empty() {
             return Err(config_error("inbox: the consumer group is required: .group(\"my-service\")"));

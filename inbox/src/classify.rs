@@ -10,13 +10,15 @@ use uuid::Uuid;
 
 use crate::UnknownTypePolicy;
 use crate::builder::Options;
+use outbox::Database;
+
 use crate::registry::{Registry, Route};
 
 /// What to do with one message.
-pub(crate) enum Plan {
+pub(crate) enum Plan<C: Database> {
     /// Run `route`'s handler. `decoded` is the event, decoded once here and consumed by the
     /// first call; retries decode the payload again.
-    Handle { envelope: Box<Envelope>, route: Route, decoded: Option<Box<dyn Any + Send + Sync>> },
+    Handle { envelope: Box<Envelope>, route: Route<C>, decoded: Option<Box<dyn Any + Send + Sync>> },
     /// Record as handled without running anything (unknown type under the skip policy).
     Record { id: Uuid },
     /// Never handled: a dead-letter row with this reason. With a valid id it also gets a dedup
@@ -24,7 +26,7 @@ pub(crate) enum Plan {
     DeadLetter { id: Option<Uuid>, reason: String, error: String },
 }
 
-impl Plan {
+impl<C: Database> Plan<C> {
     pub(crate) fn id(&self) -> Option<Uuid> {
         match self {
             Plan::Handle { envelope, .. } => Some(envelope.id),
@@ -38,7 +40,7 @@ impl Plan {
     }
 }
 
-pub(crate) fn classify(registry: &Registry, options: &Options, msg: &OwnedMessage) -> Plan {
+pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, msg: &OwnedMessage) -> Plan<C> {
     let no_headers = OwnedHeaders::new();
     let headers = msg.headers().unwrap_or(&no_headers);
     let envelope = match Envelope::from_kafka_headers(headers) {

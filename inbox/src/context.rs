@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
-use outbox::{Envelope, Event, Metadata};
+use outbox::{Database, Envelope, Event, Metadata};
 use uuid::Uuid;
 
 /// Everything the inbox knows about the message being handled.
@@ -44,20 +44,20 @@ pub(crate) struct MessageMeta<'a> {
 ///     }
 /// }
 /// ```
-pub struct Context<'a> {
-    conn: &'a mut AsyncPgConnection,
+pub struct Context<'a, C: Database = AsyncPgConnection> {
+    conn: &'a mut C,
     meta: &'a MessageMeta<'a>,
 }
 
-impl<'a> Context<'a> {
-    pub(crate) fn new(conn: &'a mut AsyncPgConnection, meta: &'a MessageMeta<'a>) -> Self {
+impl<'a, C: Database> Context<'a, C> {
+    pub(crate) fn new(conn: &'a mut C, meta: &'a MessageMeta<'a>) -> Self {
         Self { conn, meta }
     }
 
     /// The open inbox transaction: the same one that holds this message's dedup row and the
     /// partition's stored position. Write the handler's effects here; do not commit or roll
     /// it back yourself (nested `conn.transaction(..)` calls become savepoints and are fine).
-    pub fn conn(&mut self) -> &mut AsyncPgConnection {
+    pub fn conn(&mut self) -> &mut C {
         self.conn
     }
 

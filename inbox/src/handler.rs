@@ -8,6 +8,9 @@ use futures_util::future::BoxFuture;
 use outbox::Event;
 use serde::de::DeserializeOwned;
 
+use diesel_async::AsyncPgConnection;
+use outbox::Database;
+
 use crate::Context;
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -54,12 +57,13 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
     note = "`{E}` must implement `outbox::Event` and `serde::Deserialize` (`#[derive(Serialize, Deserialize, JsonSchema, outbox::Event)]`)",
     note = "when `{Self}` handles several event types, name the one to register: `.handle::<{E}, _>(handler)`"
 )]
-pub trait Handler<E>: Send + Sync + 'static
+pub trait Handler<E, C = AsyncPgConnection>: Send + Sync + 'static
 where
     E: Event + DeserializeOwned + 'static,
+    C: Database,
 {
     /// Applies `event`. Runs inside the inbox transaction, available as [`Context::conn`].
-    async fn handle(&self, event: E, cx: &mut Context<'_>) -> Result<(), HandlerError>;
+    async fn handle(&self, event: E, cx: &mut Context<'_, C>) -> Result<(), HandlerError>;
 }
 
 /// Why a handler failed, and whether trying again may help.
@@ -151,7 +155,7 @@ pub(crate) fn is_transient_db_error(e: &diesel::result::Error) -> bool {
 }
 
 /// A handler with its event type erased, so handlers of different events live in one registry.
-pub(crate) trait ErasedHandler: Send + Sync {
+pub(crate) trait ErasedHandler<C: Database>: Send + Sync {
     fn topic(&self) -> &'static str;
     fn event_type(&self) -> &'static str;
     fn version(&self) -> u32;
@@ -160,7 +164,7 @@ pub(crate) trait ErasedHandler: Send + Sync {
     fn call<'a>(
         &'a self,
         event: Box<dyn Any + Send + Sync>,
-        cx: &'a mut Context<'_>,
+        cx: &'a mut Context<'_, C>,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
@@ -175,10 +179,11 @@ impl<E, H> Typed<E, H> {
     }
 }
 
-impl<E, H> ErasedHandler for Typed<E, H>
+impl<E, H, C> ErasedHandler<C> for Typed<E, H>
 where
     E: Event + DeserializeOwned + 'static,
-    H: Handler<E>,
+    C: Database,
+    H: Handler<E, C>,
 {
     fn topic(&self) -> &'static str {
         E::TOPIC
@@ -203,7 +208,7 @@ where
     fn call<'a>(
         &'a self,
         event: Box<dyn Any + Send + Sync>,
-        cx: &'a mut Context<'_>,
+        cx: &'a mut Context<'_, C>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         match event.downcast::<E>() {
             Ok(event) => self.handler.handle(*event, cx),

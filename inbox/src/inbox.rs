@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::bb8::Pool;
+use outbox::db::{ConnPool, Database};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -22,26 +22,25 @@ use crate::error::kafka_error;
 use crate::partition::{Flow, PartitionWorker};
 use crate::rebalance::{InboxContext, RebalanceEvent, TopicPartition};
 use crate::registry::Registry;
-use crate::store;
 
 pub(crate) type Consumer = StreamConsumer<InboxContext>;
 
 /// What every task of one inbox shares.
-pub(crate) struct Shared {
-    pub pool: Pool<AsyncPgConnection>,
-    pub registry: Registry,
+pub(crate) struct Shared<C: Database> {
+    pub pool: ConnPool<C>,
+    pub registry: Registry<C>,
     pub options: Options,
 }
 
 /// A built inbox: a consumer group, its handlers and options. Start it with [`run`](Self::run).
 ///
 /// Built by [`Inbox::builder`]; see the crate documentation for the guarantees.
-pub struct Inbox {
-    shared: Arc<Shared>,
+pub struct Inbox<C: Database = AsyncPgConnection> {
+    shared: Arc<Shared<C>>,
     consumer_config: ClientConfig,
 }
 
-impl std::fmt::Debug for Inbox {
+impl<C: Database> std::fmt::Debug for Inbox<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbox")
             .field("group", &self.shared.options.group)
@@ -50,11 +49,11 @@ impl std::fmt::Debug for Inbox {
     }
 }
 
-impl Inbox {
+impl<C: Database> Inbox<C> {
     pub(crate) fn new(
-        pool: Pool<AsyncPgConnection>,
+        pool: ConnPool<C>,
         consumer_config: ClientConfig,
-        registry: Registry,
+        registry: Registry<C>,
         options: Options,
     ) -> Self {
         Self { shared: Arc::new(Shared { pool, registry, options }), consumer_config }
@@ -127,15 +126,15 @@ struct Slot {
     stop: CancellationToken,
 }
 
-struct Loop {
-    shared: Arc<Shared>,
+struct Loop<C: Database> {
+    shared: Arc<Shared<C>>,
     consumer: Arc<Consumer>,
     slots: HashMap<String, HashMap<i32, Slot>>,
     workers: JoinSet<()>,
     stop: CancellationToken,
 }
 
-impl Loop {
+impl<C: Database> Loop<C> {
     async fn run(&mut self, mut events: UnboundedReceiver<RebalanceEvent>) -> Result<(), Error> {
         let consumer = self.consumer.clone();
         loop {
@@ -197,7 +196,7 @@ impl Loop {
             match self.shared.pool.get().await {
                 Ok(mut conn) => {
                     for (topic, parts) in &by_topic {
-                        match store::load_positions(&mut conn, &o.group, topic, parts).await {
+                        match conn.load_positions(&o.group, topic, parts).await {
                             Ok(found) => out.extend(found.into_iter().map(|(p, n)| ((topic.to_string(), p), n))),
                             Err(e) => {
                                 failure = Some(e.to_string());

@@ -57,7 +57,6 @@ mod process;
 mod prune;
 mod rebalance;
 mod registry;
-mod store;
 
 pub use builder::{InboxBuilder, UnknownTypePolicy};
 pub use context::Context;

@@ -9,6 +9,8 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use outbox::Database;
+
 use crate::inbox::{Consumer, Shared};
 use crate::process::{Processor, Progress};
 
@@ -95,8 +97,8 @@ impl Flow {
     }
 }
 
-pub(crate) struct PartitionWorker {
-    pub shared: Arc<Shared>,
+pub(crate) struct PartitionWorker<C: Database> {
+    pub shared: Arc<Shared<C>>,
     pub consumer: Arc<Consumer>,
     pub topic: String,
     pub partition: i32,
@@ -106,7 +108,7 @@ pub(crate) struct PartitionWorker {
     pub stop: CancellationToken,
 }
 
-impl PartitionWorker {
+impl<C: Database> PartitionWorker<C> {
     pub(crate) async fn run(mut self) {
         let batch_size = self.shared.options.batch_size;
         let processor = Processor {

@@ -12,8 +12,10 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::TransactionManager;
 use futures_util::FutureExt;
+use outbox::Database;
+use outbox::db::{NewDeadLetter, NewDedup};
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Message, OwnedMessage};
@@ -26,12 +28,11 @@ use crate::classify::{Plan, classify, headers_json};
 use crate::context::{Context, MessageMeta};
 use crate::inbox::{Consumer, Shared};
 use crate::metrics::{Tally, handler_seconds};
-use crate::store::{self, NewDeadLetter, NewDedup};
 
 /// One Kafka message and what to do with it.
-pub(crate) struct Item {
+pub(crate) struct Item<C: Database> {
     msg: OwnedMessage,
-    plan: Plan,
+    plan: Plan<C>,
 }
 
 /// Whether the worker may go on with the next batch.
@@ -61,18 +62,18 @@ fn infra(e: impl std::fmt::Display) -> StepError {
 }
 
 /// Processes the batches of one partition.
-pub(crate) struct Processor<'a> {
-    pub shared: &'a Shared,
+pub(crate) struct Processor<'a, C: Database> {
+    pub shared: &'a Shared<C>,
     pub consumer: &'a Consumer,
     pub topic: &'a str,
     pub partition: i32,
     pub stop: &'a CancellationToken,
 }
 
-impl Processor<'_> {
+impl<C: Database> Processor<'_, C> {
     pub(crate) async fn process(&self, batch: Vec<OwnedMessage>) -> Progress {
         let shared = self.shared;
-        let mut items: Vec<Item> = batch
+        let mut items: Vec<Item<C>> = batch
             .into_iter()
             .map(|msg| Item { plan: classify(&shared.registry, &shared.options, &msg), msg })
             .collect();
@@ -105,7 +106,7 @@ impl Processor<'_> {
 
     /// The whole batch in one transaction with one multi-row dedup INSERT. On failure returns
     /// which message's handler failed and how, if it was a handler.
-    async fn try_batch(&self, items: &mut [Item]) -> Result<(), (Option<usize>, Option<Failure>)> {
+    async fn try_batch(&self, items: &mut [Item<C>]) -> Result<(), (Option<usize>, Option<Failure>)> {
         let span =
             tracing::debug_span!("inbox.batch", topic = self.topic, partition = self.partition, size = items.len());
         async {
@@ -113,10 +114,10 @@ impl Processor<'_> {
                 tracing::warn!(error = %e, "inbox: no database connection");
                 (None, None)
             })?;
-            let conn: &mut AsyncPgConnection = &mut conn;
-            AnsiTransactionManager::begin_transaction(conn).await.map_err(|_| (None, None))?;
+            let conn: &mut C = &mut conn;
+            conn.begin_write().await.map_err(|_| (None, None))?;
             match self.batch_body(conn, items).await {
-                Ok((tally, next)) => match AnsiTransactionManager::commit_transaction(conn).await {
+                Ok((tally, next)) => match C::TransactionManager::commit_transaction(conn).await {
                     Ok(()) => {
                         self.committed(next, &tally);
                         Ok(())
@@ -143,11 +144,7 @@ impl Processor<'_> {
         .await
     }
 
-    async fn batch_body(
-        &self,
-        conn: &mut AsyncPgConnection,
-        items: &mut [Item],
-    ) -> Result<(Tally, i64), (usize, StepError)> {
+    async fn batch_body(&self, conn: &mut C, items: &mut [Item<C>]) -> Result<(Tally, i64), (usize, StepError)> {
         let group = self.shared.options.group.as_str();
         let mut seen = HashSet::new();
         let rows: Vec<NewDedup<'_>> = items
@@ -157,8 +154,7 @@ impl Processor<'_> {
                 Some(self.dedup_row(id, &it.msg))
             })
             .collect();
-        let inserted: HashSet<Uuid> =
-            store::insert_dedup(conn, &rows).await.map_err(|e| (0, infra(e)))?.into_iter().collect();
+        let inserted: HashSet<Uuid> = conn.insert_dedup(&rows).await.map_err(|e| (0, infra(e)))?.into_iter().collect();
         drop(rows);
 
         let mut tally = Tally::default();
@@ -196,17 +192,17 @@ impl Processor<'_> {
                 }
             })
             .collect();
-        store::insert_dead_letters(conn, &rows).await.map_err(|e| (0, infra(e)))?;
+        conn.insert_dead_letters(&rows).await.map_err(|e| (0, infra(e)))?;
         let next = items.last().map_or(0, |it| it.msg.offset() + 1);
         // Runs after the handlers: if one of them swallowed a failed statement, the aborted
         // transaction fails here instead of COMMIT silently turning into ROLLBACK.
-        store::store_position(conn, group, self.topic, self.partition, next).await.map_err(|e| (0, infra(e)))?;
+        conn.store_position(group, self.topic, self.partition, next).await.map_err(|e| (0, infra(e)))?;
         Ok((tally, next))
     }
 
     /// One message in its own transactions, retrying handler failures with backoff and
     /// infrastructure failures until they pass.
-    async fn process_one(&self, item: &mut Item, prior: Option<Failure>) -> Progress {
+    async fn process_one(&self, item: &mut Item<C>, prior: Option<Failure>) -> Progress {
         let options = &self.shared.options;
         let mut attempt: u32 = if prior.is_some() { 1 } else { 0 };
         let mut failure = prior;
@@ -255,13 +251,13 @@ impl Processor<'_> {
         }
     }
 
-    async fn one_tx(&self, item: &mut Item, attempt: u32) -> Result<(), StepError> {
+    async fn one_tx(&self, item: &mut Item<C>, attempt: u32) -> Result<(), StepError> {
         let mut conn = self.shared.pool.get().await.map_err(infra)?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        AnsiTransactionManager::begin_transaction(conn).await.map_err(infra)?;
+        let conn: &mut C = &mut conn;
+        conn.begin_write().await.map_err(infra)?;
         match self.one_body(conn, item, attempt).await {
             Ok(tally) => {
-                if let Err(e) = AnsiTransactionManager::commit_transaction(conn).await {
+                if let Err(e) = C::TransactionManager::commit_transaction(conn).await {
                     rollback_all(conn).await;
                     return Err(infra(e));
                 }
@@ -275,16 +271,14 @@ impl Processor<'_> {
         }
     }
 
-    async fn one_body(&self, conn: &mut AsyncPgConnection, item: &mut Item, attempt: u32) -> Result<Tally, StepError> {
+    async fn one_body(&self, conn: &mut C, item: &mut Item<C>, attempt: u32) -> Result<Tally, StepError> {
         let group = self.shared.options.group.as_str();
         let mut tally = Tally::default();
         if let Some(id) = item.plan.id() {
             let row = self.dedup_row(id, &item.msg);
-            if store::insert_dedup(conn, &[row]).await.map_err(infra)?.is_empty() {
+            if conn.insert_dedup(&[row]).await.map_err(infra)?.is_empty() {
                 tally.duplicates = 1;
-                store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1)
-                    .await
-                    .map_err(infra)?;
+                conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(infra)?;
                 return Ok(tally);
             }
         }
@@ -292,7 +286,7 @@ impl Processor<'_> {
         match &item.plan {
             Plan::DeadLetter { reason, error, .. } => {
                 let row = self.dead_letter_row(item, reason, error, 0);
-                store::insert_dead_letters(conn, &[row]).await.map_err(infra)?;
+                conn.insert_dead_letters(&[row]).await.map_err(infra)?;
                 tally.dead_lettered.push(reason.clone());
             }
             Plan::Record { .. } => tally.skipped = 1,
@@ -302,7 +296,7 @@ impl Processor<'_> {
                 ran_handler = true;
             }
         }
-        store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(|e| {
+        conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(|e| {
             // The handler returned Ok but swallowed a failed statement: PostgreSQL refuses
             // everything until ROLLBACK. Charge it to the message, not the database.
             if ran_handler && e.to_string().contains("current transaction is aborted") {
@@ -322,34 +316,34 @@ impl Processor<'_> {
 
     /// The dead-letter row of a message whose handler failed for good, in the same transaction
     /// as its dedup row and the position.
-    async fn dead_letter_tx(&self, item: &Item, f: &Failure, attempts: u32) -> Result<(), String> {
+    async fn dead_letter_tx(&self, item: &Item<C>, f: &Failure, attempts: u32) -> Result<(), String> {
         let group = self.shared.options.group.as_str();
         let mut conn = self.shared.pool.get().await.map_err(|e| e.to_string())?;
-        let conn: &mut AsyncPgConnection = &mut conn;
-        AnsiTransactionManager::begin_transaction(conn).await.map_err(|e| e.to_string())?;
+        let conn: &mut C = &mut conn;
+        conn.begin_write().await.map_err(|e| e.to_string())?;
         let reason = if f.transient { "retries_exhausted" } else { f.reason };
         let body = async {
             let mut tally = Tally::default();
             let new = match item.plan.id() {
-                Some(id) => !store::insert_dedup(conn, &[self.dedup_row(id, &item.msg)]).await?.is_empty(),
+                Some(id) => !conn.insert_dedup(&[self.dedup_row(id, &item.msg)]).await?.is_empty(),
                 None => true,
             };
             if new {
                 let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
                 let row = self.dead_letter_row(item, reason, &f.error, attempts);
-                store::insert_dead_letters(conn, &[row]).await?;
+                conn.insert_dead_letters(&[row]).await?;
                 tally.dead_lettered.push(reason.to_owned());
             } else {
                 // Another consumer handled it meanwhile (a rebalance): nothing to park.
                 tally.duplicates = 1;
             }
-            store::store_position(conn, group, self.topic, self.partition, item.msg.offset() + 1).await?;
+            conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await?;
             Ok::<_, diesel::result::Error>(tally)
         }
         .await;
         match body {
             Ok(tally) => {
-                if let Err(e) = AnsiTransactionManager::commit_transaction(conn).await {
+                if let Err(e) = C::TransactionManager::commit_transaction(conn).await {
                     rollback_all(conn).await;
                     return Err(e.to_string());
                 }
@@ -375,12 +369,7 @@ impl Processor<'_> {
     }
 
     /// Calls the message's handler inside the open transaction; returns its event type.
-    async fn call_handler(
-        &self,
-        conn: &mut AsyncPgConnection,
-        item: &mut Item,
-        attempt: u32,
-    ) -> Result<&'static str, Failure> {
+    async fn call_handler(&self, conn: &mut C, item: &mut Item<C>, attempt: u32) -> Result<&'static str, Failure> {
         let Plan::Handle { envelope, route, decoded } = &mut item.plan else {
             return Err(Failure {
                 transient: false,
@@ -452,7 +441,7 @@ impl Processor<'_> {
 
     fn dead_letter_row<'m>(
         &'m self,
-        item: &'m Item,
+        item: &'m Item<C>,
         reason: &'m str,
         error: &'m str,
         attempts: i32,
@@ -484,7 +473,7 @@ impl Processor<'_> {
         }
     }
 
-    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<C> {
         let o = &self.shared.options;
         let max = o.backoff_max;
         ExponentialBuilder::new()
@@ -507,20 +496,15 @@ impl Processor<'_> {
     }
 }
 
-fn transaction_depth(conn: &mut AsyncPgConnection) -> Option<u32> {
-    match <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
-        .transaction_depth()
-    {
-        Ok(depth) => depth.map(|d| d.get()),
-        Err(_) => None,
-    }
+fn transaction_depth<C: Database>(conn: &mut C) -> Option<u32> {
+    outbox::db::transaction_depth(conn).ok().flatten()
 }
 
 /// Rolls back every open level (the handler may have left savepoints behind). A failure here
 /// leaves the transaction manager broken, and the pool then discards the connection.
-async fn rollback_all(conn: &mut AsyncPgConnection) {
+async fn rollback_all<C: Database>(conn: &mut C) {
     while transaction_depth(conn).is_some() {
-        if let Err(e) = AnsiTransactionManager::rollback_transaction(conn).await {
+        if let Err(e) = C::TransactionManager::rollback_transaction(conn).await {
             tracing::debug!(error = %e, "inbox: rollback failed; the connection will be discarded");
             return;
         }

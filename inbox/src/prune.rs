@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::Shared;
-use crate::store;
+use outbox::Database;
 
-pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+use crate::inbox::Shared;
+
+pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {
     let o = &shared.options;
     loop {
         prune_once(&shared, &stop).await;
@@ -20,7 +21,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// Deletes batch after batch until a batch comes back short; yields between batches.
-async fn prune_once(shared: &Shared, stop: &CancellationToken) {
+async fn prune_once<C: Database>(shared: &Shared<C>, stop: &CancellationToken) {
     let o = &shared.options;
     let mut total = 0u64;
     while !stop.is_cancelled() {
@@ -31,7 +32,7 @@ async fn prune_once(shared: &Shared, stop: &CancellationToken) {
                 return;
             }
         };
-        match store::prune_dedup(&mut conn, &o.group, o.dedup_window, o.prune_batch_size).await {
+        match conn.prune_dedup(&o.group, o.dedup_window, o.prune_batch_size).await {
             Ok(n) => {
                 total += n as u64;
                 if (n as i64) < o.prune_batch_size {

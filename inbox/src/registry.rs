@@ -3,20 +3,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use outbox::Database;
+
 use crate::handler::ErasedHandler;
 
-pub(crate) type Route = Arc<dyn ErasedHandler>;
+pub(crate) type Route<C> = Arc<dyn ErasedHandler<C>>;
 
 /// Dispatch table: one handler per (topic, event type).
-pub(crate) struct Registry {
-    by_topic: HashMap<&'static str, HashMap<&'static str, Route>>,
+pub(crate) struct Registry<C: Database> {
+    by_topic: HashMap<&'static str, HashMap<&'static str, Route<C>>>,
 }
 
-impl Registry {
+impl<C: Database> Registry<C> {
     /// Builds the table; a second handler for the same (topic, event type) is an error that
     /// names both handlers, whatever versions they declare (the version is checked per message).
-    pub(crate) fn new(handlers: Vec<Route>) -> Result<Self, String> {
-        let mut by_topic: HashMap<&'static str, HashMap<&'static str, Route>> = HashMap::new();
+    pub(crate) fn new(handlers: Vec<Route<C>>) -> Result<Self, String> {
+        let mut by_topic: HashMap<&'static str, HashMap<&'static str, Route<C>>> = HashMap::new();
         for h in handlers {
             let key = (h.topic(), h.event_type());
             let routes = by_topic.entry(key.0).or_default();
@@ -37,7 +39,7 @@ impl Registry {
         Ok(Self { by_topic })
     }
 
-    pub(crate) fn get(&self, topic: &str, event_type: &str) -> Option<&Route> {
+    pub(crate) fn get(&self, topic: &str, event_type: &str) -> Option<&Route<C>> {
         self.by_topic.get(topic)?.get(event_type)
     }
 

@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod db;
 mod envelope;
 mod error;
 mod event;
@@ -41,15 +42,25 @@ pub mod schema;
 mod wakeup;
 mod writer;
 
+pub use db::Database;
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, validate_topic};
 pub use kafka::KafkaConfig;
+#[cfg(feature = "sqlite")]
+pub use migrate::SQLITE_MIGRATIONS;
 pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
 pub use writer::{Batch, publish, publish_all, publish_with};
 
 /// The connection pool the relay and the inbox run on (bb8 over diesel-async).
 pub type Pool = diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>;
+
+/// SQLite support (feature `sqlite`): the connection type, a pool with the right settings, and
+/// [`migrate`] / [`publish`] / the relay / the inbox work on it unchanged.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use crate::db::sqlite::{Pool, SqliteConnection, connect, pool};
+}
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for its attributes.
 pub use outbox_macros::Event;

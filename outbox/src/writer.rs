@@ -1,28 +1,10 @@
 //! Storing events in the caller's transaction.
 
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl, TransactionManager};
+use chrono::Utc;
 use uuid::Uuid;
 
-use crate::{Error, ErrorKind, Event, Metadata, Result, schema::outbox_messages};
-
-/// One row of `outbox_messages` as written by the writer.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = outbox_messages)]
-struct NewMessage {
-    id: Uuid,
-    topic: &'static str,
-    key: Option<String>,
-    event_type: &'static str,
-    event_version: i32,
-    payload: Vec<u8>,
-    headers: serde_json::Value,
-    occurred_at: DateTime<Utc>,
-}
-
-// PostgreSQL accepts at most 65,535 bind parameters per statement; 8 per row.
-const MAX_ROWS_PER_STATEMENT: usize = 8_000;
+use crate::db::{Database, NewMessage};
+use crate::{Error, ErrorKind, Event, Metadata, Result};
 
 /// Events to store together with one multi-row INSERT; they may be of different types.
 ///
@@ -77,16 +59,14 @@ impl Batch {
     }
 
     /// Stores every event of the batch in the transaction open on `conn`, in push order
-    /// (one INSERT statement per 8,000 events). Returns the message ids in push order.
+    /// (PostgreSQL: one INSERT statement per 8,000 events). Returns the message ids in push order.
     ///
     /// Fails with [`ErrorKind::NotInTransaction`] and writes nothing when `conn` is not in a
     /// transaction.
-    pub async fn publish(self, conn: &mut AsyncPgConnection) -> Result<Vec<Uuid>> {
+    pub async fn publish<C: Database>(self, conn: &mut C) -> Result<Vec<Uuid>> {
         ensure_in_transaction(conn)?;
         let ids = self.rows.iter().map(|r| r.id).collect();
-        for chunk in self.rows.chunks(MAX_ROWS_PER_STATEMENT) {
-            diesel::insert_into(outbox_messages::table).values(chunk).execute(conn).await?;
-        }
+        conn.insert_messages(&self.rows).await?;
         crate::wakeup::published();
         Ok(ids)
     }
@@ -112,12 +92,8 @@ fn new_message<E: Event>(event: &E, meta: &Metadata) -> Result<NewMessage> {
 
 /// diesel-async tracks the transaction depth of every connection it manages; a depth of zero
 /// means any INSERT would autocommit on its own, which is exactly the dual write we exist to prevent.
-fn ensure_in_transaction(conn: &mut AsyncPgConnection) -> Result<()> {
-    let status =
-        <diesel_async::AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
-            conn,
-        );
-    match status.transaction_depth() {
+fn ensure_in_transaction<C: Database>(conn: &mut C) -> Result<()> {
+    match crate::db::transaction_depth(conn) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(Error::new(
             ErrorKind::NotInTransaction,
@@ -149,22 +125,23 @@ fn ensure_in_transaction(conn: &mut AsyncPgConnection) -> Result<()> {
 /// .await
 /// # }
 /// ```
-pub async fn publish<E: Event>(conn: &mut AsyncPgConnection, event: &E) -> Result<Uuid> {
+pub async fn publish<E: Event, C: Database>(conn: &mut C, event: &E) -> Result<Uuid> {
     publish_with(conn, event, Metadata::default()).await
 }
 
 /// [`publish`] with correlation / causation ids, trace context or extra headers.
-pub async fn publish_with<E: Event>(conn: &mut AsyncPgConnection, event: &E, meta: Metadata) -> Result<Uuid> {
+pub async fn publish_with<E: Event, C: Database>(conn: &mut C, event: &E, meta: Metadata) -> Result<Uuid> {
     ensure_in_transaction(conn)?;
     let row = new_message(event, &meta)?;
-    diesel::insert_into(outbox_messages::table).values(&row).execute(conn).await?;
+    conn.insert_messages(std::slice::from_ref(&row)).await?;
     crate::wakeup::published();
     Ok(row.id)
 }
 
 /// Stores many events of one type with one multi-row INSERT. Ids are returned in input order.
-pub async fn publish_all<'a, E, I>(conn: &mut AsyncPgConnection, events: I) -> Result<Vec<Uuid>>
+pub async fn publish_all<'a, E, I, C>(conn: &mut C, events: I) -> Result<Vec<Uuid>>
 where
+    C: Database,
     E: Event + 'a,
     I: IntoIterator<Item = &'a E>,
 {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::bb8::Pool;
+
+use crate::db::{ConnPool, Database};
 
 use super::Relay;
 use crate::{Error, KafkaConfig, Result};
@@ -63,13 +64,13 @@ impl Default for RelayConfig {
 
 /// Builds a [`Relay`]; invalid settings are reported by [`build`](Self::build).
 #[must_use]
-pub struct RelayBuilder {
-    pub(crate) pool: Pool<AsyncPgConnection>,
+pub struct RelayBuilder<C: Database = AsyncPgConnection> {
+    pub(crate) pool: ConnPool<C>,
     pub(crate) kafka: KafkaConfig,
     pub(crate) config: RelayConfig,
 }
 
-impl RelayBuilder {
+impl<C: Database> RelayBuilder<C> {
     /// Relays with the same name share one lease: one of them publishes, the others stand by
     /// and take over within `lease` when it dies. Default `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -156,7 +157,7 @@ impl RelayBuilder {
     }
 
     /// Checks the settings and creates the Kafka producer.
-    pub fn build(self) -> Result<Relay> {
+    pub fn build(self) -> Result<Relay<C>> {
         let c = &self.config;
         let bad = |what: String| Err(Error::config(format!("relay: {what}")));
         if c.name.is_empty() {

@@ -19,15 +19,14 @@
 
 mod config;
 mod publish;
-pub(crate) mod store;
+
+pub(crate) use publish::backoff;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::bb8::Pool;
-use futures_util::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::Notify;
@@ -37,17 +36,18 @@ use uuid::Uuid;
 
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
-use crate::{Error, ErrorKind, KafkaConfig, Result, wakeup};
+use crate::db::{ConnPool, Database, Fence, InFlight};
+use crate::{Error, KafkaConfig, Result, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
-pub struct Relay {
-    pool: Pool<AsyncPgConnection>,
+pub struct Relay<C: Database = AsyncPgConnection> {
+    pool: ConnPool<C>,
     producer: FutureProducer,
     producer_config: ClientConfig,
     config: RelayConfig,
 }
 
-impl std::fmt::Debug for Relay {
+impl<C: Database> std::fmt::Debug for Relay<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
     }
@@ -59,10 +59,15 @@ struct Lease {
     renewed: Instant,
 }
 
-impl Relay {
-    /// A relay over `pool` publishing with `kafka`; see [`RelayBuilder`] for the options.
-    pub fn builder(pool: Pool<AsyncPgConnection>, kafka: KafkaConfig) -> RelayBuilder {
-        RelayBuilder { pool, kafka, config: RelayConfig::default() }
+impl<C: Database> Relay<C> {
+    /// A relay over `pool` (PostgreSQL, or SQLite with the `sqlite` feature) publishing with
+    /// `kafka`; see [`RelayBuilder`] for the options.
+    pub fn builder<M>(pool: bb8::Pool<M>, kafka: KafkaConfig) -> RelayBuilder<C>
+    where
+        M: bb8::ManageConnection<Connection = C>,
+        M::Error: std::error::Error,
+    {
+        RelayBuilder { pool: ConnPool::new(pool), kafka, config: RelayConfig::default() }
     }
 
     /// Runs until `shutdown` is cancelled. Database and broker errors are logged and retried,
@@ -75,7 +80,7 @@ impl Relay {
         let tasks = tokio_util::task::TaskTracker::new();
         let background = shutdown.child_token();
         if self.config.listen {
-            tasks.spawn(listen(self.pool.clone(), wake.clone(), background.clone()));
+            tasks.spawn(C::listen(self.pool.clone(), wake.clone(), background.clone()));
         }
         if let AfterSend::Keep { retention } = self.config.after_send {
             tasks.spawn(cleanup(self.pool.clone(), retention, self.config.clone(), background.clone()));
@@ -139,7 +144,7 @@ impl Relay {
         if let Some(epoch) = lease.epoch
             && let Ok(mut conn) = self.pool.get().await
         {
-            let _ = store::release_lease(&mut conn, &self.config.name, lease.owner, epoch).await;
+            let _ = conn.release_lease(&self.config.name, lease.owner, epoch).await;
         }
         background.cancel();
         tasks.close();
@@ -172,10 +177,10 @@ impl Relay {
         shutdown: &CancellationToken,
         last_gauges: &mut Instant,
     ) -> Result<Round> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let mut conn = self.pool.get().await?;
         if lease.epoch.is_none() || lease.renewed.elapsed() >= self.config.lease / 3 {
             let renewed = Instant::now();
-            let epoch = store::acquire_lease(&mut conn, &self.config.name, lease.owner, self.config.lease).await?;
+            let epoch = conn.acquire_lease(&self.config.name, lease.owner, self.config.lease).await?;
             if epoch != lease.epoch {
                 match epoch {
                     Some(e) => info!(relay = %self.config.name, epoch = e, "relay holds the lease"),
@@ -198,22 +203,22 @@ impl Relay {
         };
         if last_gauges.elapsed() >= self.config.metrics_interval {
             *last_gauges = Instant::now();
-            let b = store::backlog(&mut conn).await?;
+            let b = conn.backlog().await?;
             metrics::gauge!("outbox_pending").set(b.pending as f64);
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
         let claim = !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH;
         let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
-            (Some(first), Some(last)) => store::InFlight {
+            (Some(first), Some(last)) => InFlight {
                 first: first.first_seq(),
                 last: last.last_seq(),
                 rows: pipeline.window.iter().map(|b| b.rows.len() as i64).sum(),
             },
-            _ => store::InFlight { first: 1, last: 0, rows: 0 },
+            _ => InFlight { first: 1, last: 0, rows: 0 },
         };
         if claim {
-            let rows = store::claim(&mut conn, self.config.batch_size as i64, in_flight).await?;
+            let rows = conn.claim(self.config.batch_size as i64, in_flight).await?;
             drop(conn); // never hold a pooled connection while waiting for Kafka
             if !rows.is_empty() {
                 let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;
@@ -256,19 +261,15 @@ impl Relay {
                 warn!("kafka producer hit a fatal error; recreating it");
                 self.producer = self.producer_config.create().map_err(Error::from)?;
             }
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            let mut conn = self.pool.get().await?;
             let delete = matches!(self.config.after_send, AfterSend::Delete);
-            let marked = store::mark(
-                &mut conn,
-                &self.config.name,
-                lease.owner,
+            let fence = Fence {
+                lease: &self.config.name,
+                owner: lease.owner,
                 epoch,
-                &outcome.sent,
-                &outcome.failures,
-                delete,
-                self.config.max_attempts as i32,
-            )
-            .await?;
+                max_attempts: self.config.max_attempts as i32,
+            };
+            let marked = conn.mark(fence, &outcome.sent, &outcome.failures, delete).await?;
             match marked {
                 None => {
                     warn!(relay = %self.config.name, epoch, "fenced: another relay took the lease; nothing marked");
@@ -310,80 +311,18 @@ enum Round {
     Standby,
 }
 
-pub(crate) fn pool_error(e: diesel_async::pooled_connection::bb8::RunError) -> Error {
-    Error::with_source(ErrorKind::Database, format!("connection pool: {e}"), e)
-}
-
-/// Wakes the loop on every NOTIFY of the insert trigger; reconnects when the session is lost.
-async fn listen(pool: Pool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    use diesel_async::SimpleAsyncConnection;
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        let conn = pool.get_owned().await;
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                failures += 1;
-                warn!(error = %e, "relay LISTEN: no connection");
-                sleep_or_cancel(
-                    &shutdown,
-                    publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)),
-                )
-                .await;
-                continue;
-            }
-        };
-        // The trigger ships disabled: until someone enables it there is nothing to hear, so do
-        // not pin a pooled connection; look again now and then.
-        match store::notify_enabled(&mut conn).await {
-            Ok(true) => {}
-            Ok(false) => {
-                drop(conn);
-                sleep_or_cancel(&shutdown, Duration::from_secs(30)).await;
-                continue;
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(error = %e, "relay LISTEN: cannot read the trigger state");
-                drop(conn);
-                sleep_or_cancel(
-                    &shutdown,
-                    publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)),
-                )
-                .await;
-                continue;
-            }
-        }
-        if let Err(e) = conn.batch_execute("LISTEN outbox_messages").await {
-            failures += 1;
-            warn!(error = %e, "relay LISTEN failed; polling only until it works");
-            sleep_or_cancel(&shutdown, publish::backoff(failures, Duration::from_millis(200), Duration::from_secs(10)))
-                .await;
-            continue;
-        }
-        failures = 0;
-        wake.notify_one(); // catch up on anything that committed while we were not listening
-        let mut stream = std::pin::pin!(conn.notifications_stream());
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = stream.next() => match n {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(e)) => { warn!(error = %e, "relay LISTEN connection lost"); break; }
-                    None => break,
-                },
-            }
-        }
-    }
-}
-
-async fn cleanup(pool: Pool<AsyncPgConnection>, retention: Duration, config: RelayConfig, shutdown: CancellationToken) {
+async fn cleanup<C: Database>(
+    pool: ConnPool<C>,
+    retention: Duration,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         let result: Result<usize> = async {
-            let mut conn = pool.get().await.map_err(pool_error)?;
+            let mut conn = pool.get().await?;
             let mut total = 0;
             loop {
-                let n = store::cleanup_sent(&mut conn, retention, config.cleanup_batch).await?;
+                let n = conn.cleanup_sent(retention, config.cleanup_batch).await?;
                 total += n;
                 if (n as i64) < config.cleanup_batch || shutdown.is_cancelled() {
                     return Ok(total);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RelayConfig;
-use super::store::{Claimed, Failure};
+use crate::db::{Claimed, Failure};
 use crate::envelope::{self, format_time};
 
 /// The result of producing a batch.

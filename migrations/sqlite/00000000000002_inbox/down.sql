@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS inbox_dead_letters;
+DROP TABLE IF EXISTS inbox_offsets;
+DROP TABLE IF EXISTS inbox_messages;

@@ -1,0 +1,284 @@
+//! The storage backends. Every SQL statement of the writer, the relay and the inbox lives behind
+//! [`Database`], implemented for PostgreSQL (`AsyncPgConnection`) and, with the `sqlite` feature,
+//! for SQLite (`outbox::sqlite::SqliteConnection`). The rest of the SDK is written once against it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::QueryResult;
+use diesel_async::AsyncConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::Result;
+
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+mod private {
+    pub trait Sealed {}
+}
+
+/// A database the outbox and the inbox can store their tables in: PostgreSQL's
+/// `diesel_async::AsyncPgConnection`, or with the `sqlite` feature
+/// [`outbox::sqlite::SqliteConnection`](crate::sqlite::SqliteConnection).
+///
+/// Sealed: the methods are the SDK's SQL, not an extension point. Write your own code against
+/// the concrete connection type (`Handler<E, C>` and `Context<C>` in the inbox crate give you
+/// `&mut C`).
+#[async_trait::async_trait]
+pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
+    /// A short name for logs and errors: `"postgres"` or `"sqlite"`.
+    const NAME: &'static str;
+
+    #[doc(hidden)]
+    async fn migrate_schema(&mut self) -> Result<()>;
+
+    /// Opens a transaction that will write. PostgreSQL: `BEGIN`. SQLite: `BEGIN IMMEDIATE`, so
+    /// the write lock is taken up front (waiting up to `busy_timeout`) instead of failing with
+    /// `SQLITE_BUSY` when a read transaction tries to upgrade.
+    #[doc(hidden)]
+    async fn begin_write(&mut self) -> QueryResult<()>;
+
+    #[doc(hidden)]
+    async fn insert_messages(&mut self, rows: &[NewMessage]) -> Result<()>;
+
+    // The relay.
+    #[doc(hidden)]
+    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>>;
+    #[doc(hidden)]
+    async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>>;
+    #[doc(hidden)]
+    async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()>;
+    #[doc(hidden)]
+    async fn mark(
+        &mut self,
+        fence: Fence<'_>,
+        sent: &[i64],
+        failures: &[Failure],
+        delete_sent: bool,
+    ) -> Result<Option<Marked>>;
+    #[doc(hidden)]
+    async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize>;
+    #[doc(hidden)]
+    async fn backlog(&mut self) -> Result<Backlog>;
+
+    /// Wakes `wake` whenever another process commits outbox rows (PostgreSQL LISTEN/NOTIFY when
+    /// the trigger is enabled). Returns when `shutdown` fires or when the backend has no such
+    /// mechanism.
+    #[doc(hidden)]
+    async fn listen(_pool: ConnPool<Self>, _wake: Arc<Notify>, _shutdown: CancellationToken)
+    where
+        Self: Sized,
+    {
+    }
+
+    // The inbox.
+    #[doc(hidden)]
+    async fn insert_dedup(&mut self, rows: &[NewDedup<'_>]) -> QueryResult<Vec<Uuid>>;
+    #[doc(hidden)]
+    async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()>;
+    #[doc(hidden)]
+    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()>;
+    #[doc(hidden)]
+    async fn load_positions(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> QueryResult<std::collections::HashMap<i32, i64>>;
+    #[doc(hidden)]
+    async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize>;
+}
+
+/// One outbox row as the writer stores it.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub topic: &'static str,
+    pub key: Option<String>,
+    pub event_type: &'static str,
+    pub event_version: i32,
+    pub payload: Vec<u8>,
+    pub headers: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A claimed row, ready to produce.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub seq: i64,
+    pub id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub event_type: String,
+    pub event_version: i32,
+    pub payload: Vec<u8>,
+    pub headers: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
+/// A failed delivery to record.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub seq: i64,
+    pub error: String,
+    pub retry_in: Duration,
+    /// Park now regardless of the attempt count (the record itself is unacceptable).
+    pub park_now: bool,
+    /// Whether this failure counts as an attempt. Only the first failing row of a key in a
+    /// batch counts (it is the key's head); the key's later rows failed with it and just wait.
+    pub counted: bool,
+}
+
+/// The rows in flight: seq range `first..=last` holding `rows` claimed rows (`rows == 0`: none).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct InFlight {
+    pub first: i64,
+    pub last: i64,
+    pub rows: i64,
+}
+
+/// Who marks: the lease this relay must still hold for its marks to count.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub lease: &'a str,
+    pub owner: Uuid,
+    pub epoch: i64,
+    pub max_attempts: i32,
+}
+
+/// What a mark did.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Marked {
+    pub sent: usize,
+    pub failed: usize,
+    pub parked: usize,
+}
+
+/// For the relay's gauges.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Backlog {
+    pub pending: i64,
+    pub parked: i64,
+    pub oldest_pending_secs: Option<f64>,
+}
+
+/// One inbox dedup row: (group, message id) plus where the message was read.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct NewDedup<'a> {
+    pub consumer_group: &'a str,
+    pub message_id: Uuid,
+    pub topic: &'a str,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// One inbox dead-letter row.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct NewDeadLetter<'a> {
+    pub consumer_group: &'a str,
+    pub message_id: Option<Uuid>,
+    pub topic: &'a str,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: serde_json::Value,
+    pub reason: &'a str,
+    pub error: &'a str,
+    pub attempts: i32,
+}
+
+/// The transaction depth diesel-async tracks for `conn` (`None`: not in a transaction).
+#[doc(hidden)]
+pub fn transaction_depth<C: AsyncConnection>(conn: &mut C) -> QueryResult<Option<u32>> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth().map(|d| d.map(|d| d.get()))
+}
+
+/// A connection pool with its manager type erased: the relay and the inbox take any bb8 pool
+/// whose connections are a [`Database`] (diesel-async's `Pool<AsyncPgConnection>`,
+/// `Pool<SqliteConnection>`, or a pool with your own manager).
+#[doc(hidden)]
+pub struct ConnPool<C> {
+    source: Arc<dyn Source<C>>,
+}
+
+impl<C> Clone for ConnPool<C> {
+    fn clone(&self) -> Self {
+        Self { source: self.source.clone() }
+    }
+}
+
+impl<C: Database> ConnPool<C> {
+    /// Wraps a bb8 pool.
+    pub fn new<M>(pool: bb8::Pool<M>) -> Self
+    where
+        M: bb8::ManageConnection<Connection = C>,
+        M::Error: std::error::Error,
+    {
+        Self { source: Arc::new(pool) }
+    }
+
+    /// A connection from the pool, returned to it on drop.
+    pub async fn get(&self) -> Result<Pooled<C>> {
+        self.source.get().await
+    }
+}
+
+impl<C> std::fmt::Debug for ConnPool<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnPool")
+    }
+}
+
+/// A pooled connection (derefs to the connection).
+#[doc(hidden)]
+pub struct Pooled<C>(Box<dyn std::ops::DerefMut<Target = C> + Send>);
+
+impl<C> std::ops::Deref for Pooled<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
+
+impl<C> std::ops::DerefMut for Pooled<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.0
+    }
+}
+
+#[async_trait::async_trait]
+trait Source<C>: Send + Sync {
+    async fn get(&self) -> Result<Pooled<C>>;
+}
+
+#[async_trait::async_trait]
+impl<M> Source<M::Connection> for bb8::Pool<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: Database,
+    M::Error: std::error::Error,
+{
+    async fn get(&self) -> Result<Pooled<M::Connection>> {
+        match self.get_owned().await {
+            Ok(conn) => Ok(Pooled(Box::new(conn))),
+            Err(e) => Err(crate::Error::new(crate::ErrorKind::Database, format!("connection pool: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! PostgreSQL. Every statement is one round trip; the claim and the marks are shaped so that
+//! per-key order, fencing and out-of-order commits are handled by the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::{
+    Backlog, Claimed, ConnPool, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage,
+};
+use crate::Result;
+use crate::schema::{inbox_dead_letters, inbox_messages, inbox_offsets, outbox_messages};
+
+impl super::private::Sealed for AsyncPgConnection {}
+
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub topic: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub key: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Integer)]
+    pub event_version: i32,
+    #[diesel(sql_type = Bytea)]
+    pub payload: Vec<u8>,
+    #[diesel(sql_type = Jsonb)]
+    pub headers: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    pub occurred_at: DateTime<Utc>,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+// Due, unsent, unparked rows in seq order. The NOT EXISTS keeps per-key order across retries:
+// a row waits while an earlier row of its key is parked or waiting for its retry. Only rows that
+// already failed (attempts > 0) can block, so the probe uses the small partial index
+// outbox_messages_key_blocked. No high-water mark: a row whose transaction committed late (lower
+// seq than rows already sent) is simply picked up by the next claim.
+const CLAIMABLE: &str = "
+FROM outbox_messages m
+WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox_messages b
+      WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq
+        AND b.sent_at IS NULL AND b.attempts > 0
+        AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
+
+// While batches are in flight, their rows fill [$3, $2]. The InitPlan counts the due, unsent
+// rows there: more than the $4 in flight means a transaction committed late with a seq inside
+// the window, and then nothing above it is claimed (the relay drains the window first), so the
+// late row goes out before any later row of its key. Check and claim share one snapshot: a
+// later row of the key cannot be visible while the late row is not. (A due row of a held key
+// in the range is a false alarm that only costs one round without pipelining.)
+const CLAIM_ABOVE_WINDOW: &str = "
+  AND m.seq > $2
+  AND (SELECT count(*) FROM outbox_messages w
+       WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
+         AND w.next_attempt_at <= now()) <= $4";
+
+// Takes the lease when it is free or expired (bumping the fencing epoch), or keeps it when it is
+// already ours. A plain row, not an advisory lock: survives PgBouncer's transaction mode.
+const ACQUIRE: &str = "
+INSERT INTO outbox_relay_leases AS l (name, owner, epoch, expires_at)
+VALUES ($1, $2, 1, now() + $3)
+ON CONFLICT (name) DO UPDATE
+   SET owner = EXCLUDED.owner,
+       epoch = CASE WHEN l.owner = EXCLUDED.owner THEN l.epoch ELSE l.epoch + 1 END,
+       expires_at = EXCLUDED.expires_at
+ WHERE l.owner = EXCLUDED.owner OR l.owner IS NULL OR l.expires_at < now()
+RETURNING l.epoch";
+
+// Lets another relay take over at once after a graceful shutdown.
+const RELEASE: &str = "
+UPDATE outbox_relay_leases SET owner = NULL, expires_at = '-infinity'
+WHERE name = $1 AND owner = $2 AND epoch = $3";
+
+// The fence: FOR SHARE makes a concurrent takeover (an UPDATE of this row) wait until the marks
+// commit, and a relay whose epoch is stale finds no row and marks nothing.
+const FENCE: &str = "
+SELECT epoch FROM outbox_relay_leases WHERE name = $1 AND owner = $2 AND epoch = $3 FOR SHARE";
+
+const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
+
+const MARK_SENT: &str = "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
+
+// One statement for every failure of the batch, each with its own error and retry delay.
+const RECORD_FAILURES: &str = "
+UPDATE outbox_messages m
+   SET attempts = m.attempts + f.counted::int,
+       last_error = f.error,
+       next_attempt_at = now() + make_interval(secs => f.retry_secs),
+       parked_at = CASE WHEN f.counted AND (f.park_now OR m.attempts + 1 >= $5) THEN now() END
+  FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[], $6::bool[])
+       AS f(seq, error, retry_secs, park_now, counted)
+ WHERE m.seq = f.seq
+RETURNING m.seq, m.parked_at IS NOT NULL AS parked";
+
+// Retention mode: sent rows older than the retention period, a small batch at a time so the
+// cleanup never holds long locks or produces one huge WAL burst.
+const CLEANUP: &str = "
+DELETE FROM outbox_messages WHERE seq IN (
+    SELECT seq FROM outbox_messages WHERE sent_at < now() - $1 ORDER BY sent_at LIMIT $2)";
+
+// For the gauges; uses the partial indexes, so it stays cheap while the backlog is small.
+const BACKLOG: &str = "
+SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8 AS oldest_pending_secs
+FROM outbox_messages WHERE sent_at IS NULL";
+
+// 'D' = disabled (outbox::set_notify(conn, false), the default after migrate).
+const NOTIFY_ENABLED: &str = "
+SELECT COALESCE(bool_or(tgenabled <> 'D'), false) AS enabled FROM pg_trigger
+WHERE tgname = 'outbox_messages_notify' AND tgrelid = 'outbox_messages'::regclass";
+
+// The claim's SQL, built once.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, \
+         m.attempts {CLAIMABLE} {CLAIM_ABOVE_WINDOW} ORDER BY m.seq LIMIT $1"
+    )
+});
+
+#[derive(QueryableByName)]
+struct Epoch {
+    #[diesel(sql_type = BigInt)]
+    epoch: i64,
+}
+
+#[derive(QueryableByName)]
+struct ParkedRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    parked: bool,
+}
+
+#[derive(QueryableByName)]
+struct BacklogRow {
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    parked: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    oldest_pending_secs: Option<f64>,
+}
+
+#[derive(QueryableByName)]
+struct Enabled {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    enabled: bool,
+}
+
+/// The writer's row, as diesel inserts it.
+#[derive(Insertable)]
+#[diesel(table_name = outbox_messages)]
+struct Row<'a> {
+    id: Uuid,
+    topic: &'a str,
+    key: Option<&'a str>,
+    event_type: &'a str,
+    event_version: i32,
+    payload: &'a [u8],
+    headers: &'a serde_json::Value,
+    occurred_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = inbox_messages)]
+struct DedupRow<'a> {
+    consumer_group: &'a str,
+    message_id: Uuid,
+    topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = inbox_dead_letters)]
+struct DeadLetterRow<'a> {
+    consumer_group: &'a str,
+    message_id: Option<Uuid>,
+    topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: &'a serde_json::Value,
+    reason: &'a str,
+    error: &'a str,
+    attempts: i32,
+}
+
+// PostgreSQL accepts at most 65,535 bind parameters per statement; 8 per row.
+const MAX_ROWS_PER_STATEMENT: usize = 8_000;
+
+/// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
+    ("00000000000001_outbox", include_str!("../../../migrations/postgres/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../../migrations/postgres/00000000000002_inbox/up.sql")),
+];
+
+// Serialises concurrent `migrate` calls (several service instances starting at once).
+const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
+
+#[async_trait::async_trait]
+impl Database for AsyncPgConnection {
+    const NAME: &'static str = "postgres";
+
+    async fn migrate_schema(&mut self) -> Result<()> {
+        self.transaction::<_, crate::Error, _>(async |tx| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(tx).await?;
+            diesel::sql_query(
+                "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
+                    version TEXT PRIMARY KEY,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .execute(tx)
+            .await?;
+            for (version, up) in MIGRATIONS {
+                let inserted = diesel::sql_query(
+                    "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind::<Text, _>(*version)
+                .execute(tx)
+                .await?;
+                if inserted == 1 {
+                    tracing::info!(version, "applying outbox migration");
+                    diesel_async::SimpleAsyncConnection::batch_execute(tx, up).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::begin_transaction(self).await
+    }
+
+    async fn insert_messages(&mut self, rows: &[NewMessage]) -> Result<()> {
+        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            let values: Vec<Row<'_>> = chunk
+                .iter()
+                .map(|r| Row {
+                    id: r.id,
+                    topic: r.topic,
+                    key: r.key.as_deref(),
+                    event_type: r.event_type,
+                    event_version: r.event_version,
+                    payload: &r.payload,
+                    headers: &r.headers,
+                    occurred_at: r.occurred_at,
+                })
+                .collect();
+            diesel::insert_into(outbox_messages::table).values(&values).execute(self).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
+        let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM.as_str())
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(in_flight.last)
+            .bind::<BigInt, _>(in_flight.first)
+            .bind::<BigInt, _>(in_flight.rows)
+            .load(self)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Claimed {
+                seq: r.seq,
+                id: r.id,
+                topic: r.topic,
+                key: r.key,
+                event_type: r.event_type,
+                event_version: r.event_version,
+                payload: r.payload,
+                headers: r.headers,
+                occurred_at: r.occurred_at,
+                attempts: r.attempts,
+            })
+            .collect())
+    }
+
+    async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
+        let rows: Vec<Epoch> = diesel::sql_query(ACQUIRE)
+            .bind::<Text, _>(name)
+            .bind::<SqlUuid, _>(owner)
+            .bind::<Interval, _>(interval(lease))
+            .load(self)
+            .await?;
+        Ok(rows.into_iter().next().map(|r| r.epoch))
+    }
+
+    async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
+        diesel::sql_query(RELEASE)
+            .bind::<Text, _>(name)
+            .bind::<SqlUuid, _>(owner)
+            .bind::<BigInt, _>(epoch)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark(
+        &mut self,
+        fence: Fence<'_>,
+        sent: &[i64],
+        failures: &[Failure],
+        delete_sent: bool,
+    ) -> Result<Option<Marked>> {
+        self.transaction::<_, crate::Error, _>(async |tx| {
+            let held: Vec<Epoch> = diesel::sql_query(FENCE)
+                .bind::<Text, _>(fence.lease)
+                .bind::<SqlUuid, _>(fence.owner)
+                .bind::<BigInt, _>(fence.epoch)
+                .load(tx)
+                .await?;
+            if held.is_empty() {
+                return Ok(None);
+            }
+            let mut marked = Marked::default();
+            if !sent.is_empty() {
+                let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
+                marked.sent = diesel::sql_query(sql).bind::<Array<BigInt>, _>(sent).execute(tx).await?;
+            }
+            if !failures.is_empty() {
+                let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+                let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+                let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+                let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
+                let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
+                let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURES)
+                    .bind::<Array<BigInt>, _>(seqs)
+                    .bind::<Array<Text>, _>(errors)
+                    .bind::<Array<Double>, _>(delays)
+                    .bind::<Array<diesel::sql_types::Bool>, _>(park)
+                    .bind::<Integer, _>(fence.max_attempts)
+                    .bind::<Array<diesel::sql_types::Bool>, _>(counted)
+                    .load(tx)
+                    .await?;
+                marked.failed = rows.len();
+                marked.parked = rows.iter().filter(|r| r.parked).count();
+            }
+            Ok(Some(marked))
+        })
+        .await
+    }
+
+    async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
+        Ok(diesel::sql_query(CLEANUP)
+            .bind::<Interval, _>(interval(retention))
+            .bind::<BigInt, _>(batch)
+            .execute(self)
+            .await?)
+    }
+
+    async fn backlog(&mut self) -> Result<Backlog> {
+        let b: BacklogRow = diesel::sql_query(BACKLOG).get_result(self).await?;
+        Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
+    }
+
+    async fn listen(pool: ConnPool<Self>, wake: Arc<Notify>, shutdown: CancellationToken) {
+        listen(pool, wake, shutdown).await
+    }
+
+    async fn insert_dedup(&mut self, rows: &[NewDedup<'_>]) -> QueryResult<Vec<Uuid>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<DedupRow<'_>> = rows
+            .iter()
+            .map(|r| DedupRow {
+                consumer_group: r.consumer_group,
+                message_id: r.message_id,
+                topic: r.topic,
+                kafka_partition: r.kafka_partition,
+                kafka_offset: r.kafka_offset,
+            })
+            .collect();
+        // ON CONFLICT DO NOTHING instead of select-then-insert: a concurrent transaction inserting
+        // the same id makes this one wait for its outcome, so exactly one sees the id as new.
+        diesel::insert_into(inbox_messages::table)
+            .values(&values)
+            .on_conflict_do_nothing()
+            .returning(inbox_messages::message_id)
+            .get_results(self)
+            .await
+    }
+
+    async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<DeadLetterRow<'_>> = rows
+            .iter()
+            .map(|r| DeadLetterRow {
+                consumer_group: r.consumer_group,
+                message_id: r.message_id,
+                topic: r.topic,
+                kafka_partition: r.kafka_partition,
+                kafka_offset: r.kafka_offset,
+                key: r.key,
+                payload: r.payload,
+                headers: &r.headers,
+                reason: r.reason,
+                error: r.error,
+                attempts: r.attempts,
+            })
+            .collect();
+        diesel::insert_into(inbox_dead_letters::table).values(&values).execute(self).await?;
+        Ok(())
+    }
+
+    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()> {
+        // GREATEST: a consumer that lost the partition in a rebalance and commits late never
+        // moves the position back.
+        diesel::sql_query(
+            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE \
+             SET next_offset = GREATEST(inbox_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+        )
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(topic)
+        .bind::<Integer, _>(partition)
+        .bind::<BigInt, _>(next_offset)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_positions(&mut self, group: &str, topic: &str, partitions: &[i32]) -> QueryResult<HashMap<i32, i64>> {
+        let rows: Vec<(i32, i64)> = inbox_offsets::table
+            .filter(inbox_offsets::consumer_group.eq(group))
+            .filter(inbox_offsets::topic.eq(topic))
+            .filter(inbox_offsets::kafka_partition.eq_any(partitions))
+            .select((inbox_offsets::kafka_partition, inbox_offsets::next_offset))
+            .load(self)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize> {
+        // Bounded by LIMIT so each statement holds its locks briefly; served by the
+        // (consumer_group, handled_at) index.
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        diesel::sql_query(
+            "DELETE FROM inbox_messages WHERE consumer_group = $1 AND message_id IN ( \
+                 SELECT message_id FROM inbox_messages \
+                 WHERE consumer_group = $1 AND handled_at < now() - $2::float8 * interval '1 millisecond' \
+                 LIMIT $3)",
+        )
+        .bind::<Text, _>(group)
+        .bind::<BigInt, _>(window_ms)
+        .bind::<BigInt, _>(limit)
+        .execute(self)
+        .await
+    }
+}
+
+/// Turns the insert trigger's NOTIFY on or off; see [`crate::set_notify`].
+pub(crate) async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result<()> {
+    let sql = if on {
+        "ALTER TABLE outbox_messages ENABLE TRIGGER outbox_messages_notify"
+    } else {
+        "ALTER TABLE outbox_messages DISABLE TRIGGER outbox_messages_notify"
+    };
+    diesel::sql_query(sql).execute(conn).await?;
+    Ok(())
+}
+
+/// Whether the insert trigger sends NOTIFY, i.e. whether LISTENing can hear anything.
+async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
+    let e: Enabled = diesel::sql_query(NOTIFY_ENABLED).get_result(conn).await?;
+    Ok(e.enabled)
+}
+
+/// Wakes the relay on every NOTIFY of the insert trigger; reconnects when the session is lost.
+async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    use diesel_async::SimpleAsyncConnection;
+    let retry = |failures: u32| crate::relay::backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let mut conn = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "relay LISTEN: no connection");
+                sleep_or_cancel(&shutdown, retry(failures)).await;
+                continue;
+            }
+        };
+        // The trigger ships disabled: until someone enables it there is nothing to hear, so do
+        // not pin a pooled connection; look again now and then.
+        match notify_enabled(&mut conn).await {
+            Ok(true) => {}
+            Ok(false) => {
+                drop(conn);
+                sleep_or_cancel(&shutdown, Duration::from_secs(30)).await;
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "relay LISTEN: cannot read the trigger state");
+                drop(conn);
+                sleep_or_cancel(&shutdown, retry(failures)).await;
+                continue;
+            }
+        }
+        if let Err(e) = conn.batch_execute("LISTEN outbox_messages").await {
+            failures += 1;
+            warn!(error = %e, "relay LISTEN failed; polling only until it works");
+            sleep_or_cancel(&shutdown, retry(failures)).await;
+            continue;
+        }
+        failures = 0;
+        wake.notify_one(); // catch up on anything that committed while we were not listening
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = stream.next() => match n {
+                    Some(Ok(_)) => wake.notify_one(),
+                    Some(Err(e)) => { warn!(error = %e, "relay LISTEN connection lost"); break; }
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+fn interval(d: Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

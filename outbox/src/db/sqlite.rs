@@ -1,0 +1,512 @@
+//! SQLite, through diesel-async's `SyncConnectionWrapper` (each statement runs on tokio's
+//! blocking pool). Same tables and the same semantics as PostgreSQL, with these differences:
+//! times the relay computes with are integer milliseconds, ids and headers are text, there is
+//! no LISTEN/NOTIFY (relays in other processes poll), and SQLite has one writer at a time, so
+//! every transaction the SDK opens is `BEGIN IMMEDIATE` and connections wait for the lock up to
+//! `busy_timeout` instead of failing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::connection::AnsiTransactionManager;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text};
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use uuid::Uuid;
+
+use super::{Backlog, Claimed, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage};
+use crate::{Error, ErrorKind, Result};
+
+/// The SQLite connection type the SDK works with.
+pub type SqliteConnection = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
+
+impl super::private::Sealed for SqliteConnection {}
+
+/// The embedded SQLite migrations, in order: `(version, up.sql)`.
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
+    ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
+];
+
+/// Milliseconds since the Unix epoch, in SQL.
+macro_rules! now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+}
+
+mod schema {
+    diesel::table! {
+        outbox_messages (seq) {
+            seq -> BigInt,
+            id -> Text,
+            topic -> Text,
+            key -> Nullable<Text>,
+            event_type -> Text,
+            event_version -> Integer,
+            payload -> Binary,
+            headers -> Text,
+            occurred_at -> Text,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = schema::outbox_messages, treat_none_as_null = true)]
+struct Row {
+    id: String,
+    topic: &'static str,
+    key: Option<String>,
+    event_type: &'static str,
+    event_version: i32,
+    payload: Vec<u8>,
+    headers: String,
+    occurred_at: String,
+}
+
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Integer)]
+    event_version: i32,
+    #[diesel(sql_type = Binary)]
+    payload: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    headers: String,
+    #[diesel(sql_type = Text)]
+    occurred_at: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+impl ClaimedRow {
+    fn into_claimed(self) -> Result<Claimed> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Database, format!("outbox row {}: invalid {what}: {e}", self.seq))
+        };
+        Ok(Claimed {
+            seq: self.seq,
+            id: Uuid::parse_str(&self.id).map_err(|e| corrupt("id", &e))?,
+            headers: serde_json::from_str(&self.headers).map_err(|e| corrupt("headers", &e))?,
+            occurred_at: DateTime::parse_from_rfc3339(&self.occurred_at)
+                .map_err(|e| corrupt("occurred_at", &e))?
+                .with_timezone(&Utc),
+            topic: self.topic,
+            key: self.key,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: self.payload,
+            attempts: self.attempts,
+        })
+    }
+}
+
+// The same claim as PostgreSQL's (see db/postgres.rs for why each clause is there). SQLite has
+// one writer at a time, so seqs become visible in order and the in-flight guard never fires;
+// it is kept so both backends run the same relay logic.
+const CLAIM: &str = concat!(
+    "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, ",
+    "m.attempts FROM outbox_messages m ",
+    "WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= ",
+    now_ms!(),
+    " AND NOT EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
+    "AND b.sent_at IS NULL AND b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
+    now_ms!(),
+    ")) AND m.seq > ?2 AND (SELECT count(*) FROM outbox_messages w WHERE w.seq <= ?2 AND ?3 <= ?2 ",
+    "AND w.sent_at IS NULL AND w.parked_at IS NULL AND w.next_attempt_at <= ",
+    now_ms!(),
+    ") <= ?4 ORDER BY m.seq LIMIT ?1"
+);
+
+const ACQUIRE: &str = concat!(
+    "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) VALUES (?1, ?2, 1, ",
+    now_ms!(),
+    " + ?3) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, ",
+    "epoch = CASE WHEN outbox_relay_leases.owner = excluded.owner THEN outbox_relay_leases.epoch ",
+    "ELSE outbox_relay_leases.epoch + 1 END, expires_at = excluded.expires_at ",
+    "WHERE outbox_relay_leases.owner = excluded.owner OR outbox_relay_leases.owner IS NULL ",
+    "OR outbox_relay_leases.expires_at < ",
+    now_ms!(),
+    " RETURNING epoch"
+);
+
+const RELEASE: &str = "UPDATE outbox_relay_leases SET owner = NULL, expires_at = 0 \
+                       WHERE name = ?1 AND owner = ?2 AND epoch = ?3";
+
+const FENCE: &str = "SELECT epoch FROM outbox_relay_leases WHERE name = ?1 AND owner = ?2 AND epoch = ?3";
+
+const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq IN (SELECT value FROM json_each(?1))";
+const MARK_SENT: &str = concat!(
+    "UPDATE outbox_messages SET sent_at = ",
+    now_ms!(),
+    ", last_error = NULL WHERE seq IN (SELECT value FROM json_each(?1))"
+);
+
+const RECORD_FAILURE: &str = concat!(
+    "UPDATE outbox_messages SET attempts = attempts + ?2, last_error = ?3, next_attempt_at = ",
+    now_ms!(),
+    " + ?4, parked_at = CASE WHEN ?2 = 1 AND (?5 OR attempts + 1 >= ?6) THEN ",
+    now_ms!(),
+    " END WHERE seq = ?1 RETURNING parked_at IS NOT NULL AS parked"
+);
+
+const CLEANUP: &str = concat!(
+    "DELETE FROM outbox_messages WHERE seq IN (SELECT seq FROM outbox_messages WHERE sent_at < ",
+    now_ms!(),
+    " - ?1 ORDER BY sent_at LIMIT ?2)"
+);
+
+const BACKLOG: &str = concat!(
+    "SELECT COALESCE(SUM(parked_at IS NULL), 0) AS pending, COALESCE(SUM(parked_at IS NOT NULL), 0) AS parked, (",
+    now_ms!(),
+    " - MIN(CASE WHEN parked_at IS NULL THEN created_at END)) / 1000.0 AS oldest_pending_secs ",
+    "FROM outbox_messages WHERE sent_at IS NULL"
+);
+
+#[derive(QueryableByName)]
+struct Epoch {
+    #[diesel(sql_type = BigInt)]
+    epoch: i64,
+}
+
+#[derive(QueryableByName)]
+struct ParkedRow {
+    #[diesel(sql_type = Bool)]
+    parked: bool,
+}
+
+#[derive(QueryableByName)]
+struct BacklogRow {
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    parked: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    oldest_pending_secs: Option<f64>,
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = Integer)]
+    kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    next_offset: i64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn json_array<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
+}
+
+#[async_trait::async_trait]
+impl Database for SqliteConnection {
+    const NAME: &'static str = "sqlite";
+
+    async fn migrate_schema(&mut self) -> Result<()> {
+        self.immediate_transaction::<_, Error, _>(async |tx| {
+            tx.batch_execute(concat!(
+                "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (version TEXT PRIMARY KEY, ",
+                "applied_at INTEGER NOT NULL DEFAULT (",
+                now_ms!(),
+                "))"
+            ))
+            .await?;
+            for (version, up) in MIGRATIONS {
+                let inserted =
+                    diesel::sql_query("INSERT OR IGNORE INTO outbox_schema_migrations (version) VALUES (?1)")
+                        .bind::<Text, _>(*version)
+                        .execute(tx)
+                        .await?;
+                if inserted == 1 {
+                    tracing::info!(version, "applying outbox migration (sqlite)");
+                    tx.batch_execute(up).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_write(&mut self) -> QueryResult<()> {
+        self.spawn_blocking(|conn| AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")).await
+    }
+
+    async fn insert_messages(&mut self, rows: &[NewMessage]) -> Result<()> {
+        let values: Vec<Row> = rows
+            .iter()
+            .map(|r| Row {
+                id: r.id.hyphenated().to_string(),
+                topic: r.topic,
+                key: r.key.clone(),
+                event_type: r.event_type,
+                event_version: r.event_version,
+                payload: r.payload.clone(),
+                headers: r.headers.to_string(),
+                occurred_at: crate::envelope::format_time(r.occurred_at),
+            })
+            .collect();
+        // One hop to the blocking pool for the whole batch; diesel's synchronous SQLite
+        // connection inserts the rows with one prepared statement.
+        self.spawn_blocking(move |conn| {
+            diesel::RunQueryDsl::execute(diesel::insert_into(schema::outbox_messages::table).values(values), conn)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
+        let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(in_flight.last)
+            .bind::<BigInt, _>(in_flight.first)
+            .bind::<BigInt, _>(in_flight.rows)
+            .load(self)
+            .await?;
+        rows.into_iter().map(ClaimedRow::into_claimed).collect()
+    }
+
+    async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
+        let rows: Vec<Epoch> = diesel::sql_query(ACQUIRE)
+            .bind::<Text, _>(name)
+            .bind::<Text, _>(owner.hyphenated().to_string())
+            .bind::<BigInt, _>(millis(lease))
+            .load(self)
+            .await?;
+        Ok(rows.into_iter().next().map(|r| r.epoch))
+    }
+
+    async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
+        diesel::sql_query(RELEASE)
+            .bind::<Text, _>(name)
+            .bind::<Text, _>(owner.hyphenated().to_string())
+            .bind::<BigInt, _>(epoch)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark(
+        &mut self,
+        fence: Fence<'_>,
+        sent: &[i64],
+        failures: &[Failure],
+        delete_sent: bool,
+    ) -> Result<Option<Marked>> {
+        let lease = fence.lease.to_owned();
+        let owner = fence.owner.hyphenated().to_string();
+        let sent_json = json_array(sent);
+        let failures = failures.to_vec();
+        self.immediate_transaction::<_, Error, _>(async |tx| {
+            let held: Vec<Epoch> = diesel::sql_query(FENCE)
+                .bind::<Text, _>(lease)
+                .bind::<Text, _>(owner)
+                .bind::<BigInt, _>(fence.epoch)
+                .load(tx)
+                .await?;
+            if held.is_empty() {
+                return Ok(None);
+            }
+            let mut marked = Marked::default();
+            if sent_json != "[]" {
+                let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
+                marked.sent = diesel::sql_query(sql).bind::<Text, _>(sent_json).execute(tx).await?;
+            }
+            for f in failures {
+                let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURE)
+                    .bind::<BigInt, _>(f.seq)
+                    .bind::<Integer, _>(i32::from(f.counted))
+                    .bind::<Text, _>(f.error)
+                    .bind::<BigInt, _>(millis(f.retry_in))
+                    .bind::<Bool, _>(f.park_now)
+                    .bind::<Integer, _>(fence.max_attempts)
+                    .load(tx)
+                    .await?;
+                marked.failed += rows.len();
+                marked.parked += rows.iter().filter(|r| r.parked).count();
+            }
+            Ok(Some(marked))
+        })
+        .await
+    }
+
+    async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
+        Ok(diesel::sql_query(CLEANUP)
+            .bind::<BigInt, _>(millis(retention))
+            .bind::<BigInt, _>(batch)
+            .execute(self)
+            .await?)
+    }
+
+    async fn backlog(&mut self) -> Result<Backlog> {
+        let b: BacklogRow = diesel::sql_query(BACKLOG).get_result(self).await?;
+        Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
+    }
+
+    async fn insert_dedup(&mut self, rows: &[NewDedup<'_>]) -> QueryResult<Vec<Uuid>> {
+        // One statement per row (SQLite runs in-process; a round trip is a function call).
+        // ON CONFLICT DO NOTHING under the write lock: exactly one transaction sees an id as new.
+        let mut new = Vec::with_capacity(rows.len());
+        for r in rows {
+            let inserted = diesel::sql_query(
+                "INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )
+            .bind::<Text, _>(r.consumer_group.to_owned())
+            .bind::<Text, _>(r.message_id.hyphenated().to_string())
+            .bind::<Text, _>(r.topic.to_owned())
+            .bind::<Integer, _>(r.kafka_partition)
+            .bind::<BigInt, _>(r.kafka_offset)
+            .execute(self)
+            .await?;
+            if inserted == 1 {
+                new.push(r.message_id);
+            }
+        }
+        Ok(new)
+    }
+
+    async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()> {
+        for r in rows {
+            diesel::sql_query(
+                "INSERT INTO inbox_dead_letters (consumer_group, message_id, topic, kafka_partition, kafka_offset, \
+                 key, payload, headers, reason, error, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .bind::<Text, _>(r.consumer_group.to_owned())
+            .bind::<Nullable<Text>, _>(r.message_id.map(|id| id.hyphenated().to_string()))
+            .bind::<Text, _>(r.topic.to_owned())
+            .bind::<Integer, _>(r.kafka_partition)
+            .bind::<BigInt, _>(r.kafka_offset)
+            .bind::<Nullable<Binary>, _>(r.key.map(<[u8]>::to_vec))
+            .bind::<Nullable<Binary>, _>(r.payload.map(<[u8]>::to_vec))
+            .bind::<Text, _>(r.headers.to_string())
+            .bind::<Text, _>(r.reason.to_owned())
+            .bind::<Text, _>(r.error.to_owned())
+            .bind::<Integer, _>(r.attempts)
+            .execute(self)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()> {
+        // max(): a consumer that lost the partition and commits late never moves it back.
+        diesel::sql_query(concat!(
+            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES (?1, ?2, ?3, ?4) ",
+            "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE ",
+            "SET next_offset = max(next_offset, excluded.next_offset), updated_at = ",
+            now_ms!()
+        ))
+        .bind::<Text, _>(group.to_owned())
+        .bind::<Text, _>(topic.to_owned())
+        .bind::<Integer, _>(partition)
+        .bind::<BigInt, _>(next_offset)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_positions(&mut self, group: &str, topic: &str, partitions: &[i32]) -> QueryResult<HashMap<i32, i64>> {
+        let rows: Vec<Position> = diesel::sql_query(
+            "SELECT kafka_partition, next_offset FROM inbox_offsets \
+             WHERE consumer_group = ?1 AND topic = ?2 AND kafka_partition IN (SELECT value FROM json_each(?3))",
+        )
+        .bind::<Text, _>(group.to_owned())
+        .bind::<Text, _>(topic.to_owned())
+        .bind::<Text, _>(json_array(partitions))
+        .load(self)
+        .await?;
+        Ok(rows.into_iter().map(|p| (p.kafka_partition, p.next_offset)).collect())
+    }
+
+    async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize> {
+        diesel::sql_query(concat!(
+            "DELETE FROM inbox_messages WHERE consumer_group = ?1 AND message_id IN (",
+            "SELECT message_id FROM inbox_messages WHERE consumer_group = ?1 AND handled_at < ",
+            now_ms!(),
+            " - ?2 LIMIT ?3)"
+        ))
+        .bind::<Text, _>(group.to_owned())
+        .bind::<BigInt, _>(millis(window))
+        .bind::<BigInt, _>(limit)
+        .execute(self)
+        .await
+    }
+}
+
+/// Opens one SQLite connection set up the way the SDK expects: WAL journal (readers never block
+/// the writer), `busy_timeout` 10 s (wait for the write lock instead of failing),
+/// `synchronous = NORMAL` (durable at checkpoints in WAL mode; FULL with `synchronous = FULL`
+/// if every commit must survive power loss), foreign keys on.
+///
+/// `url` is a file path, a `file:` URI, or either prefixed with `sqlite://`. In-memory
+/// databases are refused: each connection of a pool would get its own empty database.
+pub async fn connect(url: &str) -> Result<SqliteConnection> {
+    let path = normalize(url)?;
+    let mut conn = SqliteConnection::establish(&path)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Database, format!("sqlite: cannot open `{path}`"), e))?;
+    conn.batch_execute(SETUP).await?;
+    Ok(conn)
+}
+
+const SETUP: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+fn normalize(url: &str) -> Result<String> {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    if path.is_empty() || path == ":memory:" || path.contains("mode=memory") {
+        return Err(Error::config(format!(
+            "sqlite: `{url}` is not usable: give a file path (an in-memory database is private to one \
+             connection, so the relay and the inbox would not see your rows)"
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+/// A pool of SQLite connections (diesel-async's bb8 pool), for the relay, the inbox and your code.
+pub type Pool = diesel_async::pooled_connection::bb8::Pool<SqliteConnection>;
+
+/// A pool of at most `max_size` connections to the SQLite database at `url`, each opened with
+/// [`connect`]'s settings. Checks that the database can be opened before returning.
+///
+/// SQLite has one writer at a time: the SDK's own transactions start with `BEGIN IMMEDIATE` and
+/// wait for the lock. In your code, start transactions that read before they write with
+/// `conn.immediate_transaction(..)` rather than `conn.transaction(..)`, or SQLite may answer
+/// `database is locked` when the read has to be upgraded to a write.
+pub async fn pool(url: &str, max_size: u32) -> Result<Pool> {
+    use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+    use futures_util::FutureExt;
+    if max_size == 0 {
+        return Err(Error::config("sqlite: the pool needs at least one connection"));
+    }
+    let path = normalize(url)?;
+    let mut config = ManagerConfig::<SqliteConnection>::default();
+    config.custom_setup = Box::new(|url| {
+        let url = url.to_owned();
+        async move {
+            let mut conn = SqliteConnection::establish(&url).await?;
+            conn.batch_execute(SETUP).await.map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<SqliteConnection>::new_with_config(path.clone(), config);
+    Pool::builder()
+        .max_size(max_size)
+        .build(manager)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Database, format!("sqlite: cannot open `{path}`"), e))
+}
