@@ -327,7 +327,7 @@ where
     let published: HashSet<&str> = records.iter().map(|r| r.order_id.as_str()).collect();
     let rolled_back_on_topic = published.iter().filter(|id| rolled_back.contains(**id)).count();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    if let Some(again) = records.iter().next() {
+    if let Some(again) = <[RunRecord]>::first(&records) {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &again.headers {
             headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
