@@ -135,24 +135,7 @@ impl From<outbox::Error> for HandlerError {
     }
 }
 
-pub(crate) fn is_transient_db_error(e: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind as D, Error as E};
-    match e {
-        E::DatabaseError(kind, info) => match kind {
-            D::SerializationFailure | D::ClosedConnection | D::UnableToSendCommand | D::ReadOnlyTransaction => true,
-            // diesel has no kind for these SQLSTATEs (57P01 session terminated, 40P01, 55P03, 57014); their messages are stable.
-            _ => {
-                let m = info.message();
-                m.contains("terminating connection")
-                    || m.contains("deadlock detected")
-                    || m.contains("could not obtain lock")
-                    || m.contains("lock timeout")
-            }
-        },
-        E::BrokenTransactionManager => true,
-        _ => false,
-    }
-}
+pub(crate) use outbox::is_transient_db_error;
 
 /// A handler with its event type erased, so handlers of different events live in one registry.
 pub(crate) trait ErasedHandler<C: Database>: Send + Sync {

@@ -70,20 +70,40 @@ impl Error {
     /// conflict, broker unavailable). Configuration and input errors are never transient.
     pub fn is_transient(&self) -> bool {
         match self.kind {
-            ErrorKind::Database => {
-                use diesel::result::{DatabaseErrorKind as D, Error as E};
-                match self.source.as_deref().and_then(|s| s.downcast_ref::<E>()) {
-                    Some(E::DatabaseError(kind, _)) => matches!(
-                        kind,
-                        D::SerializationFailure | D::ClosedConnection | D::ReadOnlyTransaction | D::UnableToSendCommand
-                    ),
-                    Some(E::BrokenTransactionManager) | None => true,
-                    Some(_) => false,
-                }
-            }
+            ErrorKind::Database => match self.source.as_deref().and_then(|s| s.downcast_ref::<diesel::result::Error>()) {
+                Some(e) => is_transient_db_error(e),
+                None => true,
+            },
             ErrorKind::Kafka => true,
             _ => false,
         }
+    }
+}
+
+/// Whether a database error may pass on retry: lost connections and sessions terminated by the
+/// server, serialization failures, deadlocks, lock timeouts, read-only replicas (PostgreSQL), and
+/// a locked database (SQLite's `SQLITE_BUSY` after `busy_timeout`). Constraint violations and
+/// other errors are permanent. Used by [`Error::is_transient`] and by the inbox to decide between
+/// retrying a handler and dead-lettering its message.
+pub fn is_transient_db_error(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as D, Error as E};
+    match e {
+        E::DatabaseError(kind, info) => match kind {
+            D::SerializationFailure | D::ClosedConnection | D::UnableToSendCommand | D::ReadOnlyTransaction => true,
+            // diesel has no kind for these (PostgreSQL 57P01 session terminated, 40P01, 55P03,
+            // 57014; SQLite SQLITE_BUSY / SQLITE_LOCKED); their messages are stable.
+            _ => {
+                let m = info.message();
+                m.contains("terminating connection")
+                    || m.contains("deadlock detected")
+                    || m.contains("could not obtain lock")
+                    || m.contains("lock timeout")
+                    || m.contains("database is locked")
+                    || m.contains("database table is locked")
+            }
+        },
+        E::BrokenTransactionManager => true,
+        _ => false,
     }
 }
 

@@ -44,7 +44,7 @@ mod writer;
 
 pub use db::Database;
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, is_transient_db_error};
 pub use event::{Event, validate_topic};
 pub use kafka::KafkaConfig;
 #[cfg(feature = "sqlite")]
