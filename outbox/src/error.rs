@@ -70,7 +70,8 @@ impl Error {
     /// conflict, broker unavailable). Configuration and input errors are never transient.
     pub fn is_transient(&self) -> bool {
         match self.kind {
-            ErrorKind::Database => match self.source.as_deref().and_then(|s| s.downcast_ref::<diesel::result::Error>()) {
+            ErrorKind::Database => match self.source.as_deref().and_then(|s| s.downcast_ref::<diesel::result::Error>())
+            {
                 Some(e) => is_transient_db_error(e),
                 None => true,
             },
