@@ -1,6 +1,7 @@
 //! Transactional inbox: typed Kafka event handlers whose effects, dedup record and stored
-//! position commit in one PostgreSQL transaction, so each message id takes effect once per
-//! consumer group, whatever redeliveries, restarts or rebalances happen.
+//! position commit in one database transaction (PostgreSQL, or SQLite with the `sqlite`
+//! feature), so each message id takes effect once per consumer group, whatever redeliveries,
+//! restarts or rebalances happen.
 //!
 //! ```no_run
 //! use serde::{Deserialize, Serialize};

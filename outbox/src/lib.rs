@@ -1,4 +1,4 @@
-//! Transactional outbox for PostgreSQL and Kafka.
+//! Transactional outbox for PostgreSQL (or SQLite, feature `sqlite`) and Kafka.
 //!
 //! Store events in the same diesel-async transaction as your business change with
 //! [`publish`]; a [`Relay`](relay::Relay) publishes them to Kafka after commit and marks them
