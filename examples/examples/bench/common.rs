@@ -33,7 +33,7 @@ impl Env {
             }
         };
         if let Some(m) = &mock {
-            for t in ["bench", "bench-verify", "bench-e2e", "bench-inbox", "orders"] {
+            for t in ["bench", "bench-verify", "bench-e2e", "bench-inbox", "bench-soak", "orders"] {
                 m.create_topic(t, 6, 1).expect("topic");
             }
         }

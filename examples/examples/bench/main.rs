@@ -3,13 +3,15 @@
 //! `scripts/bench` starts PostgreSQL (fsync on) and runs this; or set DATABASE_URL (and
 //! KAFKA_BROKERS for a real broker) and run `cargo run --release -p examples --example bench`.
 //! BENCH_SCALE (default 1) scales every size, BENCH_RUNS (default 3) the repetitions,
-//! BENCH_ONLY=B1,B2 selects figures. Prints a Markdown table and writes target/bench/report.{md,json}.
+//! BENCH_ONLY=B1,B2 selects figures; B6 (the soak, BENCH_SOAK_MINUTES, default 30) runs only when
+//! named. Prints a Markdown table and writes target/bench/report.{md,json}.
 
 mod b1;
 mod b2;
 mod b3;
 mod b4;
 mod b5;
+mod b6;
 mod common;
 mod stats;
 
@@ -39,6 +41,9 @@ async fn main() {
     }
     if wanted("B5") {
         figures.extend(b5::run(&env).await);
+    }
+    if only.split(',').any(|o| o.trim().eq_ignore_ascii_case("B6")) {
+        figures.extend(b6::run(&env).await);
     }
     let machine = format!(
         "{} cores, {}; PostgreSQL at DATABASE_URL; Kafka: {}",
