@@ -3,6 +3,9 @@
 //! delivered on purpose. Zero setup by default (SQLite file + librdkafka's in-process mock
 //! cluster); PostgreSQL and a real broker when `DATABASE_URL` / `KAFKA_BROKERS` are set.
 
+// A demo's own data types and diesel `table!` modules: documented where it helps the reader.
+#![allow(missing_docs)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -12,14 +15,14 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use inbox::{Context, Handler, HandlerError, Inbox};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use outbox::embedded::EmbeddedKafka;
 use outbox::relay::Relay;
 use outbox::sqlite::SqliteConnection;
 use outbox::{Database, KafkaConfig};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -221,11 +224,12 @@ pub async fn run(options: Options) -> Result<Report, BoxError> {
     let (brokers, broker) = match &options.kafka_brokers {
         Some(b) => (b.clone(), format!("Kafka at {b}")),
         None => {
-            let cluster = MockCluster::<'static, DefaultProducerContext>::new(1)?;
-            cluster.create_topic(TOPIC, 3, 1)?;
-            let b = cluster.bootstrap_servers();
-            mock = Some(cluster);
-            (b, "librdkafka in-process mock cluster (embedded)".to_owned())
+            // librdkafka's in-process mock cluster; the topic the event type names.
+            let kafka = EmbeddedKafka::with_brokers(1)?;
+            kafka.create_topic_for::<OrderPlaced>(3)?;
+            let b = kafka.bootstrap_servers().to_owned();
+            mock = Some(kafka);
+            (b, "outbox::embedded::EmbeddedKafka (librdkafka's in-process mock cluster)".to_owned())
         }
     };
     if mock.is_none() {

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod db;
+pub mod embedded;
 mod envelope;
 mod error;
 mod event;
