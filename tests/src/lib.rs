@@ -1,20 +1,22 @@
-//! Shared fixtures of the end-to-end suites: a fresh PostgreSQL database per test (from
-//! `DATABASE_URL`, which `scripts/test` exports) and a Kafka cluster per test (librdkafka's
+//! Shared fixtures of the end-to-end suites: a fresh database per test, PostgreSQL (from
+//! `DATABASE_URL`, which `scripts/test` exports) or SQLite (a temporary file; see [`backend`]
+//! and [`backends!`]), and a Kafka cluster per test (librdkafka's
 //! in-process mock cluster, or the broker named by `KAFKA_BROKERS`).
 #![allow(missing_docs)]
 // The README's code blocks compile (and run, unless `no_run`) as doc tests of this crate.
 #![doc = include_str!("../../README.md")]
 
+pub mod backend;
 pub mod crash;
 pub mod kafka;
 pub mod produce;
 pub mod relay_support;
 
-use diesel::prelude::*;
+use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+pub use backend::{Backend, Effect, Pg, Sqlite, TestConn};
 pub use kafka::TestKafka;
 
 /// Installs a test-local tracing subscriber once (RUST_LOG=outbox=debug to see the relay).
@@ -25,10 +27,13 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A database of its own for one test, with the outbox and inbox tables migrated.
-pub struct TestDb {
+/// A database of its own for one test, with the outbox and inbox tables migrated: on the
+/// `DATABASE_URL` server for [`Pg`] (the default), in a temporary file for [`Sqlite`].
+pub struct TestDb<B: Backend = Pg> {
     pub url: String,
     pub name: String,
+    _dir: Option<backend::TempDir>,
+    _backend: std::marker::PhantomData<B>,
 }
 
 fn server_url() -> String {
@@ -52,44 +57,60 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-impl TestDb {
+impl TestDb<Pg> {
+    /// A fresh PostgreSQL database (see [`TestDb::fresh`] for any backend).
     pub async fn new() -> Self {
-        init_tracing();
-        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = AsyncPgConnection::establish(&server_url()).await.expect("connect to DATABASE_URL");
-        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
-        let url = with_database(&server_url(), &name);
-        let db = TestDb { url, name };
+        Self::fresh().await
+    }
+}
+
+impl<B: Backend> TestDb<B> {
+    /// A fresh, migrated database of backend `B`.
+    pub async fn fresh() -> Self {
+        let db = Self::empty().await;
         let mut conn = db.conn().await;
         outbox::migrate(&mut conn).await.expect("migrate");
         db
     }
 
-    pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url).await.expect("connect to test database")
+    /// A fresh database of backend `B` with no tables.
+    pub async fn empty() -> Self {
+        init_tracing();
+        let store = B::create().await;
+        TestDb { url: store.url, name: store.name, _dir: store.dir, _backend: std::marker::PhantomData }
     }
 
-    pub async fn pool(&self, size: u32) -> Pool<AsyncPgConnection> {
-        self.pool_named(size, "test").await
+    pub async fn conn(&self) -> B::Conn {
+        B::connect(&self.url).await
     }
 
+    pub async fn pool(&self, size: u32) -> bb8::Pool<B::Manager> {
+        B::pool(&self.url, size).await
+    }
+
+    /// Runs a one-value query such as `SELECT count(*) AS n FROM outbox_messages`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.conn().await.count(sql).await
+    }
+
+    /// Runs SQL statements on a connection of its own.
+    pub async fn exec(&self, sql: &str) {
+        self.conn().await.exec(sql).await
+    }
+
+    /// Creates the suites' `effects` table (see [`TestConn::create_effects`]).
+    pub async fn create_effects(&self) {
+        self.conn().await.create_effects().await
+    }
+}
+
+impl TestDb<Pg> {
     /// A pool whose sessions carry `application_name`, so a test can terminate them.
     pub async fn pool_named(&self, size: u32, application_name: &str) -> Pool<AsyncPgConnection> {
         let sep = if self.url.contains('?') { '&' } else { '?' };
         let url = format!("{}{sep}application_name={application_name}", self.url);
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
         Pool::builder().max_size(size).build(manager).await.expect("pool")
-    }
-
-    /// Runs a one-value query such as `SELECT count(*) AS n FROM outbox_messages`.
-    pub async fn count(&self, sql: &str) -> i64 {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.conn().await;
-        diesel::sql_query(sql).get_result::<N>(&mut conn).await.expect(sql).n
     }
 
     /// Terminates every other session of this database (simulates a crash of its clients).

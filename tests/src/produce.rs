@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
-use crate::{TestDb, TestKafka};
+use crate::{Backend, TestDb, TestKafka};
 
 /// One Kafka record to produce: topic, partition, key, headers and payload, each settable to
 /// anything, including values the wire format forbids.
@@ -159,7 +159,7 @@ impl TestProducer {
 /// Polls `sql` (a one-value `... AS n` query) until it returns at least `expected`, or
 /// `timeout` passes; returns the last value. A guard against hanging, not a timing assertion:
 /// callers assert on the value.
-pub async fn wait_for_count(db: &TestDb, sql: &str, expected: i64, timeout: Duration) -> i64 {
+pub async fn wait_for_count<B: Backend>(db: &TestDb<B>, sql: &str, expected: i64, timeout: Duration) -> i64 {
     let deadline = Instant::now() + timeout;
     loop {
         let n = db.count(sql).await;

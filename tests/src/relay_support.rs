@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::kafka::Record;
-use crate::{TestDb, TestKafka};
+use crate::{Backend, TestDb, TestKafka};
 
 pub const TOPIC: &str = "relay.test";
 
@@ -34,7 +34,7 @@ impl Happened {
 
 /// Writes `n` events over `keys` keys (event i has key `k{i % keys}`), `per_tx` events per
 /// transaction. Returns the message ids in write order.
-pub async fn write_events(db: &TestDb, n: u64, keys: u64, per_tx: u64) -> Vec<Uuid> {
+pub async fn write_events<B: Backend>(db: &TestDb<B>, n: u64, keys: u64, per_tx: u64) -> Vec<Uuid> {
     let mut conn = db.conn().await;
     let mut ids = Vec::with_capacity(n as usize);
     let mut i = 0;
@@ -51,12 +51,21 @@ pub async fn write_events(db: &TestDb, n: u64, keys: u64, per_tx: u64) -> Vec<Uu
     ids
 }
 
-pub fn relay(db_pool: outbox::Pool, kafka: &TestKafka) -> RelayBuilder {
+/// A relay on any backend's pool (`db.pool(n)`) with test-friendly timings.
+pub fn relay<M>(db_pool: bb8::Pool<M>, kafka: &TestKafka) -> RelayBuilder<M::Connection>
+where
+    M: bb8::ManageConnection<Connection: outbox::Database>,
+    M::Error: std::error::Error,
+{
     relay_with(db_pool, KafkaConfig::new(kafka.brokers()))
 }
 
 /// A relay with test-friendly timings and the given Kafka settings.
-pub fn relay_with(db_pool: outbox::Pool, kafka: KafkaConfig) -> RelayBuilder {
+pub fn relay_with<M>(db_pool: bb8::Pool<M>, kafka: KafkaConfig) -> RelayBuilder<M::Connection>
+where
+    M: bb8::ManageConnection<Connection: outbox::Database>,
+    M::Error: std::error::Error,
+{
     Relay::builder(db_pool, kafka)
         .poll_interval(Duration::from_millis(50))
         .lease(Duration::from_secs(3))
@@ -64,14 +73,14 @@ pub fn relay_with(db_pool: outbox::Pool, kafka: KafkaConfig) -> RelayBuilder {
 }
 
 /// Starts a relay task; cancel the returned token to stop it.
-pub fn spawn(relay: Relay) -> (CancellationToken, JoinHandle<outbox::Result<()>>) {
+pub fn spawn<C: outbox::Database>(relay: Relay<C>) -> (CancellationToken, JoinHandle<outbox::Result<()>>) {
     let token = CancellationToken::new();
     let handle = tokio::spawn(relay.run(token.clone()));
     (token, handle)
 }
 
 /// Waits until the outbox holds no unsent, unparked row (or panics after `timeout`).
-pub async fn wait_drained(db: &TestDb, timeout: Duration) {
+pub async fn wait_drained<B: Backend>(db: &TestDb<B>, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left =

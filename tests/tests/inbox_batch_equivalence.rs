@@ -7,16 +7,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(batch_and_one_message_modes_leave_identical_state,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -33,8 +32,8 @@ struct RecordOrder {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         let (id, group) = (cx.message_id(), cx.group().to_owned());
         let call = {
             let mut calls = self.calls.lock().unwrap();
@@ -42,12 +41,7 @@ impl Handler<OrderPlaced> for RecordOrder {
             *c += 1;
             *c
         };
-        diesel::sql_query("INSERT INTO effects (grp, message_id, n) VALUES ($1, $2, $3)")
-            .bind::<Text, _>(group)
-            .bind::<SqlUuid, _>(id)
-            .bind::<BigInt, _>(e.n)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect { grp: Some(group.as_str()), n: Some(e.n), ..Effect::of(id) }).await?;
         match e.behaviour.as_str() {
             "transient_twice" if call <= 2 => Err(HandlerError::transient("busy")),
             "always_transient" => Err(HandlerError::transient("still busy")),
@@ -91,42 +85,16 @@ fn input() -> Vec<CloudEvent> {
     out
 }
 
-#[derive(QueryableByName)]
-struct Snapshot {
-    #[diesel(sql_type = Nullable<Text>)]
-    v: Option<String>,
-}
-
 /// The group's rows in every inbox table and in `effects`, as comparable text.
-async fn snapshot(db: &TestDb, group: &str) -> Vec<Option<String>> {
-    let mut conn = db.conn().await;
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT string_agg(message_id::text || ':' || n, ',' ORDER BY message_id, n) AS v \
-         FROM effects WHERE grp = $1",
-        "SELECT string_agg(message_id::text || '@' || topic || '/' || kafka_partition || '/' || kafka_offset, \
-         ',' ORDER BY message_id) AS v FROM inbox_messages WHERE consumer_group = $1",
-        "SELECT string_agg(concat_ws('|', message_id, topic, kafka_partition, kafka_offset, reason, attempts, \
-         md5(payload), md5(key), headers->>'ce_id'), ',' ORDER BY kafka_partition, kafka_offset) AS v \
-         FROM inbox_dead_letters WHERE consumer_group = $1",
-        "SELECT string_agg(topic || '/' || kafka_partition || '=' || next_offset, ',' \
-         ORDER BY topic, kafka_partition) AS v FROM inbox_offsets WHERE consumer_group = $1",
-    ] {
-        let row: Snapshot = diesel::sql_query(sql).bind::<Text, _>(group).get_result(&mut conn).await.unwrap();
-        out.push(row.v);
-    }
-    out
+async fn snapshot<B: Backend>(db: &TestDb<B>, group: &str) -> Vec<Option<String>> {
+    db.conn().await.inbox_snapshot(group).await
 }
 
-#[tokio::test]
-async fn batch_and_one_message_modes_leave_identical_state() {
-    let db = TestDb::new().await;
+async fn batch_and_one_message_modes_leave_identical_state<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 2).await;
-    diesel::sql_query("CREATE TABLE effects (grp text NOT NULL, message_id uuid NOT NULL, n bigint NOT NULL)")
-        .execute(&mut db.conn().await)
-        .await
-        .unwrap();
+    db.create_effects().await;
     let input = input();
     TestProducer::new(&kafka).send_all(&input).await;
 
@@ -145,7 +113,7 @@ async fn batch_and_one_message_modes_leave_identical_state() {
     }
     let consumed = wait_for_count(
         &db,
-        "SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM inbox_offsets",
+        "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets",
         2 * input.len() as i64,
         Duration::from_secs(25),
     )

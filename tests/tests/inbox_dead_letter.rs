@@ -7,16 +7,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bytea, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(failing_messages_are_dead_lettered_batch_mode, failing_messages_are_dead_lettered_one_message_mode,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "shipments", name = "shipment.requested")]
@@ -32,14 +31,11 @@ struct Ship {
 }
 
 #[inbox::async_trait]
-impl Handler<ShipmentRequested> for Arc<Ship> {
-    async fn handle(&self, e: ShipmentRequested, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<ShipmentRequested, C> for Arc<Ship> {
+    async fn handle(&self, e: ShipmentRequested, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         *self.calls.lock().unwrap().entry(cx.message_id()).or_default() += 1;
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id) VALUES ($1)")
-            .bind::<SqlUuid, _>(id)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect::of(id)).await?;
         match e.behaviour.as_str() {
             "transient" => Err(HandlerError::transient("carrier API timed out")),
             "permanent" => Err(HandlerError::permanent("address is not deliverable")),
@@ -49,31 +45,11 @@ impl Handler<ShipmentRequested> for Arc<Ship> {
     }
 }
 
-#[derive(QueryableByName, Debug)]
-struct DeadLetter {
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    message_id: Option<Uuid>,
-    #[diesel(sql_type = BigInt)]
-    kafka_offset: i64,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    key: Option<Vec<u8>>,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    payload: Option<Vec<u8>>,
-    #[diesel(sql_type = Jsonb)]
-    headers: serde_json::Value,
-    #[diesel(sql_type = Text)]
-    reason: String,
-    #[diesel(sql_type = Text)]
-    error: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-}
-
-async fn failing_messages_are_dead_lettered(batch_size: usize) {
-    let db = TestDb::new().await;
+async fn failing_messages_are_dead_lettered<B: Backend>(batch_size: usize) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("shipments", 1).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL)").execute(&mut db.conn().await).await.unwrap();
+    db.create_effects().await;
     let event = |behaviour: &str| {
         CloudEvent::of(&ShipmentRequested { shipment_id: Uuid::now_v7(), behaviour: behaviour.into() })
             .partition(0)
@@ -117,14 +93,7 @@ async fn failing_messages_are_dead_lettered(batch_size: usize) {
     assert_eq!(calls[&permanent.id().unwrap()], 1, "permanent: no retry");
     assert_eq!(calls[&panics.id().unwrap()], 1, "panic: no retry");
 
-    let mut conn = db.conn().await;
-    let dead: Vec<DeadLetter> = diesel::sql_query(
-        "SELECT message_id, kafka_offset, key, payload, headers, reason, error, attempts \
-         FROM inbox_dead_letters ORDER BY kafka_offset",
-    )
-    .load(&mut conn)
-    .await
-    .unwrap();
+    let dead = db.conn().await.dead_letters().await;
     assert_eq!(dead.len(), 3, "one row per failing message, none for the redelivery: {dead:#?}");
     let expect = [
         (&transient, 0, "retries_exhausted", "carrier API timed out", 3),
@@ -157,12 +126,10 @@ async fn failing_messages_are_dead_lettered(batch_size: usize) {
     );
 }
 
-#[tokio::test]
-async fn failing_messages_are_dead_lettered_batch_mode() {
-    failing_messages_are_dead_lettered(100).await;
+async fn failing_messages_are_dead_lettered_batch_mode<B: Backend>() {
+    failing_messages_are_dead_lettered::<B>(100).await;
 }
 
-#[tokio::test]
-async fn failing_messages_are_dead_lettered_one_message_mode() {
-    failing_messages_are_dead_lettered(1).await;
+async fn failing_messages_are_dead_lettered_one_message_mode<B: Backend>() {
+    failing_messages_are_dead_lettered::<B>(1).await;
 }

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(same_id_five_times_batch_mode, same_id_five_times_one_message_mode,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -29,15 +29,11 @@ struct RecordOrder {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id, n) VALUES ($1, $2)")
-            .bind::<SqlUuid, _>(id)
-            .bind::<BigInt, _>(e.n)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect { n: Some(e.n), ..Effect::of(id) }).await?;
         Ok(())
     }
 }
@@ -46,14 +42,11 @@ fn order(n: i64) -> CloudEvent {
     CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), n }).partition(0)
 }
 
-async fn same_id_five_times(batch_size: usize) {
-    let db = TestDb::new().await;
+async fn same_id_five_times<B: Backend>(batch_size: usize) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 1).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL, n bigint NOT NULL)")
-        .execute(&mut db.conn().await)
-        .await
-        .unwrap();
+    db.create_effects().await;
 
     let dup = order(0);
     let input =
@@ -97,12 +90,10 @@ async fn same_id_five_times(batch_size: usize) {
     assert_eq!(db.count("SELECT count(*) AS n FROM inbox_dead_letters").await, 0);
 }
 
-#[tokio::test]
-async fn same_id_five_times_batch_mode() {
-    same_id_five_times(100).await;
+async fn same_id_five_times_batch_mode<B: Backend>() {
+    same_id_five_times::<B>(100).await;
 }
 
-#[tokio::test]
-async fn same_id_five_times_one_message_mode() {
-    same_id_five_times(1).await;
+async fn same_id_five_times_one_message_mode<B: Backend>() {
+    same_id_five_times::<B>(1).await;
 }

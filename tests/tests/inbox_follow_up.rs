@@ -7,16 +7,15 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{Jsonb, Text};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(follow_up_is_published_once_per_input,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -39,8 +38,8 @@ struct ReserveStock {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for ReserveStock {
-    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for ReserveStock {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         cx.publish(&StockReserved { order_id: e.order_id }).await?;
         if e.fail_once_after_publishing && self.failed.lock().unwrap().insert(cx.message_id()) {
             return Err(HandlerError::transient("stock service hiccup after publishing"));
@@ -49,19 +48,8 @@ impl Handler<OrderPlaced> for ReserveStock {
     }
 }
 
-#[derive(QueryableByName, Debug)]
-struct FollowUp {
-    #[diesel(sql_type = Text)]
-    topic: String,
-    #[diesel(sql_type = Text)]
-    event_type: String,
-    #[diesel(sql_type = Jsonb)]
-    headers: serde_json::Value,
-}
-
-#[tokio::test]
-async fn follow_up_is_published_once_per_input() {
-    let db = TestDb::new().await;
+async fn follow_up_is_published_once_per_input<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 1).await;
     let order = |fail: bool| {
@@ -103,16 +91,10 @@ async fn follow_up_is_published_once_per_input() {
         (&flaky, flaky.id().unwrap().to_string()),
     ] {
         let id = input.id().unwrap();
-        let rows: Vec<FollowUp> = diesel::sql_query(
-            "SELECT topic, event_type, headers FROM outbox_messages WHERE headers->>'ce_causationid' = $1",
-        )
-        .bind::<Text, _>(id.to_string())
-        .load(&mut conn)
-        .await
-        .unwrap();
+        let rows = conn.follow_ups(&id.to_string()).await;
         assert_eq!(rows.len(), 1, "exactly one follow-up caused by {id}");
-        assert_eq!(rows[0].topic, "stock");
-        assert_eq!(rows[0].event_type, "stock.reserved");
-        assert_eq!(rows[0].headers["ce_correlationid"], correlation.as_str());
+        assert_eq!(rows[0].0, "stock");
+        assert_eq!(rows[0].1, "stock.reserved");
+        assert_eq!(rows[0].2["ce_correlationid"], correlation.as_str());
     }
 }

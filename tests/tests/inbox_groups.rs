@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(each_group_takes_effect_once,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -23,27 +23,19 @@ struct OrderPlaced {
 struct RecordOrder;
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         let (id, group) = (cx.message_id(), cx.group().to_owned());
-        diesel::sql_query("INSERT INTO effects (grp, message_id) VALUES ($1, $2)")
-            .bind::<Text, _>(group)
-            .bind::<SqlUuid, _>(id)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect { grp: Some(group.as_str()), ..Effect::of(id) }).await?;
         Ok(())
     }
 }
 
-#[tokio::test]
-async fn each_group_takes_effect_once() {
-    let db = TestDb::new().await;
+async fn each_group_takes_effect_once<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 2).await;
-    diesel::sql_query("CREATE TABLE effects (grp text NOT NULL, message_id uuid NOT NULL)")
-        .execute(&mut db.conn().await)
-        .await
-        .unwrap();
+    db.create_effects().await;
     let events: Vec<CloudEvent> =
         (0..10).map(|i| CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7() }).partition(i % 2)).collect();
     let mut input = events.clone();
@@ -59,7 +51,7 @@ async fn each_group_takes_effect_once() {
     }
     let consumed = wait_for_count(
         &db,
-        "SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM inbox_offsets",
+        "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets",
         2 * input.len() as i64,
         Duration::from_secs(20),
     )

@@ -8,16 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox, UnknownTypePolicy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(
+    each_hostile_input_is_dead_lettered_batch_mode,
+    each_hostile_input_is_dead_lettered_one_message_mode,
+    unknown_types_can_be_skipped,
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed", version = 2)]
@@ -32,14 +35,11 @@ struct RecordOrder {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id) VALUES ($1)")
-            .bind::<SqlUuid, _>(id)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect::of(id)).await?;
         Ok(())
     }
 }
@@ -72,27 +72,15 @@ fn hostile() -> Vec<(CloudEvent, &'static str)> {
     ]
 }
 
-#[derive(QueryableByName, Debug)]
-struct DeadLetter {
-    #[diesel(sql_type = BigInt)]
-    kafka_offset: i64,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    message_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
-    reason: String,
-    #[diesel(sql_type = Text)]
-    error: String,
-}
-
-async fn setup() -> (TestDb, TestKafka) {
-    let db = TestDb::new().await;
+async fn setup<B: Backend>() -> (TestDb<B>, TestKafka) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 1).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL)").execute(&mut db.conn().await).await.unwrap();
+    db.create_effects().await;
     (db, kafka)
 }
 
-async fn run_until(db: &TestDb, inbox: Inbox, position: i64) {
+async fn run_until<B: Backend>(db: &TestDb<B>, inbox: Inbox<B::Conn>, position: i64) {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(inbox.run(shutdown.clone()));
     let reached = wait_for_count(
@@ -107,8 +95,8 @@ async fn run_until(db: &TestDb, inbox: Inbox, position: i64) {
     assert_eq!(reached, position, "the partition moved past every message");
 }
 
-async fn each_hostile_input_is_dead_lettered(batch_size: usize) {
-    let (db, kafka) = setup().await;
+async fn each_hostile_input_is_dead_lettered<B: Backend>(batch_size: usize) {
+    let (db, kafka) = setup::<B>().await;
     let cases = hostile();
     let mut input = Vec::new();
     let mut goods = Vec::new();
@@ -131,13 +119,7 @@ async fn each_hostile_input_is_dead_lettered(batch_size: usize) {
         .unwrap();
     run_until(&db, inbox, input.len() as i64).await;
 
-    let mut conn = db.conn().await;
-    let dead: Vec<DeadLetter> = diesel::sql_query(
-        "SELECT kafka_offset, message_id, reason, error FROM inbox_dead_letters ORDER BY kafka_offset",
-    )
-    .load(&mut conn)
-    .await
-    .unwrap();
+    let dead = db.conn().await.dead_letters().await;
     let got: BTreeMap<i64, &str> = dead.iter().map(|d| (d.kafka_offset, d.reason.as_str())).collect();
     let want: BTreeMap<i64, &str> = cases.iter().enumerate().map(|(i, (_, reason))| (2 * i as i64, *reason)).collect();
     assert_eq!(got, want, "one dead letter per hostile message, with its reason");
@@ -157,19 +139,16 @@ async fn each_hostile_input_is_dead_lettered(batch_size: usize) {
     }
 }
 
-#[tokio::test]
-async fn each_hostile_input_is_dead_lettered_batch_mode() {
-    each_hostile_input_is_dead_lettered(100).await;
+async fn each_hostile_input_is_dead_lettered_batch_mode<B: Backend>() {
+    each_hostile_input_is_dead_lettered::<B>(100).await;
 }
 
-#[tokio::test]
-async fn each_hostile_input_is_dead_lettered_one_message_mode() {
-    each_hostile_input_is_dead_lettered(1).await;
+async fn each_hostile_input_is_dead_lettered_one_message_mode<B: Backend>() {
+    each_hostile_input_is_dead_lettered::<B>(1).await;
 }
 
-#[tokio::test]
-async fn unknown_types_can_be_skipped() {
-    let (db, kafka) = setup().await;
+async fn unknown_types_can_be_skipped<B: Backend>() {
+    let (db, kafka) = setup::<B>().await;
     let unknown = good().header("ce_type", "order.cancelled");
     let next = good();
     TestProducer::new(&kafka).send_all(&[unknown.clone(), next.clone()]).await;

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
+
+tests::backends!(dedup_rows_older_than_the_window_are_pruned,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -19,31 +20,25 @@ struct OrderPlaced {
 struct Ignore;
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for Ignore {
-    async fn handle(&self, _: OrderPlaced, _: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for Ignore {
+    async fn handle(&self, _: OrderPlaced, _: &mut Context<'_, C>) -> Result<(), HandlerError> {
         Ok(())
     }
 }
 
-async fn insert_rows(db: &TestDb, group: &str, count: i64, age: &str) {
-    diesel::sql_query(format!(
-        "INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset, handled_at) \
-         SELECT '{group}', gen_random_uuid(), 'orders', 0, g, now() - interval '{age}' \
-         FROM generate_series(1, {count}) AS g"
-    ))
-    .execute(&mut db.conn().await)
-    .await
-    .unwrap();
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+async fn insert_rows<B: Backend>(db: &TestDb<B>, group: &str, count: i64, age: Duration) {
+    db.conn().await.insert_aged_dedup_rows(group, count, age).await;
 }
 
-#[tokio::test]
-async fn dedup_rows_older_than_the_window_are_pruned() {
-    let db = TestDb::new().await;
+async fn dedup_rows_older_than_the_window_are_pruned<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 1).await;
-    insert_rows(&db, "inventory", 2_500, "3 days").await;
-    insert_rows(&db, "inventory", 10, "1 day").await;
-    insert_rows(&db, "billing", 5, "3 days").await;
+    insert_rows(&db, "inventory", 2_500, 3 * DAY).await;
+    insert_rows(&db, "inventory", 10, DAY).await;
+    insert_rows(&db, "billing", 5, 3 * DAY).await;
 
     let shutdown = CancellationToken::new();
     let inbox = Inbox::builder(db.pool(2).await, kafka.brokers())
@@ -55,8 +50,10 @@ async fn dedup_rows_older_than_the_window_are_pruned() {
         .build()
         .unwrap();
     let running = tokio::spawn(inbox.run(shutdown.clone()));
-    let old = "SELECT count(*) AS n FROM inbox_messages \
-               WHERE consumer_group = 'inventory' AND handled_at < now() - interval '2 days'";
+    let old = &format!(
+        "SELECT count(*) AS n FROM inbox_messages WHERE consumer_group = 'inventory' AND handled_at < {}",
+        B::Conn::sql_ago(2 * DAY)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while db.count(old).await > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

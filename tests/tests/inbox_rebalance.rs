@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(consumer_aborted_mid_stream, consumer_shut_down_mid_stream,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -28,15 +28,16 @@ struct RecordOrder {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         let (id, partition) = (cx.message_id(), cx.partition());
-        diesel::sql_query("INSERT INTO effects (message_id, n, kafka_partition, consumer) VALUES ($1, $2, $3, $4)")
-            .bind::<SqlUuid, _>(id)
-            .bind::<BigInt, _>(e.n)
-            .bind::<Integer, _>(partition)
-            .bind::<Text, _>(self.consumer)
-            .execute(cx.conn())
+        cx.conn()
+            .insert_effect(Effect {
+                n: Some(e.n),
+                kafka_partition: Some(partition),
+                consumer: Some(self.consumer),
+                ..Effect::of(id)
+            })
             .await?;
         // Slow enough that the first consumer is stopped with work in hand.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -47,7 +48,7 @@ impl Handler<OrderPlaced> for RecordOrder {
 const PER_PARTITION: i64 = 100;
 const TOTAL: i64 = PER_PARTITION * 4;
 
-async fn consumer(db: &TestDb, kafka: &TestKafka, name: &'static str) -> Inbox {
+async fn consumer<B: Backend>(db: &TestDb<B>, kafka: &TestKafka, name: &'static str) -> Inbox<B::Conn> {
     Inbox::builder(db.pool(6).await, inbox_kafka_config(kafka))
         .group("inventory")
         .batch_size(10)
@@ -57,17 +58,11 @@ async fn consumer(db: &TestDb, kafka: &TestKafka, name: &'static str) -> Inbox {
 }
 
 /// Runs two consumers, calls `stop_a` once some work is committed, waits for the rest.
-async fn one_consumer_stops_mid_stream(abort: bool) {
-    let db = TestDb::new().await;
+async fn one_consumer_stops_mid_stream<B: Backend>(abort: bool) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 4).await;
-    diesel::sql_query(
-        "CREATE TABLE effects (message_id uuid NOT NULL, n bigint NOT NULL, \
-         kafka_partition int NOT NULL, consumer text NOT NULL)",
-    )
-    .execute(&mut db.conn().await)
-    .await
-    .unwrap();
+    db.create_effects().await;
     let mut events = Vec::new();
     for n in 0..PER_PARTITION {
         for p in 0..4 {
@@ -97,7 +92,7 @@ async fn one_consumer_stops_mid_stream(abort: bool) {
 
     let position = wait_for_count(
         &db,
-        "SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM inbox_offsets",
+        "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets",
         TOTAL,
         Duration::from_secs(25),
     )
@@ -120,12 +115,10 @@ async fn one_consumer_stops_mid_stream(abort: bool) {
     );
 }
 
-#[tokio::test]
-async fn consumer_aborted_mid_stream() {
-    one_consumer_stops_mid_stream(true).await;
+async fn consumer_aborted_mid_stream<B: Backend>() {
+    one_consumer_stops_mid_stream::<B>(true).await;
 }
 
-#[tokio::test]
-async fn consumer_shut_down_mid_stream() {
-    one_consumer_stops_mid_stream(false).await;
+async fn consumer_shut_down_mid_stream<B: Backend>() {
+    one_consumer_stops_mid_stream::<B>(false).await;
 }

@@ -11,17 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(
+    aborted_consumer_restarts_without_loss_or_doubling,
+    kafka_offsets_rewound_to_earliest_resume_from_database_position,
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -37,28 +40,21 @@ struct RecordOrder {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id, n) VALUES ($1, $2)")
-            .bind::<SqlUuid, _>(id)
-            .bind::<BigInt, _>(e.n)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect { n: Some(e.n), ..Effect::of(id) }).await?;
         tokio::time::sleep(self.delay).await;
         Ok(())
     }
 }
 
-async fn setup() -> (TestDb, TestKafka, TestProducer) {
-    let db = TestDb::new().await;
+async fn setup<B: Backend>() -> (TestDb<B>, TestKafka, TestProducer) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 2).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL, n bigint NOT NULL)")
-        .execute(&mut db.conn().await)
-        .await
-        .unwrap();
+    db.create_effects().await;
     let producer = TestProducer::new(&kafka);
     (db, kafka, producer)
 }
@@ -74,7 +70,12 @@ async fn produce(producer: &TestProducer, from: i64, per_partition: i64) {
     producer.send_all(&events).await;
 }
 
-async fn inbox(db: &TestDb, kafka: &TestKafka, calls: &Arc<AtomicUsize>, delay: Duration) -> Inbox {
+async fn inbox<B: Backend>(
+    db: &TestDb<B>,
+    kafka: &TestKafka,
+    calls: &Arc<AtomicUsize>,
+    delay: Duration,
+) -> Inbox<B::Conn> {
     Inbox::builder(db.pool(4).await, inbox_kafka_config(kafka))
         .group("inventory")
         .batch_size(10)
@@ -83,9 +84,9 @@ async fn inbox(db: &TestDb, kafka: &TestKafka, calls: &Arc<AtomicUsize>, delay: 
         .unwrap()
 }
 
-const POSITION_SUM: &str = "SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM inbox_offsets";
+const POSITION_SUM: &str = "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets";
 
-async fn assert_exactly_once(db: &TestDb, total: i64) {
+async fn assert_exactly_once<B: Backend>(db: &TestDb<B>, total: i64) {
     assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, total, "no effect lost or doubled");
     assert_eq!(db.count("SELECT count(DISTINCT message_id) AS n FROM effects").await, total);
     assert_eq!(db.count("SELECT count(DISTINCT n) AS n FROM effects").await, total);
@@ -96,9 +97,8 @@ async fn assert_exactly_once(db: &TestDb, total: i64) {
     );
 }
 
-#[tokio::test]
-async fn aborted_consumer_restarts_without_loss_or_doubling() {
-    let (db, kafka, producer) = setup().await;
+async fn aborted_consumer_restarts_without_loss_or_doubling<B: Backend>() {
+    let (db, kafka, producer) = setup::<B>().await;
     produce(&producer, 0, 100).await;
 
     let calls = Arc::new(AtomicUsize::new(0));
@@ -145,9 +145,8 @@ async fn rewind_kafka_offsets(kafka: &TestKafka, group: &str) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn kafka_offsets_rewound_to_earliest_resume_from_database_position() {
-    let (db, kafka, producer) = setup().await;
+async fn kafka_offsets_rewound_to_earliest_resume_from_database_position<B: Backend>() {
+    let (db, kafka, producer) = setup::<B>().await;
     produce(&producer, 0, 50).await;
 
     let calls = Arc::new(AtomicUsize::new(0));
@@ -160,7 +159,7 @@ async fn kafka_offsets_rewound_to_earliest_resume_from_database_position() {
 
     rewind_kafka_offsets(&kafka, "inventory").await;
     // Without dedup rows only the stored position stands between a rewind and double effects.
-    diesel::sql_query("DELETE FROM inbox_messages").execute(&mut db.conn().await).await.unwrap();
+    db.exec("DELETE FROM inbox_messages").await;
     produce(&producer, 50, 10).await;
 
     let second_calls = Arc::new(AtomicUsize::new(0));

@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::sql_types::{Integer, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(transient_failures_are_retried_batch_mode, transient_failures_are_retried_one_message_mode,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "payments", name = "payment.captured")]
@@ -30,8 +30,8 @@ struct Flaky {
 }
 
 #[inbox::async_trait]
-impl Handler<PaymentCaptured> for Arc<Flaky> {
-    async fn handle(&self, e: PaymentCaptured, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<PaymentCaptured, C> for Arc<Flaky> {
+    async fn handle(&self, e: PaymentCaptured, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         let call = {
             let mut calls = self.calls.lock().unwrap();
             let n = calls.entry(cx.message_id()).or_default();
@@ -39,11 +39,7 @@ impl Handler<PaymentCaptured> for Arc<Flaky> {
             *n
         };
         let (id, attempt) = (cx.message_id(), cx.attempt() as i32);
-        diesel::sql_query("INSERT INTO effects (message_id, attempt) VALUES ($1, $2)")
-            .bind::<SqlUuid, _>(id)
-            .bind::<Integer, _>(attempt)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect { attempt: Some(attempt), ..Effect::of(id) }).await?;
         if call <= e.failures_before_success {
             return Err(HandlerError::transient(format!("payment service busy (call {call})")));
         }
@@ -51,14 +47,11 @@ impl Handler<PaymentCaptured> for Arc<Flaky> {
     }
 }
 
-async fn fails_twice_then_succeeds(batch_size: usize) {
-    let db = TestDb::new().await;
+async fn fails_twice_then_succeeds<B: Backend>(batch_size: usize) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("payments", 1).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL, attempt int NOT NULL)")
-        .execute(&mut db.conn().await)
-        .await
-        .unwrap();
+    db.create_effects().await;
     let event = |failures| {
         CloudEvent::of(&PaymentCaptured { payment_id: Uuid::now_v7(), failures_before_success: failures }).partition(0)
     };
@@ -91,7 +84,8 @@ async fn fails_twice_then_succeeds(batch_size: usize) {
         "failed attempts were rolled back: one effect"
     );
     assert_eq!(
-        db.count(&format!("SELECT attempt::bigint AS n FROM effects WHERE message_id = '{flaky_id}'")).await as i32,
+        db.count(&format!("SELECT CAST(attempt AS BIGINT) AS n FROM effects WHERE message_id = '{flaky_id}'")).await
+            as i32,
         3,
         "the handler saw the attempt number"
     );
@@ -103,12 +97,10 @@ async fn fails_twice_then_succeeds(batch_size: usize) {
     assert_eq!(db.count("SELECT count(*) AS n FROM inbox_dead_letters").await, 0);
 }
 
-#[tokio::test]
-async fn transient_failures_are_retried_batch_mode() {
-    fails_twice_then_succeeds(100).await;
+async fn transient_failures_are_retried_batch_mode<B: Backend>() {
+    fails_twice_then_succeeds::<B>(100).await;
 }
 
-#[tokio::test]
-async fn transient_failures_are_retried_one_message_mode() {
-    fails_twice_then_succeeds(1).await;
+async fn transient_failures_are_retried_one_message_mode<B: Backend>() {
+    fails_twice_then_succeeds::<B>(1).await;
 }

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use diesel::sql_types::Uuid as SqlUuid;
-use diesel_async::RunQueryDsl;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config, wait_for_count};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, Effect, TestConn, TestDb, TestKafka};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+tests::backends!(shutdown_commits_the_batch_in_hand, a_hanging_handler_is_abandoned_after_the_shutdown_timeout,);
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
 #[event(topic = "orders", name = "order.placed")]
@@ -31,14 +31,11 @@ struct StopsTheInbox {
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for StopsTheInbox {
-    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for StopsTheInbox {
+    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id) VALUES ($1)")
-            .bind::<SqlUuid, _>(id)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect::of(id)).await?;
         self.shutdown.cancel();
         if self.hang {
             std::future::pending::<()>().await;
@@ -51,22 +48,19 @@ impl Handler<OrderPlaced> for StopsTheInbox {
 struct RecordOrder;
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced> for RecordOrder {
-    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_>) -> Result<(), HandlerError> {
+impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for RecordOrder {
+    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, C>) -> Result<(), HandlerError> {
         let id = cx.message_id();
-        diesel::sql_query("INSERT INTO effects (message_id) VALUES ($1)")
-            .bind::<SqlUuid, _>(id)
-            .execute(cx.conn())
-            .await?;
+        cx.conn().insert_effect(Effect::of(id)).await?;
         Ok(())
     }
 }
 
-async fn setup(messages: usize) -> (TestDb, TestKafka) {
-    let db = TestDb::new().await;
+async fn setup<B: Backend>(messages: usize) -> (TestDb<B>, TestKafka) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic("orders", 1).await;
-    diesel::sql_query("CREATE TABLE effects (message_id uuid NOT NULL)").execute(&mut db.conn().await).await.unwrap();
+    db.create_effects().await;
     let events: Vec<CloudEvent> =
         (0..messages).map(|_| CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7() }).partition(0)).collect();
     TestProducer::new(&kafka).send_all(&events).await;
@@ -76,9 +70,8 @@ async fn setup(messages: usize) -> (TestDb, TestKafka) {
 /// Fails the test instead of hanging it if `run` never returns.
 const GUARD: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn shutdown_commits_the_batch_in_hand() {
-    let (db, kafka) = setup(50).await;
+async fn shutdown_commits_the_batch_in_hand<B: Backend>() {
+    let (db, kafka) = setup::<B>(50).await;
     let shutdown = CancellationToken::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
@@ -104,9 +97,8 @@ async fn shutdown_commits_the_batch_in_hand() {
     );
 }
 
-#[tokio::test]
-async fn a_hanging_handler_is_abandoned_after_the_shutdown_timeout() {
-    let (db, kafka) = setup(3).await;
+async fn a_hanging_handler_is_abandoned_after_the_shutdown_timeout<B: Backend>() {
+    let (db, kafka) = setup::<B>(3).await;
     let shutdown = CancellationToken::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let inbox = Inbox::builder(db.pool(4).await, inbox_kafka_config(&kafka))

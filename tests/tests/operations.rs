@@ -1,6 +1,8 @@
 //! `outbox::ops`: what an operator sees and repairs. A message parked for real by the relay is
 //! listed with its error, retried (and then delivered ahead of the messages it held back, in key
 //! order) or discarded (releasing its key); inbox dead letters are listed and discarded.
+//!
+//! PostgreSQL only: the operations API (`outbox::ops`) and the CLI are PostgreSQL-only.
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Guarantee 2 across a relay crash: the relay task is aborted mid-batch and its database
 //! sessions are terminated; a restarted relay delivers everything.
+//!
+//! PostgreSQL only: killing the relay's sessions uses `pg_terminate_backend` (SQLite has no
+//! server sessions to terminate; an aborted SQLite relay is covered by `relay_multi`).
 
 use std::collections::HashSet;
 use std::time::Duration;

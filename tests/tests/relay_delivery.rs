@@ -6,11 +6,16 @@ use std::time::Duration;
 
 use outbox::relay::AfterSend;
 use tests::relay_support::{self as rs, Happened};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestDb, TestKafka};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_events_over_a_hundred_keys() {
-    let db = TestDb::new().await;
+tests::backends!(
+    ten_thousand_events_over_a_hundred_keys,
+    retention_mode_keeps_sent_rows_then_cleans_them_up,
+    invalid_configuration_fails_at_build,
+);
+
+async fn ten_thousand_events_over_a_hundred_keys<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 4).await;
     let ids = rs::write_events(&db, 10_000, 100, 250).await;
@@ -41,9 +46,8 @@ async fn ten_thousand_events_over_a_hundred_keys() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_mode_keeps_sent_rows_then_cleans_them_up() {
-    let db = TestDb::new().await;
+async fn retention_mode_keeps_sent_rows_then_cleans_them_up<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 2).await;
     let ids = rs::write_events(&db, 500, 10, 100).await;
@@ -69,12 +73,11 @@ async fn retention_mode_keeps_sent_rows_then_cleans_them_up() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn invalid_configuration_fails_at_build() {
-    let db = TestDb::new().await;
+async fn invalid_configuration_fails_at_build<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let pool = db.pool(2).await;
     let kafka = outbox::KafkaConfig::new("localhost:9092");
-    let cases: Vec<(&str, outbox::relay::RelayBuilder)> = vec![
+    let cases: Vec<(&str, outbox::relay::RelayBuilder<B::Conn>)> = vec![
         ("batch_size", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).batch_size(0)),
         ("lease", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).lease(Duration::from_millis(10))),
         ("max_attempts", outbox::relay::Relay::builder(pool.clone(), kafka.clone()).max_attempts(0)),

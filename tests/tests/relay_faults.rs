@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tests::relay_support as rs;
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestDb, TestKafka};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retriable_produce_errors_lose_and_reorder_nothing() {
-    let db = TestDb::new().await;
+tests::backends!(
+    retriable_produce_errors_lose_and_reorder_nothing,
+    brokers_down_for_seconds_nothing_marked_nothing_lost,
+);
+
+async fn retriable_produce_errors_lose_and_reorder_nothing<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     let Some(mock) = kafka.mock() else {
         println!("KAFKA_BROKERS is set: request error injection needs the mock cluster; skipped");
@@ -40,9 +44,8 @@ async fn retriable_produce_errors_lose_and_reorder_nothing() {
     println!("with 60 injected produce errors: {report:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn brokers_down_for_seconds_nothing_marked_nothing_lost() {
-    let db = TestDb::new().await;
+async fn brokers_down_for_seconds_nothing_marked_nothing_lost<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     let Some(mock) = kafka.mock() else {
         println!("KAFKA_BROKERS is set: taking brokers down needs the mock cluster; skipped");

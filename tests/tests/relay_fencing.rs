@@ -9,11 +9,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tests::relay_support as rs;
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestDb, TestKafka};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_relay_marks_nothing() {
-    let db = TestDb::new().await;
+tests::backends!(stale_relay_marks_nothing,);
+
+async fn stale_relay_marks_nothing<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let (kafka_a, kafka_b) = (TestKafka::new(), TestKafka::new());
     let (Some(mock_a), Some(mock_b)) = (kafka_a.mock(), kafka_b.mock()) else {
         println!("KAFKA_BROKERS is set: this scenario needs two mock clusters; skipped");

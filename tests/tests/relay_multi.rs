@@ -5,10 +5,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tests::relay_support as rs;
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestDb, TestKafka};
 
-async fn relays_together(count: usize) {
-    let db = TestDb::new().await;
+tests::backends!(two_relays, three_relays,);
+
+async fn relays_together<B: Backend>(count: usize) {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 4).await;
     let ids = rs::write_events(&db, 10_000, 100, 500).await;
@@ -44,12 +46,10 @@ async fn relays_together(count: usize) {
     assert!(epoch >= 2, "a stand-by took the lease over");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays() {
-    relays_together(2).await;
+async fn two_relays<B: Backend>() {
+    relays_together::<B>(2).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_relays() {
-    relays_together(3).await;
+async fn three_relays<B: Backend>() {
+    relays_together::<B>(3).await;
 }

@@ -4,13 +4,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tests::relay_support::{self as rs, Happened};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestConn, TestDb, TestKafka};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_record_is_parked_and_holds_only_its_key() {
-    let db = TestDb::new().await;
+tests::backends!(oversized_record_is_parked_and_holds_only_its_key, failing_topic_retries_with_backoff_then_parks,);
+
+async fn oversized_record_is_parked_and_holds_only_its_key<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 4).await;
 
@@ -45,28 +47,11 @@ async fn oversized_record_is_parked_and_holds_only_its_key() {
     println!("other keys delivered: {report:?}");
 
     // The poison row is parked with its error; k3's later rows are neither sent nor parked.
-    #[derive(diesel::QueryableByName)]
-    struct P {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        id: uuid::Uuid,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-        last_error: Option<String>,
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        attempts: i32,
-    }
-    let parked: Vec<P> =
-        diesel::sql_query("SELECT id, last_error, attempts FROM outbox_messages WHERE parked_at IS NOT NULL")
-            .load(&mut conn)
-            .await
-            .unwrap();
+    let parked = conn.parked_rows().await;
     assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].id, poison);
-    assert!(
-        parked[0].last_error.as_deref().unwrap_or_default().to_lowercase().contains("too large"),
-        "{:?}",
-        parked[0].last_error
-    );
-    assert_eq!(parked[0].attempts, 1, "a record-level error parks at once");
+    assert_eq!(parked[0].0, poison);
+    assert!(parked[0].1.as_deref().unwrap_or_default().to_lowercase().contains("too large"), "{:?}", parked[0].1);
+    assert_eq!(parked[0].2, 1, "a record-level error parks at once");
     // Give the relay more rounds: the held rows must still be waiting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = db
@@ -80,9 +65,8 @@ async fn oversized_record_is_parked_and_holds_only_its_key() {
     assert!(held.iter().all(|id| !on_topic.contains(id)), "a held message overtook the parked one");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_topic_retries_with_backoff_then_parks() {
-    let db = TestDb::new().await;
+async fn failing_topic_retries_with_backoff_then_parks<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     let Some(mock) = kafka.mock() else {
         println!("KAFKA_BROKERS is set: topic errors need the mock cluster; skipped");
@@ -112,9 +96,10 @@ async fn failing_topic_retries_with_backoff_then_parks() {
     // Only the head of the key counts attempts: it is parked after max_attempts; the rest of
     // the key failed alongside it but waits, unparked, with no attempt of its own.
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages WHERE parked_at IS NOT NULL").await, 1);
-    assert_eq!(db.count("SELECT max(attempts)::bigint AS n FROM outbox_messages WHERE parked_at IS NOT NULL").await, 3);
+    assert_eq!(
+        db.count("SELECT CAST(max(attempts) AS BIGINT) AS n FROM outbox_messages WHERE parked_at IS NOT NULL").await,
+        3
+    );
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages WHERE parked_at IS NULL AND attempts = 0").await, 4);
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, ids.len() as i64, "nothing lost");
 }
-
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

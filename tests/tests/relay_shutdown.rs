@@ -5,11 +5,12 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tests::relay_support as rs;
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestDb, TestKafka};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_a_batch_in_flight() {
-    let db = TestDb::new().await;
+tests::backends!(shutdown_with_a_batch_in_flight,);
+
+async fn shutdown_with_a_batch_in_flight<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     let Some(mock) = kafka.mock() else {
         println!("KAFKA_BROKERS is set: this scenario takes brokers down, which needs the mock cluster; skipped");

@@ -462,8 +462,10 @@ pub async fn connect(url: &str) -> Result<SqliteConnection> {
     Ok(conn)
 }
 
+// busy_timeout first: switching a fresh database to WAL takes a lock, and connections opened at
+// the same time (a pool filling up, several instances starting) must wait for it, not fail.
 const SETUP: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 fn normalize(url: &str) -> Result<String> {
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
