@@ -281,7 +281,22 @@ impl<C: Database> Loop<C> {
                 }
                 return;
             }
-            Position::Sought(stored) if offset < stored => return,
+            Position::Sought(stored) if offset < stored => {
+                // Nothing read before the seek comes back after it, so a lower offset means
+                // librdkafka found `stored` out of range and reset: the log no longer reaches
+                // the stored position (topic deleted and recreated, or a new cluster). Skipping
+                // would lose the new log's messages; handle them, dedup by message id keeps
+                // anything already handled from taking effect twice.
+                tracing::warn!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    stored,
+                    offset,
+                    "inbox: the partition's log restarts below the stored position (topic recreated?); \
+                     handling from this offset. Delete the group's rows for this topic from inbox_offsets \
+                     once the new log is past the old position."
+                );
+            }
             Position::Active(next) if offset < next => return,
             Position::Start(_) | Position::Sought(_) | Position::Active(_) => {}
         }
