@@ -50,11 +50,8 @@ async fn stored_position_beyond_the_log_skips_nothing<B: Backend>() {
     TestProducer::new(&kafka).send_all(&input).await;
 
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
-        .group("inventory")
-        .handle(RecordOrder)
-        .build()
-        .unwrap();
+    let inbox =
+        Inbox::builder(db.pool(4).await, kafka.brokers()).group("inventory").handle(RecordOrder).build().unwrap();
     let running = tokio::spawn(inbox.run(shutdown.clone()));
     let handled = wait_for_count(&db, "SELECT count(*) AS n FROM effects", 10, Duration::from_secs(30)).await;
     shutdown.cancel();
