@@ -10,9 +10,10 @@ mod expand;
 
 use proc_macro::TokenStream;
 
-/// Implements `outbox::Event` for a struct.
+/// Implements `outbox::Event` for a struct. Use it through the `outbox` crate (this crate cannot
+/// depend on it, so the example is compiled by `outbox`'s and the README's doc tests instead):
 ///
-/// ```ignore
+/// ```text
 /// #[derive(serde::Serialize, schemars::JsonSchema, outbox::Event)]
 /// #[event(topic = "orders", name = "order.placed", version = 2)]
 /// struct OrderPlaced {
