@@ -218,9 +218,9 @@ impl std::fmt::Display for Report {
 /// Runs the whole flow once and reports what happened.
 pub async fn run(options: Options) -> Result<Report, BoxError> {
     let started = Instant::now();
-    let metrics = metrics_snapshotter();
+    metrics_snapshotter(); // the recorder must be installed before the inbox reports
     let run_id = Uuid::now_v7().simple().to_string();
-    let mut mock = None;
+    let mut embedded = None;
     let (brokers, broker) = match &options.kafka_brokers {
         Some(b) => (b.clone(), format!("Kafka at {b}")),
         None => {
@@ -228,11 +228,11 @@ pub async fn run(options: Options) -> Result<Report, BoxError> {
             let kafka = EmbeddedKafka::with_brokers(1)?;
             kafka.create_topic_for::<OrderPlaced>(3)?;
             let b = kafka.bootstrap_servers().to_owned();
-            mock = Some(kafka);
+            embedded = Some(kafka);
             (b, "outbox::embedded::EmbeddedKafka (librdkafka's in-process mock cluster)".to_owned())
         }
     };
-    if mock.is_none() {
+    if embedded.is_none() {
         create_topic(&brokers).await?;
     }
     let report = match options.database_url.as_deref() {
@@ -255,8 +255,7 @@ pub async fn run(options: Options) -> Result<Report, BoxError> {
             flow(&mut conn, pool, &brokers, &run_id, &options).await?.with_database(&format!("SQLite file {path}"))
         }
     };
-    drop(mock);
-    let _ = metrics; // counters are read inside `flow`
+    drop(embedded); // the in-process broker lives until the flow is done
     Ok(Report { broker, elapsed: started.elapsed(), ..report })
 }
 

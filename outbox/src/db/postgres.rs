@@ -21,6 +21,7 @@ use super::{
     Backlog, Claimed, ConnPool, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage,
 };
 use crate::Result;
+use crate::relay::sleep_or_cancel;
 use crate::schema::{inbox_dead_letters, inbox_messages, inbox_offsets, outbox_messages};
 
 impl super::private::Sealed for AsyncPgConnection {}
@@ -544,13 +545,6 @@ async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: 
                 },
             }
         }
-    }
-}
-
-async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
     }
 }
 

@@ -320,7 +320,7 @@ impl Database for SqliteConnection {
                 return Ok(None);
             }
             let mut marked = Marked::default();
-            if sent_json != "[]" {
+            if !sent.is_empty() {
                 let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
                 marked.sent = diesel::sql_query(sql).bind::<Text, _>(sent_json).execute(tx).await?;
             }

@@ -339,7 +339,7 @@ async fn cleanup<C: Database>(
     }
 }
 
-async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+pub(crate) async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
