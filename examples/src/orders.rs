@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use outbox::KafkaConfig;
 use outbox::relay::Relay;
 use rand::Rng;
@@ -108,23 +108,23 @@ pub async fn place_order(
     order: &OrderPlaced,
     roll_back: bool,
 ) -> Result<Outcome, BoxError> {
-    let result = conn
-        .transaction::<_, diesel::result::Error, _>(async |tx| {
-            diesel::sql_query("INSERT INTO orders (id, sku, quantity, total_cents) VALUES ($1, $2, $3, $4)")
-                .bind::<SqlUuid, _>(order.order_id)
-                .bind::<Text, _>(&order.sku)
-                .bind::<Integer, _>(order.quantity)
-                .bind::<BigInt, _>(order.total_cents)
-                .execute(tx)
-                .await?;
-            // The event is stored in this transaction: it exists if and only if the order does.
-            outbox::publish(tx, order).await?;
-            if roll_back {
-                return Err(diesel::result::Error::RollbackTransaction);
-            }
-            Ok(())
-        })
-        .await;
+    // `outbox::transaction`: diesel's `transaction`, and the relay is woken right after COMMIT.
+    let result = outbox::transaction(conn, async |tx| {
+        diesel::sql_query("INSERT INTO orders (id, sku, quantity, total_cents) VALUES ($1, $2, $3, $4)")
+            .bind::<SqlUuid, _>(order.order_id)
+            .bind::<Text, _>(&order.sku)
+            .bind::<Integer, _>(order.quantity)
+            .bind::<BigInt, _>(order.total_cents)
+            .execute(tx)
+            .await?;
+        // The event is stored in this transaction: it exists if and only if the order does.
+        outbox::publish(tx, order).await?;
+        if roll_back {
+            return Err(diesel::result::Error::RollbackTransaction);
+        }
+        Ok(())
+    })
+    .await;
     match result {
         Ok(()) => Ok(Outcome::Placed),
         Err(diesel::result::Error::RollbackTransaction) => Ok(Outcome::RolledBack),

@@ -304,13 +304,13 @@ where
             quantity: 1 + (i % 4) as i32,
         };
         let roll_back = i % 4 == 3;
-        let result = conn
-            .transaction::<_, diesel::result::Error, _>(async |tx| {
-                tx.insert_order(&order).await?;
-                outbox::publish(tx, &order).await?;
-                if roll_back { Err(diesel::result::Error::RollbackTransaction) } else { Ok(()) }
-            })
-            .await;
+        // `outbox::transaction` is diesel's `transaction` plus a wake-up of the relay after COMMIT.
+        let result = outbox::transaction(conn, async |tx| {
+            tx.insert_order(&order).await?;
+            outbox::publish(tx, &order).await?;
+            if roll_back { Err(diesel::result::Error::RollbackTransaction) } else { Ok(()) }
+        })
+        .await;
         match result {
             Ok(()) => committed.insert(order.order_id.to_string()),
             Err(diesel::result::Error::RollbackTransaction) => rolled_back.insert(order.order_id.to_string()),

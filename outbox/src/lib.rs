@@ -51,7 +51,7 @@ pub use kafka::KafkaConfig;
 #[cfg(feature = "sqlite")]
 pub use migrate::SQLITE_MIGRATIONS;
 pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
-pub use writer::{Batch, publish, publish_all, publish_with};
+pub use writer::{Batch, publish, publish_all, publish_with, transaction};
 
 /// The connection pool the relay and the inbox run on (bb8 over diesel-async).
 pub type Pool = diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>;

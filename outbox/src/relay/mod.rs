@@ -88,10 +88,11 @@ impl<C: Database> Relay<C> {
         info!(relay = %self.config.name, owner = %lease.owner, "relay started");
         let mut failures_in_a_row = 0u32;
         let mut pipeline = Pipeline::default();
-        let mut seen = wakeup::generation();
+        let mut published = wakeup::seen().published;
         let mut burst: Option<usize> = None;
         let mut last_gauges = Instant::now() - self.config.metrics_interval;
         while !shutdown.is_cancelled() {
+            let before = wakeup::seen();
             match self.round(&mut lease, &mut pipeline, &shutdown, &mut last_gauges).await {
                 Ok(Round::Busy) => {
                     failures_in_a_row = 0;
@@ -99,29 +100,34 @@ impl<C: Database> Relay<C> {
                 }
                 Ok(Round::Idle) => {
                     failures_in_a_row = 0;
-                    // A `publish` in this process since we last looked: its transaction is
-                    // probably about to commit, so look again shortly, a few times.
-                    if wakeup::generation() != seen {
-                        seen = wakeup::generation();
+                    let now = wakeup::seen();
+                    // `outbox::transaction` committed events while this round was claiming:
+                    // they are visible now.
+                    if now.committed != before.committed {
+                        burst = None;
+                        continue;
+                    }
+                    // A `publish` in this process since we last looked, in a transaction that
+                    // is probably about to commit: look again shortly, a few times.
+                    if now.published != published {
+                        published = now.published;
                         burst = Some(0);
                     }
-                    match burst {
+                    let wait = match burst {
                         Some(i) if i < wakeup::BURST.len() => {
                             burst = Some(i + 1);
-                            sleep_or_cancel(&shutdown, wakeup::BURST[i]).await;
+                            wakeup::BURST[i]
                         }
                         _ => {
                             burst = None;
-                            if self.idle(&wake, &shutdown, self.config.poll_interval, seen).await {
-                                seen = wakeup::generation();
-                                burst = Some(0);
-                            }
+                            self.config.poll_interval
                         }
-                    }
+                    };
+                    self.idle(&wake, &shutdown, wait, now).await;
                 }
                 Ok(Round::Standby) => {
                     let wait = self.config.poll_interval.max(self.config.lease / 3);
-                    self.idle(&wake, &shutdown, wait, wakeup::generation()).await;
+                    self.idle(&wake, &shutdown, wait, wakeup::seen()).await;
                 }
                 Err(e) => {
                     // Batches still in flight stay unmarked; they are claimed again later.
@@ -130,7 +136,7 @@ impl<C: Database> Relay<C> {
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     warn!(error = %e, retry_in = ?delay, "relay round failed");
-                    self.idle(&wake, &shutdown, delay, wakeup::generation()).await;
+                    self.idle(&wake, &shutdown, delay, wakeup::seen()).await;
                 }
             }
         }
@@ -153,20 +159,19 @@ impl<C: Database> Relay<C> {
         Ok(())
     }
 
-    /// Waits for shutdown, a NOTIFY, a `publish` in this process or the poll interval.
-    /// Returns true when woken by a `publish` in this process (since generation `seen`).
-    async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration, seen: u64) -> bool {
+    /// Waits for shutdown, a NOTIFY, a signal of this process's writers (since `seen`) or `d`.
+    async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration, seen: wakeup::Seen) {
         let local = wakeup::notified();
         tokio::pin!(local);
         local.as_mut().enable();
-        if wakeup::generation() != seen {
-            return true;
+        if wakeup::seen() != seen {
+            return;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = wake.notified() => false,
-            _ = &mut local => true,
-            _ = tokio::time::sleep(d) => false,
+            _ = shutdown.cancelled() => {}
+            _ = wake.notified() => {}
+            _ = &mut local => {}
+            _ = tokio::time::sleep(d) => {}
         }
     }
 
