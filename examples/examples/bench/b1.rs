@@ -28,7 +28,8 @@ struct Row {
     payload: Vec<u8>,
 }
 
-async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> f64 {
+/// Messages per second, and the machine's busy CPU-seconds while draining.
+async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     common::truncate(&mut conn).await;
     // The relay starts idle (connected, producer id fetched, LISTENing), as in production;
@@ -42,14 +43,16 @@ async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> f64 {
     tokio::time::sleep(Duration::from_millis(500)).await;
     common::fill_in_one_transaction(&mut conn, topic, n, 100).await;
     let started = Instant::now();
+    let cpu = common::machine_busy_secs();
     common::wait_empty(&mut conn).await;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
     stop.cancel();
     task.await.expect("relay task").expect("relay");
-    n as f64 / secs
+    (n as f64 / secs, cpu)
 }
 
-async fn raw_produce(env: &Env, rows: &[Row]) -> f64 {
+async fn raw_produce(env: &Env, rows: &[Row]) -> (f64, Option<f64>) {
     let producer: FutureProducer = env.producer_config().create().expect("producer");
     // Warm up (connection, metadata, idempotent producer id) outside the timed part, as the
     // relay's producer is warmed up by its first batch of the untimed verification runs.
@@ -59,6 +62,7 @@ async fn raw_produce(env: &Env, rows: &[Row]) -> f64 {
         .map_err(|(e, _)| e)
         .expect("warm-up");
     let started = Instant::now();
+    let cpu = common::machine_busy_secs();
     let mut futures = Vec::with_capacity(rows.len());
     for r in rows {
         let id = r.id.to_string();
@@ -82,14 +86,16 @@ async fn raw_produce(env: &Env, rows: &[Row]) -> f64 {
     for d in join_all(futures).await {
         d.expect("delivery").expect("delivered");
     }
-    rows.len() as f64 / started.elapsed().as_secs_f64()
+    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
+    (rows.len() as f64 / started.elapsed().as_secs_f64(), cpu)
 }
 
-async fn raw_sql(env: &Env, n: usize, batch: usize) -> f64 {
+async fn raw_sql(env: &Env, n: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     common::truncate(&mut conn).await;
     common::fill(&mut conn, "bench", n, 100).await;
     let started = Instant::now();
+    let cpu = common::machine_busy_secs();
     loop {
         let rows: Vec<Row> =
             diesel::sql_query("SELECT seq, id, key, payload FROM outbox_messages ORDER BY seq LIMIT $1")
@@ -107,7 +113,8 @@ async fn raw_sql(env: &Env, n: usize, batch: usize) -> f64 {
             .await
             .expect("delete");
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
+    (n as f64 / started.elapsed().as_secs_f64(), cpu)
 }
 
 /// Per-key order of the verification run's topic: counts records whose `n` is lower than the
@@ -147,6 +154,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let n = env.n(100_000);
     let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let (mut sdk, mut produce, mut sql, mut combined) = (vec![], vec![], vec![], vec![]);
+    let mut cpu: Vec<(f64, f64, f64)> = vec![];
     for run in 0..env.runs {
         // Raw produce of exactly the rows the relay will send, loaded up front.
         let mut conn = env.conn().await;
@@ -156,12 +164,29 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             .load(&mut conn)
             .await
             .expect("load");
-        let p = raw_produce(env, &rows).await;
+        let (p, p_cpu) = raw_produce(env, &rows).await;
         drop(rows);
-        let s = raw_sql(env, n, batch).await;
-        let r = sdk_drain(env, "bench", n, batch).await;
+        let (s, s_cpu) = raw_sql(env, n, batch).await;
+        let (r, r_cpu) = sdk_drain(env, "bench", n, batch).await;
         let c = 1.0 / (1.0 / p + 1.0 / s);
         eprintln!("B1 run {run}: relay {r:.0}/s, raw produce {p:.0}/s, raw SQL {s:.0}/s, combined raw {c:.0}/s");
+        // Machine CPU per message in each phase (µs), and how many of the cores were busy.
+        if let (Some(pc), Some(sc), Some(rc)) = (p_cpu, s_cpu, r_cpu) {
+            let per = |cpu: f64| cpu * 1e6 / n as f64;
+            let busy = |cpu: f64, rate: f64| cpu * rate / n as f64;
+            eprintln!(
+                "B1 run {run} CPU per message: relay {:.1} µs ({:.2} cores busy), raw produce {:.1} µs ({:.2}), \
+                 raw SQL {:.1} µs ({:.2}), raw sum {:.1} µs",
+                per(rc),
+                busy(rc, r),
+                per(pc),
+                busy(pc, p),
+                per(sc),
+                busy(sc, s),
+                per(pc) + per(sc)
+            );
+            cpu.push((per(rc), busy(rc, r), per(pc) + per(sc)));
+        }
         sdk.push(r);
         produce.push(p);
         sql.push(s);
@@ -169,7 +194,16 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     }
     sdk_drain(env, "bench-verify", n, batch).await;
     let (records, bad) = reorders(env, "bench-verify", n);
-    let order_note = format!("verification drain: {records} records, {bad} per-key reorderings");
+    let mut order_note = format!("verification drain: {records} records, {bad} per-key reorderings");
+    if !cpu.is_empty() {
+        let median_of = |f: fn(&(f64, f64, f64)) -> f64| crate::stats::median(&cpu.iter().map(f).collect::<Vec<_>>());
+        order_note += &format!(
+            "; machine CPU per message (median): relay {:.1} µs with {:.2} of the cores busy, raw produce + raw SQL {:.1} µs",
+            median_of(|c| c.0),
+            median_of(|c| c.1),
+            median_of(|c| c.2)
+        );
+    }
     eprintln!("B1 {order_note}");
     vec![
         Figure {

@@ -125,10 +125,16 @@ struct Exists {
 }
 
 pub async fn outbox_empty(conn: &mut AsyncPgConnection) -> bool {
-    let r: Exists = diesel::sql_query("SELECT NOT EXISTS (SELECT 1 FROM outbox_messages WHERE sent_at IS NULL) AS e")
-        .get_result(conn)
-        .await
-        .expect("exists");
+    // A scalar subquery walks the pending index from the top: while the relay drains (in seq
+    // order) the answer is its first entry, so this poll costs the server next to nothing and
+    // does not compete with the relay it measures (EXISTS would drop the ORDER BY and scan).
+    let r: Exists = diesel::sql_query(
+        "SELECT (SELECT seq FROM outbox_messages WHERE sent_at IS NULL AND parked_at IS NULL \
+         ORDER BY seq DESC LIMIT 1) IS NULL AS e",
+    )
+    .get_result(conn)
+    .await
+    .expect("exists");
     r.e
 }
 
@@ -140,4 +146,19 @@ pub async fn wait_empty(conn: &mut AsyncPgConnection) {
 
 pub async fn truncate(conn: &mut AsyncPgConnection) {
     diesel::sql_query("TRUNCATE outbox_messages").execute(conn).await.expect("truncate");
+}
+
+/// CPU-seconds the whole machine spent busy (user, nice, system, irq, softirq over all cores;
+/// not idle, iowait or steal), from /proc/stat: the bench process, its librdkafka and mock
+/// broker threads and the PostgreSQL server together. `None` where /proc/stat is missing.
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = f[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq;
+    // USER_HZ is 100 on every Linux architecture the bench runs on.
+    Some(busy as f64 / 100.0)
 }

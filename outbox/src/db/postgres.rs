@@ -70,11 +70,17 @@ WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
 // late row goes out before any later row of its key. Check and claim share one snapshot: a
 // later row of the key cannot be visible while the late row is not. (A due row of a held key
 // in the range is a false alarm that only costs one round without pipelining.)
+//
+// The count stops at $4 + 1 rows and walks the pending index in seq order: with statistics
+// from an earlier, larger backlog (a bulk load, a refill after TRUNCATE) an unbounded count was
+// planned as a sequential scan of the whole table on every claim (B1: 27 ms of a 30 ms claim).
 const CLAIM_ABOVE_WINDOW: &str = "
   AND m.seq > $2
-  AND (SELECT count(*) FROM outbox_messages w
-       WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
-         AND w.next_attempt_at <= now()) <= $4";
+  AND (SELECT count(*) FROM (
+         SELECT 1 FROM outbox_messages w
+          WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
+            AND w.next_attempt_at <= now()
+          ORDER BY w.seq LIMIT $4 + 1) AS due) <= $4";
 
 // Takes the lease when it is free or expired (bumping the fencing epoch), or keeps it when it is
 // already ours. A plain row, not an advisory lock: survives PgBouncer's transaction mode.
