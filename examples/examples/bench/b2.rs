@@ -37,6 +37,8 @@ enum Mode {
     Sdk,
     /// Business INSERT + `outbox::publish_all` of 10 events.
     Sdk10,
+    /// Two business INSERTs and no outbox: what any second statement costs.
+    TwoRows,
 }
 
 async fn business_tx(conn: &mut AsyncPgConnection, mode: Mode) {
@@ -50,6 +52,14 @@ async fn business_tx(conn: &mut AsyncPgConnection, mode: Mode) {
             .await?;
         match mode {
             Mode::Bare => {}
+            Mode::TwoRows => {
+                diesel::sql_query("INSERT INTO bench_orders (id, customer, total_cents) VALUES ($1, $2, $3)")
+                    .bind::<SqlUuid, _>(Uuid::now_v7())
+                    .bind::<Text, _>(&e.customer)
+                    .bind::<diesel::sql_types::BigInt, _>(e.total_cents)
+                    .execute(tx)
+                    .await?;
+            }
             Mode::HandWritten => {
                 let payload = serde_json::to_vec(&e).expect("json");
                 diesel::sql_query(
@@ -137,6 +147,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let secs = (5.0 * env.scale).clamp(1.0, 5.0);
     let (mut lat_sdk, mut lat_hand, mut lat_10, mut lat_1) = (vec![], vec![], vec![], vec![]);
     let (mut tps_sdk, mut tps_bare, mut tps_quiet, mut tps_hand) = (vec![], vec![], vec![], vec![]);
+    let mut tps_two = vec![];
     for run in 0..env.runs {
         reset(env).await;
         outbox::set_notify(&mut conn, true).await.expect("notify on");
@@ -151,11 +162,12 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         outbox::set_notify(&mut conn, false).await.expect("notify off");
         tps_hand.push(tps(env, Mode::HandWritten, 8, secs).await);
         tps_quiet.push(tps(env, Mode::Sdk, 8, secs).await);
+        tps_two.push(tps(env, Mode::TwoRows, 8, secs).await);
         outbox::set_notify(&mut conn, true).await.expect("notify on");
         eprintln!(
             "B2 run {run}: latency sdk {:.3} ms / hand-written {:.3} ms; 10 events {:.3} ms / 1 event {:.3} ms; \
              8 writers: {:.0} tps with outbox (NOTIFY on), {:.0} (NOTIFY off), {:.0} hand-written outbox INSERT \
-             (no NOTIFY), {:.0} without",
+             (no NOTIFY), {:.0} with a second business INSERT instead, {:.0} without",
             lat_sdk[run],
             lat_hand[run],
             lat_10[run],
@@ -163,6 +175,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             tps_sdk[run],
             tps_quiet[run],
             tps_hand[run],
+            tps_two[run],
             tps_bare[run]
         );
     }
@@ -214,6 +227,16 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "tx/s",
             tps_quiet.clone(),
             tps_hand,
+            true,
+            "–",
+            None,
+        ),
+        fig(
+            "B2g",
+            "8 writers: TPS with SDK event vs a second business INSERT instead (no outbox; NOTIFY off)",
+            "tx/s",
+            tps_quiet.clone(),
+            tps_two,
             true,
             "–",
             None,
