@@ -50,7 +50,8 @@ pub struct Store {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Self {
+    /// A new directory under the system's temp dir.
+    pub fn new(name: &str) -> Self {
         let path = std::env::temp_dir().join("outbox-tests").join(name);
         std::fs::create_dir_all(&path).expect("create the test directory");
         TempDir(path)

@@ -4,7 +4,8 @@
 //! KAFKA_BROKERS for a real broker) and run `cargo run --release -p examples --example bench`.
 //! BENCH_SCALE (default 1) scales every size, BENCH_RUNS (default 3) the repetitions,
 //! BENCH_ONLY=B1,B2 selects figures; B6 (the soak, BENCH_SOAK_MINUTES, default 30) runs only when
-//! named. Prints a Markdown table and writes target/bench/report.{md,json}.
+//! named. Prints a Markdown table and writes report.{md,json} to BENCH_OUT (default
+//! target/bench). tests/tests/bench_smoke.rs runs it at a tiny scale so it cannot rot.
 
 mod b1;
 mod b2;
@@ -71,8 +72,14 @@ async fn main() {
         md.push_str(&format!("\n- {}: {}", f.id, f.note));
     }
     println!("{md}");
-    let _ = std::fs::create_dir_all("target/bench");
-    let _ = std::fs::write("target/bench/report.md", &md);
+    let out = std::path::PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     let json = serde_json::json!({ "date": date.to_string(), "machine": machine, "scale": env.scale, "runs": env.runs, "figures": figures });
-    let _ = std::fs::write("target/bench/report.json", serde_json::to_string_pretty(&json).unwrap_or_default());
+    let written =
+        std::fs::create_dir_all(&out).and_then(|()| std::fs::write(out.join("report.md"), &md)).and_then(|()| {
+            std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json).unwrap_or_default())
+        });
+    if let Err(e) = written {
+        eprintln!("bench: cannot write the report to {}: {e}", out.display());
+        std::process::exit(1);
+    }
 }
