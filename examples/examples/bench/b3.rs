@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::Env;
+use crate::common::{self, Env};
 use crate::stats::Figure;
 
 pub const TOPIC: &str = "bench-inbox";
@@ -92,8 +92,9 @@ async fn reset(conn: &mut AsyncPgConnection) {
     diesel::sql_query("TRUNCATE bench_effects, inbox_messages, inbox_offsets").execute(conn).await.expect("truncate");
 }
 
-/// The SDK: seconds from start until `expected` effects exist.
-async fn sdk(env: &Env, expected: usize, batch: usize) -> f64 {
+/// The SDK: seconds from start until `expected` effects exist, and the machine's busy
+/// CPU-seconds meanwhile.
+async fn sdk(env: &Env, expected: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     reset(&mut conn).await;
     let group = format!("bench-{}", uuid::Uuid::now_v7().simple());
@@ -105,19 +106,23 @@ async fn sdk(env: &Env, expected: usize, batch: usize) -> f64 {
         .expect("inbox");
     let stop = CancellationToken::new();
     let started = Instant::now();
+    let cpu = common::machine_busy_secs();
     let task = tokio::spawn(inbox.run(stop.clone()));
+    // count(*) reads the whole effects table: polled every 100 ms (about 1 % of a run), so the
+    // measurement does not compete with the inbox it measures.
     while effects(&mut conn).await < expected as i64 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
     stop.cancel();
     let _ = task.await;
-    secs
+    (secs, cpu)
 }
 
 /// Raw consume + the same handler, no dedup and no stored position: `batch` messages per
 /// transaction (1 = one transaction per message).
-async fn raw(env: &Env, total: usize, batch: usize) -> f64 {
+async fn raw(env: &Env, total: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     reset(&mut conn).await;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -129,6 +134,7 @@ async fn raw(env: &Env, total: usize, batch: usize) -> f64 {
         .expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
     let started = Instant::now();
+    let cpu = common::machine_busy_secs();
     let mut done = 0;
     // Whatever is ready, up to `batch`, goes into one transaction (no timers, no waiting).
     let mut chunks = consumer.stream().ready_chunks(batch);
@@ -149,7 +155,8 @@ async fn raw(env: &Env, total: usize, batch: usize) -> f64 {
         .expect("tx");
         done += ns.len();
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
+    (total as f64 / started.elapsed().as_secs_f64(), cpu)
 }
 
 pub async fn run(env: &Env) -> Vec<Figure> {
@@ -162,23 +169,34 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let (mut s_batch, mut s_one, mut s_dup, mut r_batch, mut r_one) = (vec![], vec![], vec![], vec![], vec![]);
     let total = n;
     let distinct = produce(env, n, false).await;
+    let mut cpu = vec![];
     for run in 0..env.runs {
-        r_batch.push(raw(env, total, 500).await);
-        s_batch.push(distinct as f64 / sdk(env, distinct, 500).await);
+        let (r, r_cpu) = raw(env, total, 500).await;
+        let (secs, s_cpu) = sdk(env, distinct, 500).await;
+        r_batch.push(r);
+        s_batch.push(distinct as f64 / secs);
         eprintln!("B3 run {run}: inbox batch {:.0}/s, raw consume+handler {:.0}/s", s_batch[run], r_batch[run]);
+        if let (Some(sc), Some(rc)) = (s_cpu, r_cpu) {
+            let (s_us, r_us) = (sc * 1e6 / distinct as f64, rc * 1e6 / total as f64);
+            let (s_busy, r_busy) = (sc / secs, rc * r / total as f64);
+            eprintln!(
+                "B3 run {run} CPU per message: inbox {s_us:.1} µs ({s_busy:.2} cores busy), raw {r_us:.1} µs ({r_busy:.2})"
+            );
+            cpu.push((s_us, s_busy, r_us, r_busy));
+        }
     }
     // One-message modes are slow by nature (a commit each): a tenth of the messages.
     let small = (n / 10).max(10);
     for run in 0..env.runs {
-        s_one.push(one_message_sdk(env, small).await);
-        r_one.push(one_message_raw(env, small).await);
+        s_one.push(small as f64 / sdk(env, small, 1).await.0);
+        r_one.push(raw(env, small, 1).await.0);
         eprintln!("B3 run {run}: inbox one-message {:.0}/s, raw one-tx-per-message {:.0}/s", s_one[run], r_one[run]);
     }
     // 10 % duplicates on a separate topic segment: produce again with repeated ids.
     let dup_distinct = produce(env, n, true).await;
     for run in 0..env.runs {
         // The topic now holds both sets (2n messages); distinct + dup_distinct effects expected.
-        s_dup.push((2 * n) as f64 / sdk(env, distinct + dup_distinct, 500).await);
+        s_dup.push((2 * n) as f64 / sdk(env, distinct + dup_distinct, 500).await.0);
         eprintln!("B3 run {run}: inbox with 10% duplicates {:.0} msg/s", s_dup[run]);
     }
     let fig = |id, what: String, sdk, baseline, target: &str, bound| Figure {
@@ -192,7 +210,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         ratio_bound: bound,
         note: String::new(),
     };
-    vec![
+    let mut figures = vec![
         fig(
             "B3a",
             format!("inbox, batch 500, {n} msgs, one-row handler vs raw consume + handler (batch tx)"),
@@ -218,15 +236,16 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "–",
             None,
         ),
-    ]
-}
-
-async fn one_message_sdk(env: &Env, n: usize) -> f64 {
-    // A fresh topic segment is not needed: a fresh group reads from the start, and we stop
-    // after `n` effects.
-    n as f64 / sdk(env, n, 1).await
-}
-
-async fn one_message_raw(env: &Env, n: usize) -> f64 {
-    raw(env, n, 1).await
+    ];
+    if !cpu.is_empty() {
+        let m = |f: fn(&(f64, f64, f64, f64)) -> f64| crate::stats::median(&cpu.iter().map(f).collect::<Vec<_>>());
+        figures[0].note = format!(
+            "machine CPU per message (median): inbox {:.1} µs with {:.2} of the cores busy; raw batch {:.1} µs with {:.2}",
+            m(|c| c.0),
+            m(|c| c.1),
+            m(|c| c.2),
+            m(|c| c.3)
+        );
+    }
+    figures
 }
