@@ -91,16 +91,21 @@ async fn business_tx(conn: &mut AsyncPgConnection, mode: Mode) {
     .expect("business transaction");
 }
 
-/// Median latency (ms) of `n` sequential transactions.
-async fn latency(env: &Env, mode: Mode, n: usize) -> f64 {
+/// Median latencies (ms) of `n` transactions of mode `a` and `n` of mode `b`, interleaved one
+/// by one on one connection (a, b, b, a, a, b, ...), so drift on a noisy machine hits both alike.
+async fn latency_pair(env: &Env, a: Mode, b: Mode, n: usize) -> (f64, f64) {
     let mut conn = env.conn().await;
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        business_tx(&mut conn, mode).await;
-        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    let (mut sa, mut sb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let order = if i % 2 == 0 { [(a, true), (b, false)] } else { [(b, false), (a, true)] };
+        for (mode, is_a) in order {
+            let t = Instant::now();
+            business_tx(&mut conn, mode).await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if is_a { sa.push(ms) } else { sb.push(ms) }
+        }
     }
-    median(&samples)
+    (median(&sa), median(&sb))
 }
 
 /// Transactions per second of `writers` concurrent writers for `secs`.
@@ -152,10 +157,12 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         reset(env).await;
         outbox::set_notify(&mut conn, true).await.expect("notify on");
         // Alternate SDK and baseline so drift on a noisy machine hits both.
-        lat_hand.push(latency(env, Mode::HandWritten, n).await);
-        lat_sdk.push(latency(env, Mode::Sdk, n).await);
-        lat_1.push(latency(env, Mode::Sdk, n / 2).await);
-        lat_10.push(latency(env, Mode::Sdk10, n / 2).await);
+        let (sdk, hand) = latency_pair(env, Mode::Sdk, Mode::HandWritten, n).await;
+        lat_sdk.push(sdk);
+        lat_hand.push(hand);
+        let (ten, one) = latency_pair(env, Mode::Sdk10, Mode::Sdk, n / 2).await;
+        lat_10.push(ten);
+        lat_1.push(one);
         reset(env).await;
         tps_bare.push(tps(env, Mode::Bare, 8, secs).await);
         tps_sdk.push(tps(env, Mode::Sdk, 8, secs).await);
