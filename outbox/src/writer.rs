@@ -184,6 +184,9 @@ where
     E: From<diesel::result::Error>,
 {
     use diesel_async::TransactionManager;
+    // diesel-async's own `transaction` bounds its closure with a private trait, so a generic
+    // wrapper cannot forward to it; this is its body (begin, run, commit or roll back) with the
+    // backend's `begin_write` for the outermost level.
     let outermost = crate::db::transaction_depth(conn)?.is_none();
     let run = async {
         if outermost {

@@ -28,7 +28,7 @@ struct Row {
     payload: Vec<u8>,
 }
 
-/// Messages per second, and the machine's busy CPU-seconds while draining.
+/// Messages per second, and µs of machine CPU per message while draining.
 async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     common::truncate(&mut conn).await;
@@ -43,10 +43,10 @@ async fn sdk_drain(env: &Env, topic: &str, n: usize, batch: usize) -> (f64, Opti
     tokio::time::sleep(Duration::from_millis(500)).await;
     common::fill_in_one_transaction(&mut conn, topic, n, 100).await;
     let started = Instant::now();
-    let cpu = common::machine_busy_secs();
+    let cpu = common::CpuClock::start();
     common::wait_empty(&mut conn).await;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
+    let cpu = cpu.per_item_us(n);
     stop.cancel();
     task.await.expect("relay task").expect("relay");
     (n as f64 / secs, cpu)
@@ -62,7 +62,7 @@ async fn raw_produce(env: &Env, rows: &[Row]) -> (f64, Option<f64>) {
         .map_err(|(e, _)| e)
         .expect("warm-up");
     let started = Instant::now();
-    let cpu = common::machine_busy_secs();
+    let cpu = common::CpuClock::start();
     let mut futures = Vec::with_capacity(rows.len());
     for r in rows {
         let id = r.id.to_string();
@@ -86,8 +86,7 @@ async fn raw_produce(env: &Env, rows: &[Row]) -> (f64, Option<f64>) {
     for d in join_all(futures).await {
         d.expect("delivery").expect("delivered");
     }
-    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
-    (rows.len() as f64 / started.elapsed().as_secs_f64(), cpu)
+    (rows.len() as f64 / started.elapsed().as_secs_f64(), cpu.per_item_us(rows.len()))
 }
 
 async fn raw_sql(env: &Env, n: usize, batch: usize) -> (f64, Option<f64>) {
@@ -95,7 +94,7 @@ async fn raw_sql(env: &Env, n: usize, batch: usize) -> (f64, Option<f64>) {
     common::truncate(&mut conn).await;
     common::fill(&mut conn, "bench", n, 100).await;
     let started = Instant::now();
-    let cpu = common::machine_busy_secs();
+    let cpu = common::CpuClock::start();
     loop {
         let rows: Vec<Row> =
             diesel::sql_query("SELECT seq, id, key, payload FROM outbox_messages ORDER BY seq LIMIT $1")
@@ -113,8 +112,7 @@ async fn raw_sql(env: &Env, n: usize, batch: usize) -> (f64, Option<f64>) {
             .await
             .expect("delete");
     }
-    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
-    (n as f64 / started.elapsed().as_secs_f64(), cpu)
+    (n as f64 / started.elapsed().as_secs_f64(), cpu.per_item_us(n))
 }
 
 /// Per-key order of the verification run's topic: counts records whose `n` is lower than the
@@ -172,20 +170,16 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         eprintln!("B1 run {run}: relay {r:.0}/s, raw produce {p:.0}/s, raw SQL {s:.0}/s, combined raw {c:.0}/s");
         // Machine CPU per message in each phase (µs), and how many of the cores were busy.
         if let (Some(pc), Some(sc), Some(rc)) = (p_cpu, s_cpu, r_cpu) {
-            let per = |cpu: f64| cpu * 1e6 / n as f64;
-            let busy = |cpu: f64, rate: f64| cpu * rate / n as f64;
+            let busy = |us: f64, rate: f64| us * rate / 1e6;
             eprintln!(
-                "B1 run {run} CPU per message: relay {:.1} µs ({:.2} cores busy), raw produce {:.1} µs ({:.2}), \
-                 raw SQL {:.1} µs ({:.2}), raw sum {:.1} µs",
-                per(rc),
+                "B1 run {run} CPU per message: relay {rc:.1} µs ({:.2} cores busy), raw produce {pc:.1} µs ({:.2}), \
+                 raw SQL {sc:.1} µs ({:.2}), raw sum {:.1} µs",
                 busy(rc, r),
-                per(pc),
                 busy(pc, p),
-                per(sc),
                 busy(sc, s),
-                per(pc) + per(sc)
+                pc + sc
             );
-            cpu.push((per(rc), busy(rc, r), per(pc) + per(sc)));
+            cpu.push((rc, busy(rc, r), pc + sc));
         }
         sdk.push(r);
         produce.push(p);

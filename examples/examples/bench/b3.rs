@@ -93,8 +93,8 @@ async fn reset(conn: &mut AsyncPgConnection) {
 }
 
 /// The SDK: effects per second from the first effect (the consumer group's join, the same for
-/// the raw consumer, is not throughput) until `expected` effects exist, and the machine's busy
-/// CPU-seconds over that window.
+/// the raw consumer, is not throughput) until `expected` effects exist, and µs of machine CPU per
+/// effect over that window.
 async fn sdk(env: &Env, expected: usize, batch: usize) -> (f64, Option<f64>) {
     let mut conn = env.conn().await;
     reset(&mut conn).await;
@@ -113,7 +113,7 @@ async fn sdk(env: &Env, expected: usize, batch: usize) -> (f64, Option<f64>) {
         first = effects(&mut conn).await;
     }
     let started = Instant::now();
-    let cpu = common::machine_busy_secs();
+    let cpu = common::CpuClock::start();
     // count(*) reads the whole effects table: polled every 100 ms (about 1 % of a run), so the
     // measurement does not compete with the inbox it measures.
     let mut done = first;
@@ -122,10 +122,11 @@ async fn sdk(env: &Env, expected: usize, batch: usize) -> (f64, Option<f64>) {
         done = effects(&mut conn).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
+    let handled = usize::try_from(done - first).unwrap_or(0);
+    let cpu = cpu.per_item_us(handled);
     stop.cancel();
     let _ = task.await;
-    ((done - first) as f64 / secs, cpu.map(|c| c * expected as f64 / (done - first).max(1) as f64))
+    (handled as f64 / secs, cpu)
 }
 
 /// Raw consume + the same handler, no dedup and no stored position: `batch` messages per
@@ -148,7 +149,7 @@ async fn raw(env: &Env, total: usize, batch: usize) -> (f64, Option<f64>) {
     let mut chunks = consumer.stream().ready_chunks(batch);
     while done < total {
         let Some(chunk) = chunks.next().await else { break };
-        started.get_or_insert_with(|| (Instant::now(), common::machine_busy_secs()));
+        started.get_or_insert_with(|| (Instant::now(), common::CpuClock::start()));
         let ns: Vec<i64> = chunk
             .iter()
             .filter_map(|m| m.as_ref().ok())
@@ -164,9 +165,8 @@ async fn raw(env: &Env, total: usize, batch: usize) -> (f64, Option<f64>) {
         .expect("tx");
         done += ns.len();
     }
-    let (started, cpu) = started.unwrap_or_else(|| (Instant::now(), None));
-    let cpu = common::machine_busy_secs().zip(cpu).map(|(a, b)| a - b);
-    (total as f64 / started.elapsed().as_secs_f64(), cpu)
+    let (started, cpu) = started.unwrap_or_else(|| (Instant::now(), common::CpuClock::start()));
+    (total as f64 / started.elapsed().as_secs_f64(), cpu.per_item_us(total))
 }
 
 pub async fn run(env: &Env) -> Vec<Figure> {
@@ -186,9 +186,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         r_batch.push(r);
         s_batch.push(rate);
         eprintln!("B3 run {run}: inbox batch {:.0}/s, raw consume+handler {:.0}/s", s_batch[run], r_batch[run]);
-        if let (Some(sc), Some(rc)) = (s_cpu, r_cpu) {
-            let (s_us, r_us) = (sc * 1e6 / distinct as f64, rc * 1e6 / total as f64);
-            let (s_busy, r_busy) = (sc * rate / distinct as f64, rc * r / total as f64);
+        if let (Some(s_us), Some(r_us)) = (s_cpu, r_cpu) {
+            let (s_busy, r_busy) = (s_us * rate / 1e6, r_us * r / 1e6);
             eprintln!(
                 "B3 run {run} CPU per message: inbox {s_us:.1} µs ({s_busy:.2} cores busy), raw {r_us:.1} µs ({r_busy:.2})"
             );

@@ -151,7 +151,7 @@ pub async fn truncate(conn: &mut AsyncPgConnection) {
 /// CPU-seconds the whole machine spent busy (user, nice, system, irq, softirq over all cores;
 /// not idle, iowait or steal), from /proc/stat: the bench process, its librdkafka and mock
 /// broker threads and the PostgreSQL server together. `None` where /proc/stat is missing.
-pub fn machine_busy_secs() -> Option<f64> {
+fn machine_busy_secs() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
     let f: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
@@ -161,4 +161,20 @@ pub fn machine_busy_secs() -> Option<f64> {
     let busy = user + nice + system + irq + softirq;
     // USER_HZ is 100 on every Linux architecture the bench runs on.
     Some(busy as f64 / 100.0)
+}
+
+/// Machine CPU spent since [`CpuClock::start`], per item done: the figure B1 and B3 print next
+/// to their raw phases (cores busy = µs per item × items per second / 10⁶).
+pub struct CpuClock(Option<f64>);
+
+impl CpuClock {
+    pub fn start() -> Self {
+        CpuClock(machine_busy_secs())
+    }
+
+    /// Microseconds of machine CPU per item for `items` done since `start`.
+    pub fn per_item_us(&self, items: usize) -> Option<f64> {
+        let used = machine_busy_secs().zip(self.0).map(|(now, then)| now - then)?;
+        Some(used * 1e6 / items.max(1) as f64)
+    }
 }
