@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::Result;
 
 pub(crate) mod postgres;
+mod prepared;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 

@@ -1,4 +1,5 @@
-//! PostgreSQL. Every statement is one round trip; the claim and the marks are shaped so that
+//! PostgreSQL. Every statement on the writer's, relay's and inbox's paths is a prepared statement
+//! (one round trip after its first run, see `prepared`); the claim and the marks are shaped so that
 //! per-key order, fencing and out-of-order commits are handled by the database.
 
 use std::collections::HashMap;
@@ -17,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::prepared::prepared;
 use super::{
     Backlog, Claimed, ConnPool, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;
-use crate::schema::{inbox_dead_letters, inbox_messages, inbox_offsets, outbox_messages};
+use crate::schema::{inbox_dead_letters, inbox_offsets, outbox_messages};
 
 impl super::private::Sealed for AsyncPgConnection {}
 
@@ -112,6 +114,20 @@ const FENCE: &str = "
 SELECT epoch, set_config('synchronous_commit', 'off', true) AS async_commit
   FROM outbox_relay_leases WHERE name = $1 AND owner = $2 AND epoch = $3 FOR SHARE";
 
+// Any number of events in one statement with eight array binds, so one prepared statement
+// serves every batch size (diesel's multi-row VALUES is a new statement text per row count,
+// never cached). Rows are inserted, and get their seq, in array order.
+const INSERT_MESSAGES: &str = "
+INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload, headers, occurred_at)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[], $7::jsonb[],
+                     $8::timestamptz[])";
+
+// The inbox's dedup records of one transaction, one prepared statement for any count.
+const INSERT_DEDUP: &str = "
+INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::int8[])
+ON CONFLICT DO NOTHING RETURNING message_id";
+
 const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
 
 const MARK_SENT: &str = "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
@@ -182,9 +198,10 @@ struct Enabled {
     enabled: bool,
 }
 
-/// The writer's row, as diesel inserts it.
+/// One event, as diesel inserts it. A `None` key is bound as NULL rather than written as
+/// DEFAULT, which keeps the statement text fixed and so cacheable.
 #[derive(Insertable)]
-#[diesel(table_name = outbox_messages)]
+#[diesel(table_name = outbox_messages, treat_none_as_default_value = false)]
 struct Row<'a> {
     id: Uuid,
     topic: &'a str,
@@ -196,14 +213,10 @@ struct Row<'a> {
     occurred_at: DateTime<Utc>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = inbox_messages)]
-struct DedupRow<'a> {
-    consumer_group: &'a str,
+#[derive(QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = SqlUuid)]
     message_id: Uuid,
-    topic: &'a str,
-    kafka_partition: i32,
-    kafka_offset: i64,
 }
 
 #[derive(Insertable)]
@@ -221,9 +234,6 @@ struct DeadLetterRow<'a> {
     error: &'a str,
     attempts: i32,
 }
-
-// PostgreSQL accepts at most 65,535 bind parameters per statement; 8 per row.
-const MAX_ROWS_PER_STATEMENT: usize = 8_000;
 
 /// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
@@ -270,27 +280,39 @@ impl Database for AsyncPgConnection {
     }
 
     async fn insert_messages(&mut self, rows: &[NewMessage]) -> Result<()> {
-        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
-            let values: Vec<Row<'_>> = chunk
-                .iter()
-                .map(|r| Row {
-                    id: r.id,
-                    topic: r.topic,
-                    key: r.key.as_deref(),
-                    event_type: r.event_type,
-                    event_version: r.event_version,
-                    payload: &r.payload,
-                    headers: &r.headers,
-                    occurred_at: r.occurred_at,
-                })
-                .collect();
-            diesel::insert_into(outbox_messages::table).values(&values).execute(self).await?;
+        if let [r] = rows {
+            // One event (the common case): diesel's single-row INSERT, a statement cached by its
+            // Rust type and cheaper for the server than unnest (B2: 8 writers, 0.84 → parity
+            // with a hand-written INSERT).
+            let row = Row {
+                id: r.id,
+                topic: r.topic,
+                key: r.key.as_deref(),
+                event_type: r.event_type,
+                event_version: r.event_version,
+                payload: &r.payload,
+                headers: &r.headers,
+                occurred_at: r.occurred_at,
+            };
+            diesel::insert_into(outbox_messages::table).values(&row).execute(self).await?;
+            return Ok(());
         }
+        prepared(INSERT_MESSAGES)
+            .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
+            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.event_version).collect::<Vec<_>>())
+            .bind::<Array<Bytea>, _>(rows.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+            .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
+            .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+            .execute(self)
+            .await?;
         Ok(())
     }
 
     async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
-        let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM.as_str())
+        let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(in_flight.last)
             .bind::<BigInt, _>(in_flight.first)
@@ -315,7 +337,7 @@ impl Database for AsyncPgConnection {
     }
 
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
-        let rows: Vec<Epoch> = diesel::sql_query(ACQUIRE)
+        let rows: Vec<Epoch> = prepared(ACQUIRE)
             .bind::<Text, _>(name)
             .bind::<SqlUuid, _>(owner)
             .bind::<Interval, _>(interval(lease))
@@ -325,7 +347,7 @@ impl Database for AsyncPgConnection {
     }
 
     async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
-        diesel::sql_query(RELEASE)
+        prepared(RELEASE)
             .bind::<Text, _>(name)
             .bind::<SqlUuid, _>(owner)
             .bind::<BigInt, _>(epoch)
@@ -342,7 +364,7 @@ impl Database for AsyncPgConnection {
         delete_sent: bool,
     ) -> Result<Option<Marked>> {
         self.transaction::<_, crate::Error, _>(async |tx| {
-            let held: Vec<Epoch> = diesel::sql_query(FENCE)
+            let held: Vec<Epoch> = prepared(FENCE)
                 .bind::<Text, _>(fence.lease)
                 .bind::<SqlUuid, _>(fence.owner)
                 .bind::<BigInt, _>(fence.epoch)
@@ -354,7 +376,7 @@ impl Database for AsyncPgConnection {
             let mut marked = Marked::default();
             if !sent.is_empty() {
                 let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
-                marked.sent = diesel::sql_query(sql).bind::<Array<BigInt>, _>(sent).execute(tx).await?;
+                marked.sent = prepared(sql).bind::<Array<BigInt>, _>(sent).execute(tx).await?;
             }
             if !failures.is_empty() {
                 let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
@@ -362,7 +384,7 @@ impl Database for AsyncPgConnection {
                 let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
                 let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
                 let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
-                let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURES)
+                let rows: Vec<ParkedRow> = prepared(RECORD_FAILURES)
                     .bind::<Array<BigInt>, _>(seqs)
                     .bind::<Array<Text>, _>(errors)
                     .bind::<Array<Double>, _>(delays)
@@ -380,15 +402,11 @@ impl Database for AsyncPgConnection {
     }
 
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
-        Ok(diesel::sql_query(CLEANUP)
-            .bind::<Interval, _>(interval(retention))
-            .bind::<BigInt, _>(batch)
-            .execute(self)
-            .await?)
+        Ok(prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(self).await?)
     }
 
     async fn backlog(&mut self) -> Result<Backlog> {
-        let b: BacklogRow = diesel::sql_query(BACKLOG).get_result(self).await?;
+        let b: BacklogRow = prepared(BACKLOG).get_result(self).await?;
         Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
     }
 
@@ -400,24 +418,17 @@ impl Database for AsyncPgConnection {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<DedupRow<'_>> = rows
-            .iter()
-            .map(|r| DedupRow {
-                consumer_group: r.consumer_group,
-                message_id: r.message_id,
-                topic: r.topic,
-                kafka_partition: r.kafka_partition,
-                kafka_offset: r.kafka_offset,
-            })
-            .collect();
         // ON CONFLICT DO NOTHING instead of select-then-insert: a concurrent transaction inserting
         // the same id makes this one wait for its outcome, so exactly one sees the id as new.
-        diesel::insert_into(inbox_messages::table)
-            .values(&values)
-            .on_conflict_do_nothing()
-            .returning(inbox_messages::message_id)
-            .get_results(self)
+        prepared(INSERT_DEDUP)
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.consumer_group).collect::<Vec<_>>())
+            .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
+            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>())
+            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>())
+            .load::<Inserted>(self)
             .await
+            .map(|ids| ids.into_iter().map(|r| r.message_id).collect())
     }
 
     async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()> {
@@ -447,7 +458,7 @@ impl Database for AsyncPgConnection {
     async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()> {
         // GREATEST: a consumer that lost the partition in a rebalance and commits late never
         // moves the position back.
-        diesel::sql_query(
+        prepared(
             "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE \
@@ -477,7 +488,7 @@ impl Database for AsyncPgConnection {
         // Bounded by LIMIT so each statement holds its locks briefly; served by the
         // (consumer_group, handled_at) index.
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        diesel::sql_query(
+        prepared(
             "DELETE FROM inbox_messages WHERE consumer_group = $1 AND message_id IN ( \
                  SELECT message_id FROM inbox_messages \
                  WHERE consumer_group = $1 AND handled_at < now() - $2::float8 * interval '1 millisecond' \
