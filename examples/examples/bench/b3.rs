@@ -35,12 +35,19 @@ impl inbox::Handler<Tick> for OneRow {
     }
 }
 
-/// The handler's whole effect: one row.
+diesel::table! {
+    /// The handler's table.
+    bench_effects (id) {
+        id -> BigInt,
+        n -> BigInt,
+    }
+}
+
+/// The handler's whole effect: one row, written with diesel's DSL like an application would (a
+/// statement diesel-async keeps prepared). The raw baselines run the same function.
 async fn insert_effect(conn: &mut AsyncPgConnection, n: i64) -> Result<usize, diesel::result::Error> {
-    diesel::sql_query("INSERT INTO bench_effects (n) VALUES ($1)")
-        .bind::<diesel::sql_types::BigInt, _>(n)
-        .execute(conn)
-        .await
+    use diesel::ExpressionMethods;
+    diesel::insert_into(bench_effects::table).values(bench_effects::n.eq(n)).execute(conn).await
 }
 
 /// Produces `n` messages; with `duplicates`, every 10th repeats the previous message's id.
