@@ -59,7 +59,7 @@ impl Batch {
     }
 
     /// Stores every event of the batch in the transaction open on `conn`, in push order
-    /// (PostgreSQL: one INSERT statement per 8,000 events). Returns the message ids in push order.
+    /// (PostgreSQL: one INSERT statement for the whole batch). Returns the message ids in push order.
     ///
     /// Fails with [`ErrorKind::NotInTransaction`] and writes nothing when `conn` is not in a
     /// transaction.

@@ -207,3 +207,38 @@ async fn migrations_applied_twice_succeed<B: Backend>() {
     }
     assert_eq!(fresh.count("SELECT count(*) AS n FROM outbox_schema_migrations").await, 2);
 }
+
+/// Each publish is one round trip: the writer's INSERTs stay in the connection's statement cache
+/// (a statement diesel-async does not cache is parsed and planned again before every run). Seen
+/// from the session's own `pg_prepared_statements`.
+#[tokio::test]
+async fn postgres_writer_statements_are_prepared_once_per_connection() {
+    use diesel_async::RunQueryDsl;
+    let db = TestDb::<tests::backend::Pg>::fresh().await;
+    let mut conn = db.conn().await;
+    for i in 0..3 {
+        conn.transaction::<_, outbox::Error, _>(async |tx| {
+            outbox::publish(tx, &order(i)).await?;
+            outbox::publish_all(tx, &[order(i), order(i + 1)]).await?;
+            outbox::publish(tx, &Audited { what: "no key".into() }).await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Stmt {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let all: Vec<Stmt> =
+        diesel::sql_query("SELECT statement FROM pg_prepared_statements").load(&mut conn).await.unwrap();
+    let inserts: Vec<&str> = all
+        .iter()
+        .map(|s| s.statement.trim())
+        .filter(|s| s.starts_with("INSERT INTO") && s.contains("outbox_messages"))
+        .collect();
+    // One statement for a single event (with or without a key), one for any batch.
+    assert_eq!(inserts.len(), 2, "writer INSERTs cached on this connection: {inserts:#?}");
+    assert_eq!(rows(&db).await.len(), 12);
+}
