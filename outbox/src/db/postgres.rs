@@ -280,6 +280,9 @@ impl Database for AsyncPgConnection {
     }
 
     async fn insert_messages(&mut self, rows: &[NewMessage]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         if let [r] = rows {
             // One event (the common case): diesel's single-row INSERT, a statement cached by its
             // Rust type and cheaper for the server than unnest (B2: 8 writers, 0.84 → parity
