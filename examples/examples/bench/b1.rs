@@ -170,7 +170,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         eprintln!("B1 run {run}: relay {r:.0}/s, raw produce {p:.0}/s, raw SQL {s:.0}/s, combined raw {c:.0}/s");
         // Machine CPU per message in each phase (µs), and how many of the cores were busy.
         if let (Some(pc), Some(sc), Some(rc)) = (p_cpu, s_cpu, r_cpu) {
-            let busy = |us: f64, rate: f64| us * rate / 1e6;
+            let busy = common::cores_busy;
             eprintln!(
                 "B1 run {run} CPU per message: relay {rc:.1} µs ({:.2} cores busy), raw produce {pc:.1} µs ({:.2}), \
                  raw SQL {sc:.1} µs ({:.2}), raw sum {:.1} µs",

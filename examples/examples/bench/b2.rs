@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::common::{CpuClock, Env};
+use crate::common::{CpuClock, Env, cores_busy};
 use crate::stats::{Figure, median};
 
 #[derive(Serialize, JsonSchema, outbox::Event)]
@@ -150,6 +150,28 @@ async fn tps(env: &Env, mode: Mode, writers: usize, secs: f64) -> (f64, Option<f
     (n as f64 / elapsed, us)
 }
 
+/// One kind of 8-writer phase over the runs: transactions per second and machine CPU per
+/// transaction (µs), one entry per run.
+#[derive(Default)]
+struct Phase {
+    tps: Vec<f64>,
+    cpu_us: Vec<f64>,
+}
+
+impl Phase {
+    async fn run(&mut self, env: &Env, mode: Mode, secs: f64) {
+        let (tps, cpu_us) = tps(env, mode, 8, secs).await;
+        self.tps.push(tps);
+        self.cpu_us.extend(cpu_us);
+    }
+
+    /// "230 µs (1.49 cores busy)", medians over the runs.
+    fn cpu(&self) -> String {
+        let us = median(&self.cpu_us);
+        format!("{us:.0} µs ({:.2} cores busy)", cores_busy(us, median(&self.tps)))
+    }
+}
+
 async fn reset(env: &Env) {
     let mut conn = env.conn().await;
     diesel::sql_query("TRUNCATE bench_orders, outbox_messages").execute(&mut conn).await.expect("truncate");
@@ -167,34 +189,27 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let n = env.n(2000);
     let secs = (5.0 * env.scale).clamp(1.0, 5.0);
     let (mut lat_sdk, mut lat_hand, mut lat_10, mut lat_1) = (vec![], vec![], vec![], vec![]);
-    let (mut tps_sdk, mut tps_bare, mut tps_quiet, mut tps_hand) = (vec![], vec![], vec![], vec![]);
-    let mut tps_two = vec![];
-    let (mut cpu_bare, mut cpu_quiet, mut cpu_two) = (vec![], vec![], vec![]);
-    let keep = |phase: (f64, Option<f64>), rate: &mut Vec<f64>, cpu: Option<&mut Vec<f64>>| {
-        rate.push(phase.0);
-        if let (Some(cpu), Some(us)) = (cpu, phase.1) {
-            cpu.push(us);
-        }
-    };
+    // 8-writer phases: the SDK with NOTIFY on (`notify`) and off (`quiet`), and the baselines.
+    let (mut notify, mut quiet, mut hand, mut two, mut bare) = Default::default();
     for run in 0..env.runs {
         reset(env).await;
         outbox::set_notify(&mut conn, true).await.expect("notify on");
         // Alternate SDK and baseline so drift on a noisy machine hits both.
-        let (sdk, hand) = latency_pair(env, Mode::Sdk, Mode::HandWritten, n).await;
-        lat_sdk.push(sdk);
-        lat_hand.push(hand);
+        let (sdk_ms, hand_ms) = latency_pair(env, Mode::Sdk, Mode::HandWritten, n).await;
+        lat_sdk.push(sdk_ms);
+        lat_hand.push(hand_ms);
         let (ten, one) = latency_pair(env, Mode::Sdk10, Mode::Sdk, n / 2).await;
         lat_10.push(ten);
         lat_1.push(one);
         reset(env).await;
         // The default (no NOTIFY) next to its baselines, then the opt-in trigger.
         outbox::set_notify(&mut conn, false).await.expect("notify off");
-        keep(tps(env, Mode::Bare, 8, secs).await, &mut tps_bare, Some(&mut cpu_bare));
-        keep(tps(env, Mode::Sdk, 8, secs).await, &mut tps_quiet, Some(&mut cpu_quiet));
-        keep(tps(env, Mode::TwoRows, 8, secs).await, &mut tps_two, Some(&mut cpu_two));
-        keep(tps(env, Mode::HandWritten, 8, secs).await, &mut tps_hand, None);
+        Phase::run(&mut bare, env, Mode::Bare, secs).await;
+        Phase::run(&mut quiet, env, Mode::Sdk, secs).await;
+        Phase::run(&mut two, env, Mode::TwoRows, secs).await;
+        Phase::run(&mut hand, env, Mode::HandWritten, secs).await;
         outbox::set_notify(&mut conn, true).await.expect("notify on");
-        keep(tps(env, Mode::Sdk, 8, secs).await, &mut tps_sdk, None);
+        Phase::run(&mut notify, env, Mode::Sdk, secs).await;
         eprintln!(
             "B2 run {run}: latency sdk {:.3} ms / hand-written {:.3} ms; 10 events {:.3} ms / 1 event {:.3} ms; \
              8 writers: {:.0} tps with outbox (NOTIFY on), {:.0} (NOTIFY off), {:.0} hand-written outbox INSERT \
@@ -203,23 +218,19 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             lat_hand[run],
             lat_10[run],
             lat_1[run],
-            tps_sdk[run],
-            tps_quiet[run],
-            tps_hand[run],
-            tps_two[run],
-            tps_bare[run]
+            notify.tps[run],
+            quiet.tps[run],
+            hand.tps[run],
+            two.tps[run],
+            bare.tps[run]
         );
     }
-    let busy = |us: &[f64], tps: &[f64]| median(us) * median(tps) / 1e6;
     let cpu_note = format!(
-        "machine CPU per transaction at 8 writers (median, client and server): without outbox {:.0} µs \
-         ({:.2} cores busy), with the SDK's event {:.0} µs ({:.2}), with a second business INSERT instead {:.0} µs ({:.2})",
-        median(&cpu_bare),
-        busy(&cpu_bare, &tps_bare),
-        median(&cpu_quiet),
-        busy(&cpu_quiet, &tps_quiet),
-        median(&cpu_two),
-        busy(&cpu_two, &tps_two),
+        "machine CPU per transaction at 8 writers (median, client and server): without outbox {}, \
+         with the SDK's event {}, with a second business INSERT instead {}",
+        bare.cpu(),
+        quiet.cpu(),
+        two.cpu()
     );
     eprintln!("B2b {cpu_note}");
     let fig = |id, what: &str, unit, sdk, baseline, hib, target: &str, bound| Figure {
@@ -248,8 +259,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "B2c",
             "8 writers, sync commit: TPS with outbox, NOTIFY trigger on (opt-in) vs without",
             "tx/s",
-            tps_sdk.clone(),
-            tps_bare.clone(),
+            notify.tps.clone(),
+            bare.tps.clone(),
             true,
             "≥ 0.95",
             Some(0.95),
@@ -260,8 +271,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
                 "B2b",
                 "8 writers, sync commit: TPS with outbox (default: no NOTIFY) vs without",
                 "tx/s",
-                tps_quiet.clone(),
-                tps_bare,
+                quiet.tps.clone(),
+                bare.tps,
                 true,
                 "≥ 0.95",
                 Some(0.95),
@@ -271,8 +282,8 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "B2f",
             "8 writers: TPS with SDK event vs hand-written outbox INSERT (both NOTIFY off)",
             "tx/s",
-            tps_quiet.clone(),
-            tps_hand,
+            quiet.tps.clone(),
+            hand.tps,
             true,
             "–",
             None,
@@ -281,13 +292,13 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "B2g",
             "8 writers: TPS with SDK event vs a second business INSERT instead (no outbox; NOTIFY off)",
             "tx/s",
-            tps_quiet.clone(),
-            tps_two,
+            quiet.tps.clone(),
+            two.tps,
             true,
             "–",
             None,
         ),
-        fig("B2d", "8 writers: NOTIFY on vs off (cost of the wakeup)", "tx/s", tps_sdk, tps_quiet, true, "–", None),
+        fig("B2d", "8 writers: NOTIFY on vs off (cost of the wakeup)", "tx/s", notify.tps, quiet.tps, true, "–", None),
         fig("B2e", "10 events per tx vs 1", "ms", lat_10, lat_1, false, "≤ 1.5×", Some(1.5)),
     ]
 }

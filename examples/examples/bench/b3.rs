@@ -194,7 +194,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         s_batch.push(rate);
         eprintln!("B3 run {run}: inbox batch {:.0}/s, raw consume+handler {:.0}/s", s_batch[run], r_batch[run]);
         if let (Some(s_us), Some(r_us)) = (s_cpu, r_cpu) {
-            let (s_busy, r_busy) = (s_us * rate / 1e6, r_us * r / 1e6);
+            let (s_busy, r_busy) = (common::cores_busy(s_us, rate), common::cores_busy(r_us, r));
             eprintln!(
                 "B3 run {run} CPU per message: inbox {s_us:.1} µs ({s_busy:.2} cores busy), raw {r_us:.1} µs ({r_busy:.2})"
             );

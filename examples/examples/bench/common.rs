@@ -163,8 +163,8 @@ fn machine_busy_secs() -> Option<f64> {
     Some(busy as f64 / 100.0)
 }
 
-/// Machine CPU spent since [`CpuClock::start`], per item done: the figure B1 and B3 print next
-/// to their raw phases (cores busy = µs per item × items per second / 10⁶).
+/// Machine CPU spent since [`CpuClock::start`], per item done: the figure B1, B2 and B3 print
+/// next to their raw phases.
 pub struct CpuClock(Option<f64>);
 
 impl CpuClock {
@@ -177,4 +177,10 @@ impl CpuClock {
         let used = machine_busy_secs().zip(self.0).map(|(now, then)| now - then)?;
         Some(used * 1e6 / items.max(1) as f64)
     }
+}
+
+/// How many of the machine's cores were busy at `us_per_item` µs of CPU per item and
+/// `items_per_sec` items per second.
+pub fn cores_busy(us_per_item: f64, items_per_sec: f64) -> f64 {
+    us_per_item * items_per_sec / 1e6
 }
