@@ -150,3 +150,57 @@ async fn relay_is_woken_by_the_commit_not_by_polling<B: Backend>() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// At a low rate the relay claims once per event: after a claim that found less than a full
+/// batch it waits for that batch's acknowledgements (or for news) instead of claiming again at
+/// once. Counted by PostgreSQL as scans of the pending-rows index, which every claim starts
+/// with; the relay's backends have exited (stats flushed) when it is read.
+#[tokio::test]
+async fn postgres_relay_claims_once_per_event_at_a_low_rate() {
+    let db = TestDb::<tests::backend::Pg>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let pool = db.pool(4).await;
+    let relay = rs::relay(pool.clone(), &kafka).poll_interval(Duration::from_secs(3600)).listen(false).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const EVENTS: i64 = 20;
+    let mut conn = db.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        let id = outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Happened::new("k", n as u64)).await)
+            .await
+            .unwrap();
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = kafka.read_all(rs::TOPIC, ids.len(), Duration::from_secs(20), Duration::from_millis(200)).await;
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    assert_eq!(report.distinct, ids.len(), "{report:?}");
+    rs::wait_drained(&db, Duration::from_secs(10)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    drop(pool);
+    drop(conn);
+
+    // Backends flush their statistics when they exit; wait until the relay's have.
+    let scans = async || {
+        db.count(
+            "SELECT COALESCE(sum(idx_scan), 0)::bigint AS n FROM pg_stat_user_indexes \
+             WHERE indexrelname = 'outbox_messages_pending'",
+        )
+        .await
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut claims = scans().await;
+    while claims < EVENTS && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        claims = scans().await;
+    }
+    // One claim per event, plus the first round's, the backlog gauge's and the drain check's.
+    assert!(
+        (EVENTS..=EVENTS + 5).contains(&claims),
+        "scans of the pending index for {EVENTS} events published one at a time: {claims}"
+    );
+}

@@ -16,6 +16,11 @@
 //! report, then — in one transaction under the fencing check — delete (or mark) the
 //! acknowledged rows and record failures with backoff. A row is never marked before Kafka
 //! acknowledged it; any error means "maybe sent" and the row is produced again.
+//!
+//! While one batch is in flight the next is claimed and produced (two at most). When a claim
+//! returns less than a full batch, the relay does not claim again right away: it waits for the
+//! in-flight batch's reports or for news (a commit in this process, a NOTIFY), whichever comes
+//! first — at a low rate, one claim per event instead of three.
 
 mod config;
 mod publish;
@@ -93,7 +98,7 @@ impl<C: Database> Relay<C> {
         let mut last_gauges = Instant::now() - self.config.metrics_interval;
         while !shutdown.is_cancelled() {
             let before = wakeup::seen();
-            match self.round(&mut lease, &mut pipeline, &shutdown, &mut last_gauges).await {
+            match self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut last_gauges).await {
                 Ok(Round::Busy) => {
                     failures_in_a_row = 0;
                     burst = None;
@@ -179,9 +184,42 @@ impl<C: Database> Relay<C> {
         &mut self,
         lease: &mut Lease,
         pipeline: &mut Pipeline,
+        wake: &Notify,
         shutdown: &CancellationToken,
         last_gauges: &mut Instant,
     ) -> Result<Round> {
+        if pipeline.quiet() {
+            // The last claim found nothing more to publish and nothing was committed here
+            // since: instead of claiming again, wait for the oldest batch's acknowledgements or
+            // for news, whichever comes first.
+            let local = wakeup::notified();
+            tokio::pin!(local);
+            local.as_mut().enable();
+            let still_quiet = pipeline.quiet(); // checked again after `enable`: no signal lost
+            if let Some(front) = pipeline.window.front_mut()
+                && still_quiet
+            {
+                tokio::select! {
+                    _ = front.acked() => {}
+                    _ = &mut local => {}
+                    _ = wake.notified() => pipeline.drained = None,
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            if pipeline.quiet()
+                && let Some(epoch) = lease.epoch
+                && let Some(batch) = pipeline.window.pop_front()
+            {
+                self.finish(batch, lease, epoch, shutdown).await?;
+                if !pipeline.window.is_empty() {
+                    return Ok(Round::Busy);
+                }
+                // Drained, and the claim that said so is the last word: no empty claim now.
+                pipeline.held.clear();
+                pipeline.drained = None;
+                return Ok(Round::Idle);
+            }
+        }
         let mut conn = self.pool.get().await?;
         if lease.epoch.is_none() || lease.renewed.elapsed() >= self.config.lease / 3 {
             let renewed = Instant::now();
@@ -223,7 +261,9 @@ impl<C: Database> Relay<C> {
             _ => InFlight { first: 1, last: 0, rows: 0 },
         };
         if claim {
+            let seen = wakeup::seen();
             let rows = conn.claim(self.config.batch_size as i64, in_flight).await?;
+            pipeline.drained = (rows.len() < self.config.batch_size).then_some(seen);
             drop(conn); // never hold a pooled connection while waiting for Kafka
             if !rows.is_empty() {
                 let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;
@@ -305,6 +345,18 @@ struct Pipeline {
     window: VecDeque<publish::Produced>,
     /// Keys rejected synchronously in the current window: their later rows are not produced.
     held: HashSet<(String, String)>,
+    /// Set when a claim returned less than a full batch: what this process's writers had
+    /// signalled just before it (see [`Pipeline::quiet`]).
+    drained: Option<wakeup::Seen>,
+}
+
+impl Pipeline {
+    /// Batches are in flight, the last claim found nothing more to publish, and no writer of
+    /// this process has signalled since (a NOTIFY ends it too). Lasts at most until the
+    /// oldest batch is acknowledged: an idle relay never skips a claim because of it.
+    fn quiet(&self) -> bool {
+        !self.window.is_empty() && self.drained == Some(wakeup::seen())
+    }
 }
 
 /// Batches in flight at once. Two keep the producer busy; more only add memory.

@@ -1,9 +1,10 @@
 //! Producing one claimed batch and collecting its delivery reports.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{JoinAll, join_all};
 use rand::Rng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -76,15 +77,29 @@ fn headers(row: &Claimed, source: &str) -> OwnedHeaders {
     h
 }
 
+type Report = <DeliveryFuture as Future>::Output;
+
 /// A batch handed to the producer whose delivery reports are still to come.
 pub(crate) struct Produced {
     pub rows: Vec<Claimed>,
-    deliveries: Vec<(usize, DeliveryFuture)>,
+    /// Index in `rows` of each delivery report of `pending` (and later `reports`).
+    indexes: Vec<usize>,
+    pending: Pin<Box<JoinAll<DeliveryFuture>>>,
+    /// Every delivery report, once [`Produced::acked`] has seen them all.
+    reports: Option<Vec<Report>>,
     /// Rows that failed before reaching the producer's queue: (index in `rows`, error).
     rejected: Vec<(usize, KafkaError)>,
 }
 
 impl Produced {
+    /// Waits until every delivery report is in. Cancel-safe: dropping the future loses
+    /// nothing, a later call goes on waiting.
+    pub async fn acked(&mut self) {
+        if self.reports.is_none() {
+            self.reports = Some(self.pending.as_mut().await);
+        }
+    }
+
     pub fn first_seq(&self) -> i64 {
         self.rows.first().map_or(i64::MAX, |r| r.seq)
     }
@@ -104,6 +119,7 @@ pub(crate) async fn produce(
     held: &mut HashSet<(String, String)>,
 ) -> Produced {
     let mut deliveries = Vec::with_capacity(rows.len());
+    let mut indexes = Vec::with_capacity(rows.len());
     let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         if let Some(key) = row.key.as_deref()
@@ -118,7 +134,8 @@ pub(crate) async fn produce(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    deliveries.push((index, delivery));
+                    indexes.push(index);
+                    deliveries.push(delivery);
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -136,7 +153,7 @@ pub(crate) async fn produce(
             }
         }
     }
-    Produced { rows, deliveries, rejected }
+    Produced { rows, indexes, pending: Box::pin(join_all(deliveries)), reports: None, rejected }
 }
 
 /// Waits for every delivery report of a produced batch. When `shutdown` fires, waits at most
@@ -144,28 +161,25 @@ pub(crate) async fn produce(
 /// sent), so they stay in the outbox and are produced again later.
 pub(crate) async fn collect(
     producer: &FutureProducer,
-    batch: Produced,
+    mut batch: Produced,
     config: &RelayConfig,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let Produced { rows, deliveries, rejected } = batch;
-    let mut outcome = Outcome::default();
-    let mut failed: Vec<(usize, KafkaError)> = rejected;
-    let (indexes, futures): (Vec<usize>, Vec<DeliveryFuture>) = deliveries.into_iter().unzip();
-    let all = join_all(futures);
-    tokio::pin!(all);
-    let reports = tokio::select! {
-        r = &mut all => r,
+    tokio::select! {
+        _ = batch.acked() => {},
         _ = async {
             shutdown.cancelled().await;
             tokio::time::sleep(config.shutdown_timeout).await;
         } => {
             warn!(timeout = ?config.shutdown_timeout, "shutdown: abandoning unacknowledged messages (they stay unsent)");
             producer.purge(PurgeConfig::default().queue().inflight());
-            all.await
+            batch.acked().await;
         }
     };
-    for (index, report) in indexes.into_iter().zip(reports) {
+    let Produced { rows, indexes, reports, rejected, .. } = batch;
+    let mut outcome = Outcome::default();
+    let mut failed: Vec<(usize, KafkaError)> = rejected;
+    for (index, report) in indexes.into_iter().zip(reports.unwrap_or_default()) {
         let row = &rows[index];
         match report {
             Ok(Ok(_delivery)) => outcome.sent.push(row.seq),
