@@ -33,7 +33,16 @@ impl Env {
             }
         };
         if let Some(m) = &mock {
-            for t in ["bench", "bench-verify", "bench-e2e", "bench-inbox", "bench-soak", "orders"] {
+            for t in [
+                "bench",
+                "bench-verify",
+                "bench-e2e",
+                "bench-e2e-raw",
+                "bench-e2e-hand",
+                "bench-inbox",
+                "bench-soak",
+                "orders",
+            ] {
                 m.create_topic(t, 6, 1).expect("topic");
             }
         }
@@ -49,7 +58,14 @@ impl Env {
     pub async fn pool(&self, size: u32) -> outbox::Pool {
         let manager =
             diesel_async::pooled_connection::AsyncDieselConnectionManager::<AsyncPgConnection>::new(&self.db_url);
-        outbox::Pool::builder().max_size(size).build(manager).await.expect("pool")
+        // LIFO, as the README recommends for the relay's and the inbox's pools: the loop gets
+        // back the connection it just used instead of rotating through idle ones.
+        outbox::Pool::builder()
+            .max_size(size)
+            .queue_strategy(bb8::QueueStrategy::Lifo)
+            .build(manager)
+            .await
+            .expect("pool")
     }
 
     pub fn n(&self, base: usize) -> usize {
