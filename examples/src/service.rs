@@ -75,10 +75,11 @@ pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, BoxError> 
         .map_err(|e| format!("cannot connect to DATABASE_URL: {}", error_chain(&e)).into())
 }
 
-/// A pool of up to `max_size` connections to `database_url`, opened when first needed.
+/// A pool of up to `max_size` connections to `database_url`, opened when first needed; LIFO,
+/// so the relay and the inbox get back the connection they just used (README, "Relay").
 pub fn pool(database_url: &str, max_size: u32) -> outbox::Pool {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
-    outbox::Pool::builder().max_size(max_size).build_unchecked(manager)
+    outbox::Pool::builder().max_size(max_size).queue_strategy(bb8::QueueStrategy::Lifo).build_unchecked(manager)
 }
 
 /// Logs to stdout at `info` (or what `RUST_LOG` says, e.g. `RUST_LOG=info,outbox=debug`), in

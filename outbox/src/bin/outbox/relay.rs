@@ -60,7 +60,8 @@ pub(crate) struct RelayArgs {
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
 pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
     let kafka = KafkaConfig::from_env()?;
-    let mut pool = outbox::Pool::builder();
+    // LIFO: each round gets back the connection the last one used (README, "Relay").
+    let mut pool = outbox::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
     if let Some(n) = args.pool_size {
         if n == 0 {
             return Err(Failure::Usage("pool size must be at least 1".into()));
