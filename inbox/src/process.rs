@@ -110,15 +110,16 @@ impl<C: Database> Processor<'_, C> {
         let span =
             tracing::debug_span!("inbox.batch", topic = self.topic, partition = self.partition, size = items.len());
         async {
-            let mut conn = self.shared.pool.get().await.map_err(|e| {
+            let mut pooled = self.shared.pool.get().await.map_err(|e| {
                 tracing::warn!(error = %e, "inbox: no database connection");
                 (None, None)
             })?;
-            let conn: &mut C = &mut conn;
+            let conn: &mut C = &mut pooled;
             conn.begin_write().await.map_err(|_| (None, None))?;
             match self.batch_body(conn, items).await {
                 Ok((tally, next)) => match C::TransactionManager::commit_transaction(conn).await {
                     Ok(()) => {
+                        pooled.release();
                         self.committed(next, &tally);
                         Ok(())
                     }
@@ -252,8 +253,8 @@ impl<C: Database> Processor<'_, C> {
     }
 
     async fn one_tx(&self, item: &mut Item<C>, attempt: u32) -> Result<(), StepError> {
-        let mut conn = self.shared.pool.get().await.map_err(infra)?;
-        let conn: &mut C = &mut conn;
+        let mut pooled = self.shared.pool.get().await.map_err(infra)?;
+        let conn: &mut C = &mut pooled;
         conn.begin_write().await.map_err(infra)?;
         match self.one_body(conn, item, attempt).await {
             Ok(tally) => {
@@ -261,6 +262,7 @@ impl<C: Database> Processor<'_, C> {
                     rollback_all(conn).await;
                     return Err(infra(e));
                 }
+                pooled.release();
                 self.committed(item.msg.offset() + 1, &tally);
                 Ok(())
             }
@@ -318,8 +320,8 @@ impl<C: Database> Processor<'_, C> {
     /// as its dedup row and the position.
     async fn dead_letter_tx(&self, item: &Item<C>, f: &Failure, attempts: u32) -> Result<(), String> {
         let group = self.shared.options.group.as_str();
-        let mut conn = self.shared.pool.get().await.map_err(|e| e.to_string())?;
-        let conn: &mut C = &mut conn;
+        let mut pooled = self.shared.pool.get().await.map_err(|e| e.to_string())?;
+        let conn: &mut C = &mut pooled;
         conn.begin_write().await.map_err(|e| e.to_string())?;
         let reason = if f.transient { "retries_exhausted" } else { f.reason };
         let body = async {
@@ -347,6 +349,7 @@ impl<C: Database> Processor<'_, C> {
                     rollback_all(conn).await;
                     return Err(e.to_string());
                 }
+                pooled.release();
                 if tally.duplicates == 0 {
                     tracing::warn!(
                         topic = self.topic,

@@ -14,6 +14,9 @@ use uuid::Uuid;
 
 use crate::Result;
 
+pub use pool::{ConnPool, Pooled};
+
+mod pool;
 pub(crate) mod postgres;
 mod prepared;
 #[cfg(feature = "sqlite")]
@@ -209,77 +212,4 @@ pub struct NewDeadLetter<'a> {
 pub fn transaction_depth<C: AsyncConnection>(conn: &mut C) -> QueryResult<Option<u32>> {
     use diesel_async::TransactionManager;
     C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth().map(|d| d.map(|d| d.get()))
-}
-
-/// A connection pool with its manager type erased: the relay and the inbox take any bb8 pool
-/// whose connections are a [`Database`] (diesel-async's `Pool<AsyncPgConnection>`,
-/// `Pool<SqliteConnection>`, or a pool with your own manager).
-#[doc(hidden)]
-pub struct ConnPool<C> {
-    source: Arc<dyn Source<C>>,
-}
-
-impl<C> Clone for ConnPool<C> {
-    fn clone(&self) -> Self {
-        Self { source: self.source.clone() }
-    }
-}
-
-impl<C: Database> ConnPool<C> {
-    /// Wraps a bb8 pool.
-    pub fn new<M>(pool: bb8::Pool<M>) -> Self
-    where
-        M: bb8::ManageConnection<Connection = C>,
-        M::Error: std::error::Error,
-    {
-        Self { source: Arc::new(pool) }
-    }
-
-    /// A connection from the pool, returned to it on drop.
-    pub async fn get(&self) -> Result<Pooled<C>> {
-        self.source.get().await
-    }
-}
-
-impl<C> std::fmt::Debug for ConnPool<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnPool")
-    }
-}
-
-/// A pooled connection (derefs to the connection).
-#[doc(hidden)]
-pub struct Pooled<C>(Box<dyn std::ops::DerefMut<Target = C> + Send>);
-
-impl<C> std::ops::Deref for Pooled<C> {
-    type Target = C;
-    fn deref(&self) -> &C {
-        &self.0
-    }
-}
-
-impl<C> std::ops::DerefMut for Pooled<C> {
-    fn deref_mut(&mut self) -> &mut C {
-        &mut self.0
-    }
-}
-
-#[async_trait::async_trait]
-trait Source<C>: Send + Sync {
-    async fn get(&self) -> Result<Pooled<C>>;
-}
-
-#[async_trait::async_trait]
-impl<M> Source<M::Connection> for bb8::Pool<M>
-where
-    M: bb8::ManageConnection,
-    M::Connection: Database,
-    M::Error: std::error::Error,
-{
-    async fn get(&self) -> Result<Pooled<M::Connection>> {
-        match self.get_owned().await {
-            Ok(conn) => Ok(Pooled(Box::new(conn))),
-            Err(e) => Err(crate::Error::new(crate::ErrorKind::Database, format!("connection pool: {e}"))),
-        }
-    }
 }
