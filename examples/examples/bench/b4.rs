@@ -74,8 +74,8 @@ async fn sdk(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
         .expect("inbox");
     let inbox_task = tokio::spawn(inbox.run(stop.clone()));
     let mut conn = env.conn().await;
-    let publish = async |conn: &mut diesel_async::AsyncPgConnection, key: u32, warm_up: bool| {
-        outbox::transaction(conn, async |tx| outbox::publish(tx, &Stamp { key, at_us: now_us(), warm_up }).await)
+    let mut publish = async |key: u32, warm_up: bool| {
+        outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Stamp { key, at_us: now_us(), warm_up }).await)
             .await
             .expect("publish")
     };
@@ -84,31 +84,43 @@ async fn sdk(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
     // topic with earlier runs' records, reading past them. Waits for these very messages.
     let mut warm = std::collections::HashSet::new();
     for key in 0..50u32 {
-        warm.insert(publish(&mut conn, key, true).await);
+        warm.insert(publish(key, true).await);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let warmed = || handled.lock().expect("lock").iter().filter(|(id, _)| warm.contains(id)).count();
     while warmed() < warm.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    handled.lock().expect("lock").clear();
+    let latencies = measure(rate, secs, &handled, async |key| publish(key, false).await).await;
+    stop.cancel();
+    let _ = relay_task.await;
+    let _ = inbox_task.await;
+    latencies
+}
+
+/// The measured phase of both outbox paths: `rate × secs` messages, one per tick, each written
+/// by `publish` (the message id, once COMMIT returned); then, up to 30 s, until every one of
+/// them was handled (a late warm-up message must not stand in for one). Latencies COMMIT
+/// returned → handler, in ms.
+async fn measure(
+    rate: f64,
+    secs: f64,
+    handled: &Mutex<Vec<(uuid::Uuid, i64)>>,
+    mut publish: impl AsyncFnMut(u32) -> uuid::Uuid,
+) -> Vec<f64> {
     let n = (rate * secs) as usize;
     let mut committed = HashMap::with_capacity(n);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     for i in 0..n {
         tick.tick().await;
-        let id = publish(&mut conn, (i % 50) as u32, false).await;
+        let id = publish((i % 50) as u32).await;
         committed.insert(id, now_us());
     }
-    // Until every measured message was handled (a late warm-up message must not stand in for one).
     let deadline = Instant::now() + Duration::from_secs(30);
     let count = || handled.lock().expect("lock").iter().filter(|(id, _)| committed.contains_key(id)).count();
     while count() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    let _ = relay_task.await;
-    let _ = inbox_task.await;
     let handled = handled.lock().expect("lock");
     handled.iter().filter_map(|(id, at)| committed.get(id).map(|c| (at - c) as f64 / 1000.0)).collect()
 }
@@ -142,7 +154,8 @@ async fn hand(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
     use diesel_async::{AsyncConnection, RunQueryDsl};
     use rdkafka::message::{Header, Headers, OwnedHeaders};
     let stop = CancellationToken::new();
-    let handled: Arc<Mutex<Vec<(uuid::Uuid, i64, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+    let handled: Arc<Mutex<Vec<(uuid::Uuid, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let warmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let consumer: StreamConsumer = consumer_config(env)
         .set("group.id", format!("hand-e2e-{}", uuid::Uuid::now_v7().simple()))
         .set("auto.offset.reset", "latest")
@@ -150,7 +163,7 @@ async fn hand(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
         .expect("consumer");
     consumer.subscribe(&["bench-e2e-hand"]).expect("subscribe");
     let reader = tokio::spawn({
-        let (handled, stop, mut conn) = (handled.clone(), stop.clone(), env.conn().await);
+        let (handled, warmed, stop, mut conn) = (handled.clone(), warmed.clone(), stop.clone(), env.conn().await);
         async move {
             loop {
                 let m = tokio::select! {
@@ -172,8 +185,10 @@ async fn hand(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
                         .on_conflict_do_nothing()
                         .execute(tx)
                         .await?;
-                    if new == 1 {
-                        handled.lock().expect("lock").push((id, now_us(), s.warm_up));
+                    if new == 1 && s.warm_up {
+                        warmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else if new == 1 {
+                        handled.lock().expect("lock").push((id, now_us()));
                     }
                     Ok(())
                 })
@@ -241,31 +256,18 @@ async fn hand(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
     };
     // Warm-up like the SDK's: until the consumer has handled 50 messages.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let warmed = || handled.lock().expect("lock").iter().filter(|h| h.2).count();
     let mut i = 0;
-    while warmed() < 50 && Instant::now() < deadline {
+    let warm = || std::sync::atomic::AtomicUsize::load(&warmed, std::sync::atomic::Ordering::Relaxed);
+    while warm() < 50 && Instant::now() < deadline {
         publish(i % 50, true).await;
         i += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let n = (rate * secs) as usize;
-    let mut committed = HashMap::with_capacity(n);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    for i in 0..n {
-        tick.tick().await;
-        let id = publish((i % 50) as u32, false).await;
-        committed.insert(id, now_us());
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let count = || handled.lock().expect("lock").iter().filter(|h| committed.contains_key(&h.0)).count();
-    while count() < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let latencies = measure(rate, secs, &handled, async |key| publish(key, false).await).await;
     stop.cancel();
     let _ = relay.await;
     let _ = reader.await;
-    let handled = handled.lock().expect("lock");
-    handled.iter().filter_map(|(id, at, _)| committed.get(id).map(|c| (at - c) as f64 / 1000.0)).collect()
+    latencies
 }
 
 async fn raw(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
