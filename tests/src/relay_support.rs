@@ -51,6 +51,26 @@ pub async fn write_events<B: Backend>(db: &TestDb<B>, n: u64, keys: u64, per_tx:
     ids
 }
 
+/// Publishes `n` events (key `k`) one transaction at a time, `gap` apart, through
+/// `outbox::transaction` (each commit wakes an in-process relay), then checks that the running
+/// relay put every one of them on [`TOPIC`] and drained the outbox. Returns their ids.
+pub async fn publish_one_at_a_time<B: Backend>(db: &TestDb<B>, kafka: &TestKafka, n: u64, gap: Duration) -> Vec<Uuid> {
+    let mut conn = db.conn().await;
+    let mut ids = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let id = outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Happened::new("k", i)).await)
+            .await
+            .expect("publish");
+        ids.push(id);
+        tokio::time::sleep(gap).await;
+    }
+    let records = kafka.read_all(TOPIC, ids.len(), Duration::from_secs(20), Duration::from_millis(200)).await;
+    let report = check_delivery(&records, &ids, &HashSet::new());
+    assert_eq!(report.distinct, ids.len(), "{report:?}");
+    wait_drained(db, Duration::from_secs(10)).await;
+    ids
+}
+
 /// A relay on any backend's pool (`db.pool(n)`) with test-friendly timings.
 pub fn relay<M>(db_pool: bb8::Pool<M>, kafka: &TestKafka) -> RelayBuilder<M::Connection>
 where

@@ -138,20 +138,8 @@ async fn postgres_relay_tests_no_connection_per_event_at_a_low_rate() {
     let relay = rs::relay(pool.clone(), &kafka).listen(false).build().unwrap();
     let (stop, task) = rs::spawn(relay);
 
-    const EVENTS: usize = 20;
-    let mut conn = db.conn().await;
-    let mut ids = Vec::new();
-    for n in 0..EVENTS {
-        let id = outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Happened::new("k", n as u64)).await)
-            .await
-            .unwrap();
-        ids.push(id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let records = kafka.read_all(rs::TOPIC, ids.len(), Duration::from_secs(20), Duration::from_millis(200)).await;
-    let report = rs::check_delivery(&records, &ids, &std::collections::HashSet::new());
-    assert_eq!(report.distinct, ids.len(), "{report:?}");
-    rs::wait_drained(&db, Duration::from_secs(10)).await;
+    const EVENTS: u64 = 20;
+    rs::publish_one_at_a_time(&db, &kafka, EVENTS, Duration::from_millis(50)).await;
     stop.cancel();
     task.await.unwrap().unwrap();
 

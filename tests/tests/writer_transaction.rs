@@ -166,23 +166,10 @@ async fn postgres_relay_claims_once_per_event_at_a_low_rate() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     const EVENTS: i64 = 20;
-    let mut conn = db.conn().await;
-    let mut ids = Vec::new();
-    for n in 0..EVENTS {
-        let id = outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Happened::new("k", n as u64)).await)
-            .await
-            .unwrap();
-        ids.push(id);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let records = kafka.read_all(rs::TOPIC, ids.len(), Duration::from_secs(20), Duration::from_millis(200)).await;
-    let report = rs::check_delivery(&records, &ids, &HashSet::new());
-    assert_eq!(report.distinct, ids.len(), "{report:?}");
-    rs::wait_drained(&db, Duration::from_secs(10)).await;
+    rs::publish_one_at_a_time(&db, &kafka, EVENTS as u64, Duration::from_millis(100)).await;
     stop.cancel();
     task.await.unwrap().unwrap();
     drop(pool);
-    drop(conn);
 
     // Backends flush their statistics when they exit; wait until the relay's have.
     let scans = async || {
