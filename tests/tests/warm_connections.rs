@@ -185,3 +185,17 @@ async fn postgres_inbox_tests_no_connection_per_message_at_a_low_rate() {
     let tested = tests.load(Ordering::SeqCst);
     assert!(tested <= 5, "check-out tests for {MESSAGES} messages handled one at a time: {tested}");
 }
+
+/// A pool that does not test its check-outs has nothing to save: nothing is kept back from it.
+#[tokio::test]
+async fn postgres_a_pool_without_checkout_tests_is_left_alone() {
+    let db = TestDb::<tests::backend::Pg>::fresh().await;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(db.url.clone());
+    let pool = bb8::Pool::builder().max_size(4).test_on_check_out(false).build(manager).await.expect("pool");
+    let conns = ConnPool::new(pool.clone());
+    let mut conn = conns.get().await.unwrap();
+    backend_pid(&mut conn).await;
+    conn.release();
+    let state = pool.state();
+    assert_eq!(state.idle_connections, state.connections, "released straight back to the pool");
+}

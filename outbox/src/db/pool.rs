@@ -36,6 +36,9 @@ pub struct ConnPool<C> {
 
 struct Shared<C> {
     source: Box<dyn Source<C>>,
+    /// The pool tests its check-outs (its configuration, read once): otherwise nothing to save.
+    tests_check_outs: bool,
+    max_size: u32,
     slot: Mutex<Slot<C>>,
 }
 
@@ -59,7 +62,9 @@ impl<C: Database> ConnPool<C> {
         M::Error: std::error::Error,
     {
         let slot = Mutex::new(Slot { conn: None, reaper: false });
-        Self { shared: Arc::new(Shared { source: Box::new(pool), slot }) }
+        let config = pool.config();
+        let (tests_check_outs, max_size) = (config.test_on_check_out, config.max_size);
+        Self { shared: Arc::new(Shared { source: Box::new(pool), tests_check_outs, max_size, slot }) }
     }
 
     /// A connection: the warm one if it was released less than 500 ms ago, else one from the
@@ -98,7 +103,10 @@ impl<C: Database> Pooled<C> {
     /// next [`ConnPool::get`] within 500 ms gets it again without the pool's check-out test.
     /// Errors must drop the connection instead, so that the pool tests it before its next use.
     pub fn release(mut self) {
-        if !matches!(transaction_depth(&mut **self.conn), Ok(None)) || !self.shared.source.worth_keeping() {
+        if !self.shared.tests_check_outs
+            || !matches!(transaction_depth(&mut **self.conn), Ok(None))
+            || !self.shared.has_spare()
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -112,6 +120,14 @@ impl<C: Database> Pooled<C> {
             slot.reaper = true;
             runtime.spawn(reap(Arc::downgrade(&shared)));
         }
+    }
+}
+
+impl<C> Shared<C> {
+    /// The pool could hand out another connection right now (an idle one, or room to open one).
+    fn has_spare(&self) -> bool {
+        let (open, idle) = self.source.counts();
+        idle > 0 || open < self.max_size
     }
 }
 
@@ -155,8 +171,8 @@ impl<C> DerefMut for Pooled<C> {
 #[async_trait::async_trait]
 trait Source<C>: Send + Sync {
     async fn get(&self) -> Result<Conn<C>>;
-    /// The pool tests check-outs and could hand out another connection right now.
-    fn worth_keeping(&self) -> bool;
+    /// Connections open, and of those idle in the pool.
+    fn counts(&self) -> (u32, u32);
 }
 
 #[async_trait::async_trait]
@@ -173,9 +189,8 @@ where
         }
     }
 
-    fn worth_keeping(&self) -> bool {
-        let config = self.config();
+    fn counts(&self) -> (u32, u32) {
         let state = self.state();
-        config.test_on_check_out && (state.idle_connections > 0 || state.connections < config.max_size)
+        (state.connections, state.idle_connections)
     }
 }
