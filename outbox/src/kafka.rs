@@ -8,20 +8,30 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
-/// librdkafka properties whose values never appear in `Debug` output or logs.
+/// The properties librdkafka itself flags as sensitive (`_RK_SENSITIVE` in `rdkafka_conf.c` of
+/// librdkafka 2.12): their values never appear in `Debug` output or logs.
 const SECRET_KEYS: &[&str] = &[
-    "sasl.password",
-    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
     "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "sasl.password",
+    "sasl.username",
+    "ssl.ca.pem",
+    "ssl.key.location",
     "ssl.key.password",
     "ssl.key.pem",
     "ssl.keystore.password",
-    "ssl.truststore.password",
     "ssl_key",
 ];
 
+/// librdkafka's sensitive list, plus any property whose name says it holds a credential (for
+/// properties added by later librdkafka versions and for plugin properties).
 fn is_secret(key: &str) -> bool {
-    SECRET_KEYS.contains(&key) || key.contains("password") || key.contains("secret")
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&key.as_str())
+        || ["password", "secret", "private", "passphrase", "token", "credential"].iter().any(|w| key.contains(w))
 }
 
 /// Kafka client settings: `bootstrap.servers` plus any librdkafka property (TLS, SASL, ...).
@@ -145,17 +155,19 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = KafkaConfig::new("b:9092")
-            .set("sasl.password", "p1")
-            .set("ssl.key.pem", "p2")
-            .set("ssl.key.password", "p3")
-            .set("sasl.oauthbearer.config", "p4")
-            .set("sasl.username", "visible-user");
-        let debug = format!("{c:?}");
-        for secret in ["p1", "p2", "p3", "p4"] {
-            assert!(!debug.contains(secret), "{debug}");
+        let mut c = KafkaConfig::new("b:9092").set("client.id", "visible-client");
+        let mut secrets = Vec::new();
+        let names = SECRET_KEYS.iter().copied().chain(["SASL.Password", "plugin.access.token", "x.private.key"]);
+        for (i, key) in names.enumerate() {
+            let value = format!("s3cr3t-{i}");
+            c = c.set(key, &value);
+            secrets.push(value);
         }
-        assert!(debug.contains("visible-user") && debug.contains("<redacted>"));
+        let debug = format!("{c:?}");
+        for secret in &secrets {
+            assert!(!debug.contains(secret.as_str()), "{secret} leaked: {debug}");
+        }
+        assert!(debug.contains("visible-client") && debug.contains("<redacted>"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -308,7 +308,8 @@ const RETRY_PARKED: &str = "
 UPDATE outbox_messages SET parked_at = NULL, attempts = 0, next_attempt_at = '-infinity'
 WHERE parked_at IS NOT NULL
   AND ($1::uuid[] IS NULL OR id = ANY($1))
-  AND ($2::text IS NULL OR topic = $2)";
+  AND ($2::text IS NULL OR topic = $2)
+RETURNING topic, key";
 
 /// Un-parks the selected messages: the relay publishes them again with a fresh set of
 /// attempts, and once a key's head is sent, the messages it held back follow in their order.
@@ -325,7 +326,20 @@ const DISCARD_PARKED: &str = "
 DELETE FROM outbox_messages
 WHERE parked_at IS NOT NULL
   AND ($1::uuid[] IS NULL OR id = ANY($1))
-  AND ($2::text IS NULL OR topic = $2)";
+  AND ($2::text IS NULL OR topic = $2)
+RETURNING topic, key";
+
+// The rows the relay held behind a retried or discarded row go back to the pending index in the
+// same transaction, unless another failing row of their key still blocks them.
+const RELEASE_HELD: &str = "
+UPDATE outbox_messages m SET held = false
+  FROM unnest($1::text[], $2::text[]) AS r(topic, key)
+ WHERE m.held AND m.topic = r.topic AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0)
+   AND m.key = r.key
+   AND NOT EXISTS (SELECT 1 FROM outbox_messages b
+        WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
+          AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0
+          AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
 
 /// Deletes the selected parked messages: they are never published. Returns how many were deleted.
 ///
@@ -337,16 +351,35 @@ pub async fn discard_parked(conn: &mut AsyncPgConnection, selection: Selection) 
 }
 
 async fn update_parked(conn: &mut AsyncPgConnection, sql: &str, selection: Selection) -> Result<u64> {
+    #[derive(QueryableByName)]
+    struct Touched {
+        #[diesel(sql_type = Text)]
+        topic: String,
+        #[diesel(sql_type = Nullable<Text>)]
+        key: Option<String>,
+    }
     let (ids, topic) = match selection {
         Selection::Ids(ids) => (Some(ids), None),
         Selection::All { topic } => (None, topic),
     };
-    let n = diesel::sql_query(sql)
-        .bind::<Nullable<Array<SqlUuid>>, _>(ids)
-        .bind::<Nullable<Text>, _>(topic)
-        .execute(conn)
-        .await?;
-    Ok(n as u64)
+    conn.transaction::<_, crate::Error, _>(async |tx| {
+        let touched: Vec<Touched> = diesel::sql_query(sql)
+            .bind::<Nullable<Array<SqlUuid>>, _>(ids)
+            .bind::<Nullable<Text>, _>(topic)
+            .load(tx)
+            .await?;
+        let keyed: Vec<(&str, &str)> =
+            touched.iter().filter_map(|t| Some((t.topic.as_str(), t.key.as_deref()?))).collect();
+        if !keyed.is_empty() {
+            diesel::sql_query(RELEASE_HELD)
+                .bind::<Array<Text>, _>(keyed.iter().map(|k| k.0).collect::<Vec<_>>())
+                .bind::<Array<Text>, _>(keyed.iter().map(|k| k.1).collect::<Vec<_>>())
+                .execute(tx)
+                .await?;
+        }
+        Ok(touched.len() as u64)
+    })
+    .await
 }
 
 // Newest first, served by the index inbox_dead_letters_group when a group is given.

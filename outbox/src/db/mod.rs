@@ -52,19 +52,20 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
 
     // The relay.
     #[doc(hidden)]
-    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>>;
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>>;
     #[doc(hidden)]
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>>;
+    /// The name of a relay other than `name` that holds a live lease on this outbox, if any.
+    #[doc(hidden)]
+    async fn rival_lease(&mut self, name: &str) -> Result<Option<String>>;
     #[doc(hidden)]
     async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()>;
     #[doc(hidden)]
-    async fn mark(
-        &mut self,
-        fence: Fence<'_>,
-        sent: &[i64],
-        failures: &[Failure],
-        delete_sent: bool,
-    ) -> Result<Option<Marked>>;
+    async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>>;
+    /// Releases held rows whose key no longer has a failing row ahead of them (a hold that raced
+    /// an operator's retry or discard). Returns how many were released.
+    #[doc(hidden)]
+    async fn release_orphans(&mut self) -> Result<usize>;
     #[doc(hidden)]
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize>;
     #[doc(hidden)]
@@ -126,6 +127,24 @@ pub struct Claimed {
     pub headers: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
     pub attempts: i32,
+    /// An earlier row of its key is failing: not produced; the mark holds it (see [`Marks::hold`]).
+    /// Its payload is not loaded.
+    pub blocked: bool,
+}
+
+/// Everything one fenced mark transaction records for a finished batch.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Marks<'a> {
+    /// Acknowledged by Kafka: deleted, or kept with `sent_at`.
+    pub sent: &'a [i64],
+    pub delete_sent: bool,
+    pub failures: &'a [Failure],
+    /// Rows the claim found blocked by a failing earlier row of their key: held (out of the
+    /// pending index) if they are still blocked now.
+    pub hold: &'a [i64],
+    /// (topic, key) of sent rows that had failed before: their key's held rows are released.
+    pub release: &'a [(String, String)],
 }
 
 /// A failed delivery to record.
@@ -138,7 +157,9 @@ pub struct Failure {
     /// Park now regardless of the attempt count (the record itself is unacceptable).
     pub park_now: bool,
     /// Whether this failure counts as an attempt. Only the first failing row of a key in a
-    /// batch counts (it is the key's head); the key's later rows failed with it and just wait.
+    /// batch counts (it is the key's head): it gets the retry delay, and holds its key back.
+    /// The key's later rows failed with it and keep their due time, so they can never become
+    /// due before the head (which a row of its own delay could: per-key order broken).
     pub counted: bool,
 }
 
@@ -151,7 +172,7 @@ pub struct InFlight {
     pub rows: i64,
 }
 
-/// Who marks: the lease this relay must still hold for its marks to count.
+/// Who claims or marks: the lease this relay must still hold for its claim or marks to count.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Fence<'a> {
@@ -168,6 +189,8 @@ pub struct Marked {
     pub sent: usize,
     pub failed: usize,
     pub parked: usize,
+    pub held: usize,
+    pub released: usize,
 }
 
 /// For the relay's gauges.

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::prepared::prepared;
 use super::{
-    Backlog, Claimed, ConnPool, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage,
+    Backlog, Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;
@@ -50,21 +50,44 @@ struct ClaimedRow {
     pub occurred_at: DateTime<Utc>,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub blocked: bool,
 }
 
-// Due, unsent, unparked rows in seq order. The NOT EXISTS keeps per-key order across retries:
-// a row waits while an earlier row of its key is parked or waiting for its retry. Only rows that
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+// "An earlier unsent row of m's key is failing": parked, or waiting for its retry. Only rows that
 // already failed (attempts > 0) can block, so the probe uses the small partial index
-// outbox_messages_key_blocked. No high-water mark: a row whose transaction committed late (lower
-// seq than rows already sent) is simply picked up by the next claim.
-const CLAIMABLE: &str = "
-FROM outbox_messages m
-WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= now()
-  AND NOT EXISTS (
-      SELECT 1 FROM outbox_messages b
-      WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq
-        AND b.sent_at IS NULL AND b.attempts > 0
-        AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
+// outbox_messages_key_blocked, which holds a hash of the key (a long key cannot overflow a
+// btree entry); key = key confirms the hash.
+macro_rules! blocked_by_earlier_row {
+    () => {
+        "EXISTS (SELECT 1 FROM outbox_messages b
+          WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
+            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0
+            AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))"
+    };
+}
+
+// Due, unsent, unparked, unheld rows in seq order, each with whether it is blocked (see above).
+// Blocked rows are returned too, without their payload, and take a place in the batch: the mark
+// holds them, so a blocked key's backlog is walked once, not by every claim. No high-water mark:
+// a row whose transaction committed late (lower seq than rows already sent) is simply picked up
+// by the next claim. The lease check ($5..$7) is in the same statement, so a relay that was
+// paused past its lease claims nothing once another relay took over.
+const CLAIMABLE: &str = concat!(
+    "
+FROM outbox_messages m CROSS JOIN LATERAL (SELECT ",
+    blocked_by_earlier_row!(),
+    " AS blocked) k
+WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND NOT m.held AND m.next_attempt_at <= now()
+  AND EXISTS (SELECT 1 FROM outbox_relay_leases l
+               WHERE l.name = $5 AND l.owner = $6 AND l.epoch = $7 AND l.expires_at > now())"
+);
 
 // While batches are in flight, their rows fill [$3, $2]. The InitPlan counts the due, unsent
 // rows there: more than the $4 in flight means a transaction committed late with a seq inside
@@ -80,21 +103,35 @@ const CLAIM_ABOVE_WINDOW: &str = "
   AND m.seq > $2
   AND (SELECT count(*) FROM (
          SELECT 1 FROM outbox_messages w
-          WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL
+          WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL AND NOT w.held
             AND w.next_attempt_at <= now()
           ORDER BY w.seq LIMIT $4 + 1) AS due) <= $4";
 
 // Takes the lease when it is free or expired (bumping the fencing epoch), or keeps it when it is
 // already ours. A plain row, not an advisory lock: survives PgBouncer's transaction mode.
+//
+// Relays of different names over one table would each publish everything, so none takes its
+// lease while a relay of another name holds a live one; if two got in at once, the lower name
+// keeps it and the other stands by at its next renewal.
 const ACQUIRE: &str = "
 INSERT INTO outbox_relay_leases AS l (name, owner, epoch, expires_at)
-VALUES ($1, $2, 1, now() + $3)
+SELECT $1, $2, 1, now() + $3
+ WHERE NOT EXISTS (
+       SELECT 1 FROM outbox_relay_leases r
+        WHERE r.name <> $1 AND r.owner IS NOT NULL AND r.expires_at > now()
+          AND (r.name < $1 OR NOT EXISTS (
+               SELECT 1 FROM outbox_relay_leases s
+                WHERE s.name = $1 AND s.owner = $2 AND s.expires_at > now())))
 ON CONFLICT (name) DO UPDATE
    SET owner = EXCLUDED.owner,
        epoch = CASE WHEN l.owner = EXCLUDED.owner THEN l.epoch ELSE l.epoch + 1 END,
        expires_at = EXCLUDED.expires_at
  WHERE l.owner = EXCLUDED.owner OR l.owner IS NULL OR l.expires_at < now()
 RETURNING l.epoch";
+
+const RIVAL: &str = "
+SELECT name FROM outbox_relay_leases
+ WHERE name <> $1 AND owner IS NOT NULL AND expires_at > now() ORDER BY name LIMIT 1";
 
 // Lets another relay take over at once after a graceful shutdown.
 const RELEASE: &str = "
@@ -132,17 +169,43 @@ const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
 
 const MARK_SENT: &str = "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
 
-// One statement for every failure of the batch, each with its own error and retry delay.
+// One statement for every failure of the batch, each with its own error. Only a key's head
+// (counted) gets a retry delay; the key's later rows stay due and are held behind it.
 const RECORD_FAILURES: &str = "
 UPDATE outbox_messages m
    SET attempts = m.attempts + f.counted::int,
        last_error = f.error,
-       next_attempt_at = now() + make_interval(secs => f.retry_secs),
+       next_attempt_at = CASE WHEN f.counted THEN now() + make_interval(secs => f.retry_secs)
+                              ELSE m.next_attempt_at END,
        parked_at = CASE WHEN f.counted AND (f.park_now OR m.attempts + 1 >= $5) THEN now() END
   FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[], $6::bool[])
        AS f(seq, error, retry_secs, park_now, counted)
  WHERE m.seq = f.seq
 RETURNING m.seq, m.parked_at IS NOT NULL AS parked";
+
+// The rows a claim found blocked, if they still are (checked under the fence, after this
+// batch's failures are recorded).
+const HOLD: &str = concat!(
+    "
+UPDATE outbox_messages m SET held = true
+ WHERE m.seq = ANY($1) AND m.sent_at IS NULL AND m.parked_at IS NULL AND NOT m.held AND ",
+    blocked_by_earlier_row!()
+);
+
+// A sent row that had failed was its key's head: the rows held behind it go back to the pending
+// index, unless another failing row of the key still blocks them.
+const RELEASE_KEYS: &str = concat!(
+    "
+UPDATE outbox_messages m SET held = false
+  FROM unnest($1::text[], $2::text[]) AS r(topic, key)
+ WHERE m.held AND m.topic = r.topic AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0)
+   AND m.key = r.key AND NOT ",
+    blocked_by_earlier_row!()
+);
+
+// Held rows with nothing failing ahead of them any more (walks the small held index).
+const RELEASE_ORPHANS: &str =
+    concat!("UPDATE outbox_messages m SET held = false WHERE m.held AND NOT ", blocked_by_earlier_row!());
 
 // Retention mode: sent rows older than the retention period, a small batch at a time so the
 // cleanup never holds long locks or produces one huge WAL burst.
@@ -165,8 +228,9 @@ WHERE tgname = 'outbox_messages_notify' AND tgrelid = 'outbox_messages'::regclas
 // The claim's SQL, built once.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, \
-         m.attempts {CLAIMABLE} {CLAIM_ABOVE_WINDOW} ORDER BY m.seq LIMIT $1"
+        "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, \
+         CASE WHEN k.blocked THEN ''::bytea ELSE m.payload END AS payload, m.headers, m.occurred_at, \
+         m.attempts, k.blocked {CLAIMABLE} {CLAIM_ABOVE_WINDOW} ORDER BY m.seq LIMIT $1"
     )
 });
 
@@ -239,6 +303,10 @@ struct DeadLetterRow<'a> {
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/postgres/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/postgres/00000000000002_inbox/up.sql")),
+    (
+        "00000000000004_relay_held_keys",
+        include_str!("../../../migrations/postgres/00000000000004_relay_held_keys/up.sql"),
+    ),
 ];
 
 // Serialises concurrent `migrate` calls (several service instances starting at once).
@@ -314,12 +382,15 @@ impl Database for AsyncPgConnection {
         Ok(())
     }
 
-    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
         let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(in_flight.last)
             .bind::<BigInt, _>(in_flight.first)
             .bind::<BigInt, _>(in_flight.rows)
+            .bind::<Text, _>(holder.lease)
+            .bind::<SqlUuid, _>(holder.owner)
+            .bind::<BigInt, _>(holder.epoch)
             .load(self)
             .await?;
         Ok(rows
@@ -335,8 +406,18 @@ impl Database for AsyncPgConnection {
                 headers: r.headers,
                 occurred_at: r.occurred_at,
                 attempts: r.attempts,
+                blocked: r.blocked,
             })
             .collect())
+    }
+
+    async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
+        let rows: Vec<Name> = prepared(RIVAL).bind::<Text, _>(name).load(self).await?;
+        Ok(rows.into_iter().next().map(|r| r.name))
+    }
+
+    async fn release_orphans(&mut self) -> Result<usize> {
+        Ok(prepared(RELEASE_ORPHANS).execute(self).await?)
     }
 
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
@@ -359,13 +440,7 @@ impl Database for AsyncPgConnection {
         Ok(())
     }
 
-    async fn mark(
-        &mut self,
-        fence: Fence<'_>,
-        sent: &[i64],
-        failures: &[Failure],
-        delete_sent: bool,
-    ) -> Result<Option<Marked>> {
+    async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>> {
         self.transaction::<_, crate::Error, _>(async |tx| {
             let held: Vec<Epoch> = prepared(FENCE)
                 .bind::<Text, _>(fence.lease)
@@ -377,10 +452,11 @@ impl Database for AsyncPgConnection {
                 return Ok(None);
             }
             let mut marked = Marked::default();
-            if !sent.is_empty() {
-                let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
-                marked.sent = prepared(sql).bind::<Array<BigInt>, _>(sent).execute(tx).await?;
+            if !marks.sent.is_empty() {
+                let sql = if marks.delete_sent { DELETE_SENT } else { MARK_SENT };
+                marked.sent = prepared(sql).bind::<Array<BigInt>, _>(marks.sent).execute(tx).await?;
             }
+            let failures = marks.failures;
             if !failures.is_empty() {
                 let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
                 let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
@@ -398,6 +474,18 @@ impl Database for AsyncPgConnection {
                     .await?;
                 marked.failed = rows.len();
                 marked.parked = rows.iter().filter(|r| r.parked).count();
+            }
+            if !marks.release.is_empty() {
+                let topics: Vec<&str> = marks.release.iter().map(|(t, _)| t.as_str()).collect();
+                let keys: Vec<&str> = marks.release.iter().map(|(_, k)| k.as_str()).collect();
+                marked.released = prepared(RELEASE_KEYS)
+                    .bind::<Array<Text>, _>(topics)
+                    .bind::<Array<Text>, _>(keys)
+                    .execute(tx)
+                    .await?;
+            }
+            if !marks.hold.is_empty() {
+                marked.held = prepared(HOLD).bind::<Array<BigInt>, _>(marks.hold).execute(tx).await?;
             }
             Ok(Some(marked))
         })

@@ -15,7 +15,7 @@ use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
-use super::{Backlog, Claimed, Database, Failure, Fence, InFlight, Marked, NewDeadLetter, NewDedup, NewMessage};
+use super::{Backlog, Claimed, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage};
 use crate::{Error, ErrorKind, Result};
 
 /// The SQLite connection type the SDK works with.
@@ -27,6 +27,10 @@ impl super::private::Sealed for SqliteConnection {}
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
+    (
+        "00000000000004_relay_held_keys",
+        include_str!("../../../migrations/sqlite/00000000000004_relay_held_keys/up.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch, in SQL.
@@ -87,6 +91,14 @@ struct ClaimedRow {
     occurred_at: String,
     #[diesel(sql_type = Integer)]
     attempts: i32,
+    #[diesel(sql_type = Bool)]
+    blocked: bool,
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
 }
 
 impl ClaimedRow {
@@ -107,37 +119,66 @@ impl ClaimedRow {
             event_version: self.event_version,
             payload: self.payload,
             attempts: self.attempts,
+            blocked: self.blocked,
         })
     }
+}
+
+/// "An earlier unsent row of m's key is failing" (see db/postgres.rs).
+macro_rules! blocked_by_earlier_row {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
+            "AND b.sent_at IS NULL AND b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
+            now_ms!(),
+            "))"
+        )
+    };
 }
 
 // The same claim as PostgreSQL's (see db/postgres.rs for why each clause is there). SQLite has
 // one writer at a time, so seqs become visible in order and the in-flight guard never fires;
 // it is kept so both backends run the same relay logic.
 const CLAIM: &str = concat!(
-    "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, m.payload, m.headers, m.occurred_at, ",
-    "m.attempts FROM outbox_messages m ",
-    "WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.next_attempt_at <= ",
+    "SELECT seq, id, topic, key, event_type, event_version, CASE WHEN blocked THEN X'' ELSE payload END AS payload, ",
+    "headers, occurred_at, attempts, blocked FROM (",
+    "SELECT m.*, ",
+    blocked_by_earlier_row!(),
+    " AS blocked FROM outbox_messages m ",
+    "WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.held = 0 AND m.next_attempt_at <= ",
     now_ms!(),
-    " AND NOT EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
-    "AND b.sent_at IS NULL AND b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
+    " AND EXISTS (SELECT 1 FROM outbox_relay_leases l WHERE l.name = ?5 AND l.owner = ?6 AND l.epoch = ?7 ",
+    "AND l.expires_at > ",
     now_ms!(),
-    ")) AND m.seq > ?2 AND (SELECT count(*) FROM outbox_messages w WHERE w.seq <= ?2 AND ?3 <= ?2 ",
-    "AND w.sent_at IS NULL AND w.parked_at IS NULL AND w.next_attempt_at <= ",
+    ") AND m.seq > ?2 AND (SELECT count(*) FROM outbox_messages w WHERE w.seq <= ?2 AND ?3 <= ?2 ",
+    "AND w.sent_at IS NULL AND w.parked_at IS NULL AND w.held = 0 AND w.next_attempt_at <= ",
     now_ms!(),
-    ") <= ?4 ORDER BY m.seq LIMIT ?1"
+    ") <= ?4 ORDER BY m.seq LIMIT ?1) ORDER BY seq"
 );
 
+// As on PostgreSQL: no lease while a relay of another name holds a live one (db/postgres.rs).
 const ACQUIRE: &str = concat!(
-    "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) VALUES (?1, ?2, 1, ",
+    "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) SELECT ?1, ?2, 1, ",
     now_ms!(),
-    " + ?3) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, ",
+    " + ?3 WHERE NOT EXISTS (SELECT 1 FROM outbox_relay_leases r WHERE r.name <> ?1 AND r.owner IS NOT NULL ",
+    "AND r.expires_at > ",
+    now_ms!(),
+    " AND (r.name < ?1 OR NOT EXISTS (SELECT 1 FROM outbox_relay_leases s WHERE s.name = ?1 AND s.owner = ?2 ",
+    "AND s.expires_at > ",
+    now_ms!(),
+    "))) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, ",
     "epoch = CASE WHEN outbox_relay_leases.owner = excluded.owner THEN outbox_relay_leases.epoch ",
     "ELSE outbox_relay_leases.epoch + 1 END, expires_at = excluded.expires_at ",
     "WHERE outbox_relay_leases.owner = excluded.owner OR outbox_relay_leases.owner IS NULL ",
     "OR outbox_relay_leases.expires_at < ",
     now_ms!(),
     " RETURNING epoch"
+);
+
+const RIVAL: &str = concat!(
+    "SELECT name FROM outbox_relay_leases WHERE name <> ?1 AND owner IS NOT NULL AND expires_at > ",
+    now_ms!(),
+    " ORDER BY name LIMIT 1"
 );
 
 const RELEASE: &str = "UPDATE outbox_relay_leases SET owner = NULL, expires_at = 0 \
@@ -152,13 +193,29 @@ const MARK_SENT: &str = concat!(
     ", last_error = NULL WHERE seq IN (SELECT value FROM json_each(?1))"
 );
 
+// Only a key's head (counted) gets a retry delay; its later rows stay due (db/postgres.rs).
 const RECORD_FAILURE: &str = concat!(
-    "UPDATE outbox_messages SET attempts = attempts + ?2, last_error = ?3, next_attempt_at = ",
+    "UPDATE outbox_messages SET attempts = attempts + ?2, last_error = ?3, next_attempt_at = CASE WHEN ?2 = 1 THEN ",
     now_ms!(),
-    " + ?4, parked_at = CASE WHEN ?2 = 1 AND (?5 OR attempts + 1 >= ?6) THEN ",
+    " + ?4 ELSE next_attempt_at END, parked_at = CASE WHEN ?2 = 1 AND (?5 OR attempts + 1 >= ?6) THEN ",
     now_ms!(),
     " END WHERE seq = ?1 RETURNING parked_at IS NOT NULL AS parked"
 );
+
+const HOLD: &str = concat!(
+    "UPDATE outbox_messages AS m SET held = 1 WHERE m.seq IN (SELECT value FROM json_each(?1)) ",
+    "AND m.sent_at IS NULL AND m.parked_at IS NULL AND m.held = 0 AND ",
+    blocked_by_earlier_row!()
+);
+
+const RELEASE_KEYS: &str = concat!(
+    "UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND EXISTS (SELECT 1 FROM json_each(?1) r ",
+    "WHERE json_extract(r.value, '$[0]') = m.topic AND json_extract(r.value, '$[1]') = m.key) AND NOT ",
+    blocked_by_earlier_row!()
+);
+
+const RELEASE_ORPHANS: &str =
+    concat!("UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND NOT ", blocked_by_earlier_row!());
 
 const CLEANUP: &str = concat!(
     "DELETE FROM outbox_messages WHERE seq IN (SELECT seq FROM outbox_messages WHERE sent_at < ",
@@ -267,15 +324,27 @@ impl Database for SqliteConnection {
         Ok(())
     }
 
-    async fn claim(&mut self, limit: i64, in_flight: InFlight) -> Result<Vec<Claimed>> {
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
         let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM)
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(in_flight.last)
             .bind::<BigInt, _>(in_flight.first)
             .bind::<BigInt, _>(in_flight.rows)
+            .bind::<Text, _>(holder.lease)
+            .bind::<Text, _>(holder.owner.hyphenated().to_string())
+            .bind::<BigInt, _>(holder.epoch)
             .load(self)
             .await?;
         rows.into_iter().map(ClaimedRow::into_claimed).collect()
+    }
+
+    async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
+        let rows: Vec<Name> = diesel::sql_query(RIVAL).bind::<Text, _>(name).load(self).await?;
+        Ok(rows.into_iter().next().map(|r| r.name))
+    }
+
+    async fn release_orphans(&mut self) -> Result<usize> {
+        Ok(diesel::sql_query(RELEASE_ORPHANS).execute(self).await?)
     }
 
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
@@ -298,17 +367,15 @@ impl Database for SqliteConnection {
         Ok(())
     }
 
-    async fn mark(
-        &mut self,
-        fence: Fence<'_>,
-        sent: &[i64],
-        failures: &[Failure],
-        delete_sent: bool,
-    ) -> Result<Option<Marked>> {
+    async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>> {
         let lease = fence.lease.to_owned();
         let owner = fence.owner.hyphenated().to_string();
-        let sent_json = json_array(sent);
-        let failures = failures.to_vec();
+        let sent_json = json_array(marks.sent);
+        let hold_json = json_array(marks.hold);
+        let release_json = json_array(marks.release);
+        let (sent, hold, release, delete_sent) =
+            (!marks.sent.is_empty(), !marks.hold.is_empty(), !marks.release.is_empty(), marks.delete_sent);
+        let failures = marks.failures.to_vec();
         self.immediate_transaction::<_, Error, _>(async |tx| {
             let held: Vec<Epoch> = diesel::sql_query(FENCE)
                 .bind::<Text, _>(lease)
@@ -320,7 +387,7 @@ impl Database for SqliteConnection {
                 return Ok(None);
             }
             let mut marked = Marked::default();
-            if !sent.is_empty() {
+            if sent {
                 let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
                 marked.sent = diesel::sql_query(sql).bind::<Text, _>(sent_json).execute(tx).await?;
             }
@@ -336,6 +403,12 @@ impl Database for SqliteConnection {
                     .await?;
                 marked.failed += rows.len();
                 marked.parked += rows.iter().filter(|r| r.parked).count();
+            }
+            if release {
+                marked.released = diesel::sql_query(RELEASE_KEYS).bind::<Text, _>(release_json).execute(tx).await?;
+            }
+            if hold {
+                marked.held = diesel::sql_query(HOLD).bind::<Text, _>(hold_json).execute(tx).await?;
             }
             Ok(Some(marked))
         })

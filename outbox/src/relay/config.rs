@@ -204,6 +204,6 @@ impl<C: Database> RelayBuilder<C> {
         let producer = producer_config
             .create()
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
-        Ok(Relay { pool: self.pool, producer, producer_config, config: self.config })
+        Ok(Relay { pool: self.pool, producer, producer_config, config: self.config, marked: false })
     }
 }

@@ -41,7 +41,7 @@ use uuid::Uuid;
 
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
-use crate::db::{ConnPool, Database, Fence, InFlight};
+use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
 use crate::{Error, KafkaConfig, Result, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
@@ -50,6 +50,8 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     producer: FutureProducer,
     producer_config: ClientConfig,
     config: RelayConfig,
+    /// A batch was marked since the run loop last looked: the relay is making progress.
+    marked: bool,
 }
 
 impl<C: Database> std::fmt::Debug for Relay<C> {
@@ -62,7 +64,13 @@ struct Lease {
     owner: Uuid,
     epoch: Option<i64>,
     renewed: Instant,
+    /// A relay of another name holding a live lease on this outbox (logged once per change).
+    rival: Option<String>,
 }
+
+/// How often the lease holder releases held rows whose failing row was retried or discarded by
+/// an operator while the hold was being written (see `Database::release_orphans`).
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl<C: Database> Relay<C> {
     /// A relay over `pool` (PostgreSQL, or SQLite with the `sqlite` feature) publishing with
@@ -80,7 +88,7 @@ impl<C: Database> Relay<C> {
     /// stops claiming, gives the in-flight batch up to `shutdown_timeout` to be acknowledged,
     /// marks what was acknowledged, releases the lease and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now() };
+        let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now(), rival: None };
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();
         let background = shutdown.child_token();
@@ -100,7 +108,11 @@ impl<C: Database> Relay<C> {
             let before = wakeup::seen();
             match self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut last_gauges).await {
                 Ok(Round::Busy) => {
-                    failures_in_a_row = 0;
+                    // Only a batch marked is progress: a claim that succeeds before every mark
+                    // fails must not reset the backoff (it would republish ~10 times a second).
+                    if std::mem::take(&mut self.marked) {
+                        failures_in_a_row = 0;
+                    }
                     burst = None;
                 }
                 Ok(Round::Idle) => {
@@ -140,7 +152,8 @@ impl<C: Database> Relay<C> {
                     pipeline.held.clear();
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
-                    warn!(error = %e, retry_in = ?delay, "relay round failed");
+                    let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    warn!(error = %e, retry_in = ?delay, retry_in_ms, failures_in_a_row, "relay round failed");
                     self.idle(&wake, &shutdown, delay, wakeup::seen()).await;
                 }
             }
@@ -237,6 +250,18 @@ impl<C: Database> Relay<C> {
             }
             lease.epoch = epoch;
             lease.renewed = renewed;
+            let rival = if epoch.is_none() { conn.rival_lease(&self.config.name).await? } else { None };
+            if rival != lease.rival {
+                if let Some(other) = &rival {
+                    tracing::error!(
+                        relay = %self.config.name,
+                        other = %other,
+                        "a relay named `{other}` holds a live lease on this outbox: relays over one outbox table \
+                         must share one name (two names would both publish every message); standing by until it stops"
+                    );
+                }
+                lease.rival = rival;
+            }
         }
         let Some(epoch) = lease.epoch else {
             // Whatever is still in flight stays unmarked ("maybe sent"); the new leader resends it.
@@ -244,6 +269,13 @@ impl<C: Database> Relay<C> {
             pipeline.held.clear();
             return Ok(Round::Standby);
         };
+        if pipeline.last_sweep.is_none_or(|t| t.elapsed() >= ORPHAN_SWEEP_INTERVAL) {
+            pipeline.last_sweep = Some(Instant::now());
+            let released = conn.release_orphans().await?;
+            if released > 0 {
+                debug!(released, "relay: released held rows with no failing row ahead of them");
+            }
+        }
         if last_gauges.elapsed() >= self.config.metrics_interval {
             *last_gauges = Instant::now();
             let b = conn.backlog().await?;
@@ -262,7 +294,8 @@ impl<C: Database> Relay<C> {
         };
         if claim {
             let seen = wakeup::seen();
-            let rows = conn.claim(self.config.batch_size as i64, in_flight).await?;
+            let holder = self.fence(lease.owner, epoch);
+            let rows = conn.claim(self.config.batch_size as i64, in_flight, holder).await?;
             pipeline.drained = (rows.len() < self.config.batch_size).then_some(seen);
             // Never hold a pooled connection while waiting for Kafka; released, it stays warm
             // for the mark or the next claim (no check-out test, see `db::ConnPool`).
@@ -288,6 +321,10 @@ impl<C: Database> Relay<C> {
         Ok(Round::Busy)
     }
 
+    fn fence(&self, owner: Uuid, epoch: i64) -> Fence<'_> {
+        Fence { lease: &self.config.name, owner, epoch, max_attempts: self.config.max_attempts as i32 }
+    }
+
     /// Waits for a produced batch's delivery reports and marks it under the fence.
     async fn finish(
         &mut self,
@@ -309,14 +346,14 @@ impl<C: Database> Relay<C> {
                 self.producer = self.producer_config.create().map_err(Error::from)?;
             }
             let mut conn = self.pool.get().await?;
-            let delete = matches!(self.config.after_send, AfterSend::Delete);
-            let fence = Fence {
-                lease: &self.config.name,
-                owner: lease.owner,
-                epoch,
-                max_attempts: self.config.max_attempts as i32,
+            let marks = Marks {
+                sent: &outcome.sent,
+                delete_sent: matches!(self.config.after_send, AfterSend::Delete),
+                failures: &outcome.failures,
+                hold: &outcome.hold,
+                release: &outcome.release,
             };
-            let marked = conn.mark(fence, &outcome.sent, &outcome.failures, delete).await?;
+            let marked = conn.mark(self.fence(lease.owner, epoch), &marks).await?;
             conn.release();
             match marked {
                 None => {
@@ -324,6 +361,10 @@ impl<C: Database> Relay<C> {
                     lease.epoch = None;
                 }
                 Some(m) => {
+                    self.marked = true;
+                    if m.held > 0 || m.released > 0 {
+                        debug!(held = m.held, released = m.released, "rows held behind a failing row of their key");
+                    }
                     metrics::counter!("outbox_published_total").increment(m.sent as u64);
                     metrics::counter!("outbox_publish_failures_total").increment(m.failed as u64);
                     metrics::counter!("outbox_parked_total").increment(m.parked as u64);
@@ -351,6 +392,8 @@ struct Pipeline {
     /// Set when a claim returned less than a full batch: what this process's writers had
     /// signalled just before it (see [`Pipeline::quiet`]).
     drained: Option<wakeup::Seen>,
+    /// When held rows were last checked for a failing row ahead of them.
+    last_sweep: Option<Instant>,
 }
 
 impl Pipeline {

@@ -25,6 +25,10 @@ pub(crate) struct Outcome {
     pub failures: Vec<Failure>,
     /// The producer hit a fatal error and must be recreated.
     pub fatal: bool,
+    /// Claimed but blocked by a failing earlier row of their key: to be held.
+    pub hold: Vec<i64>,
+    /// (topic, key) of acknowledged rows that had failed before: their held rows are released.
+    pub release: Vec<(String, String)>,
 }
 
 /// Exponential backoff with "equal jitter": between half and all of `min(base * 2^(n-1), max)`.
@@ -122,6 +126,9 @@ pub(crate) async fn produce(
     let mut indexes = Vec::with_capacity(rows.len());
     let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
+        if row.blocked {
+            continue; // held by the mark, never produced
+        }
         if let Some(key) = row.key.as_deref()
             && held.contains(&(row.topic.clone(), key.to_owned()))
         {
@@ -177,12 +184,20 @@ pub(crate) async fn collect(
         }
     };
     let Produced { rows, indexes, reports, rejected, .. } = batch;
-    let mut outcome = Outcome::default();
+    let mut outcome =
+        Outcome { hold: rows.iter().filter(|r| r.blocked).map(|r| r.seq).collect(), ..Outcome::default() };
     let mut failed: Vec<(usize, KafkaError)> = rejected;
     for (index, report) in indexes.into_iter().zip(reports.unwrap_or_default()) {
         let row = &rows[index];
         match report {
-            Ok(Ok(_delivery)) => outcome.sent.push(row.seq),
+            Ok(Ok(_delivery)) => {
+                outcome.sent.push(row.seq);
+                if row.attempts > 0
+                    && let Some(key) = &row.key
+                {
+                    outcome.release.push((row.topic.clone(), key.clone()));
+                }
+            }
             Ok(Err((e, _))) => {
                 let code = e.rdkafka_error_code();
                 if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
