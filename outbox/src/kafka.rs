@@ -118,12 +118,35 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true").set("acks", "all");
         // linger.ms=1: the relay hands librdkafka a whole batch at once, so lingering buys no
         // batching, only latency on the last messages of each batch.
-        for (k, v) in [("linger.ms", "1"), ("compression.type", "lz4"), ("message.timeout.ms", "300000")] {
+        for (k, v) in [("linger.ms", "1"), ("compression.type", "lz4")] {
             if self.get(k).is_none() {
                 c.set(k, v);
             }
         }
+        // librdkafka times messages out one by one and then sends the later messages of the same
+        // partition (it bumps the idempotent producer's epoch and goes on), so a key's later
+        // message could be acknowledged after an earlier one failed. The relay keeps the timeout
+        // itself (`delivery_timeout`) and, when it expires, purges everything in flight at once:
+        // what reaches the broker is then a prefix of each partition's messages.
+        self.delivery_timeout()?;
+        c.remove("delivery.timeout.ms");
+        c.set("message.timeout.ms", "0");
         Ok(c)
+    }
+
+    /// How long the relay waits for a batch's acknowledgements before it fails every message
+    /// still in flight: `message.timeout.ms` (or its alias `delivery.timeout.ms`), default
+    /// 300,000 ms as in librdkafka. `0` means wait forever.
+    pub(crate) fn delivery_timeout(&self) -> Result<Option<std::time::Duration>> {
+        let key = if self.get("message.timeout.ms").is_some() { "message.timeout.ms" } else { "delivery.timeout.ms" };
+        let ms = match self.get(key) {
+            None => 300_000,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| Error::config(format!("kafka: `{key}={v}` is not a number of milliseconds")))?,
+        };
+        Ok((ms > 0).then(|| std::time::Duration::from_millis(ms)))
     }
 }
 

@@ -60,16 +60,27 @@ struct Name {
     name: String,
 }
 
-// "An earlier unsent row of m's key is failing": parked, or waiting for its retry. Only rows that
-// already failed (attempts > 0) can block, so the probe uses the small partial index
-// outbox_messages_key_blocked, which holds a hash of the key (a long key cannot overflow a
-// btree entry); key = key confirms the hash.
+// "An earlier unsent row of m's key is held, or failing (parked, or waiting for its retry)".
+// Only rows that failed (attempts > 0) or are held can block, so the probe uses the small
+// partial index outbox_messages_key_blocked, which holds a hash of the key (a long key cannot
+// overflow a btree entry); key = key confirms the hash.
 macro_rules! blocked_by_earlier_row {
     () => {
         "EXISTS (SELECT 1 FROM outbox_messages b
           WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0
-            AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))"
+            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL
+            AND (b.held OR (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))))"
+    };
+}
+
+// "An earlier unsent row of m's key is failing" (held rows do not count: a key's held rows are
+// released together, in one statement, once nothing fails ahead of them).
+macro_rules! failing_earlier_row {
+    () => {
+        "EXISTS (SELECT 1 FROM outbox_messages b
+          WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
+            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL
+            AND (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now())))"
     };
 }
 
@@ -200,12 +211,12 @@ UPDATE outbox_messages m SET held = false
   FROM unnest($1::text[], $2::text[]) AS r(topic, key)
  WHERE m.held AND m.topic = r.topic AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0)
    AND m.key = r.key AND NOT ",
-    blocked_by_earlier_row!()
+    failing_earlier_row!()
 );
 
-// Held rows with nothing failing ahead of them any more (walks the small held index).
+// Held rows with nothing failing ahead of them any more (walks the small key_blocked index).
 const RELEASE_ORPHANS: &str =
-    concat!("UPDATE outbox_messages m SET held = false WHERE m.held AND NOT ", blocked_by_earlier_row!());
+    concat!("UPDATE outbox_messages m SET held = false WHERE m.held AND NOT ", failing_earlier_row!());
 
 // Retention mode: sent rows older than the retention period, a small batch at a time so the
 // cleanup never holds long locks or produces one huge WAL burst.

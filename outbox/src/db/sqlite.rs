@@ -124,8 +124,20 @@ impl ClaimedRow {
     }
 }
 
-/// "An earlier unsent row of m's key is failing" (see db/postgres.rs).
+/// "An earlier unsent row of m's key is held, or failing" (see db/postgres.rs).
 macro_rules! blocked_by_earlier_row {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
+            "AND b.sent_at IS NULL AND (b.held = 1 OR (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
+            now_ms!(),
+            "))))"
+        )
+    };
+}
+
+/// "An earlier unsent row of m's key is failing" (see db/postgres.rs).
+macro_rules! failing_earlier_row {
     () => {
         concat!(
             "EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
@@ -211,11 +223,11 @@ const HOLD: &str = concat!(
 const RELEASE_KEYS: &str = concat!(
     "UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND EXISTS (SELECT 1 FROM json_each(?1) r ",
     "WHERE json_extract(r.value, '$[0]') = m.topic AND json_extract(r.value, '$[1]') = m.key) AND NOT ",
-    blocked_by_earlier_row!()
+    failing_earlier_row!()
 );
 
 const RELEASE_ORPHANS: &str =
-    concat!("UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND NOT ", blocked_by_earlier_row!());
+    concat!("UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND NOT ", failing_earlier_row!());
 
 const CLEANUP: &str = concat!(
     "DELETE FROM outbox_messages WHERE seq IN (SELECT seq FROM outbox_messages WHERE sent_at < ",

@@ -39,6 +39,8 @@ pub struct RelayConfig {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) source: String,
     pub(crate) metrics_interval: Duration,
+    /// From the Kafka configuration's `message.timeout.ms` (see `KafkaConfig::delivery_timeout`).
+    pub(crate) delivery_timeout: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +60,7 @@ impl Default for RelayConfig {
             shutdown_timeout: Duration::from_secs(10),
             source: "outbox".into(),
             metrics_interval: Duration::from_secs(10),
+            delivery_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -196,14 +199,16 @@ impl<C: Database> RelayBuilder<C> {
             return bad("metrics_interval must be positive".into());
         }
         let mut producer_config = self.kafka.producer_config()?;
+        let mut config = self.config;
+        config.delivery_timeout = self.kafka.delivery_timeout()?;
         // The queue must hold a whole batch: the relay produces it without awaiting each message.
-        let queue = (c.batch_size * 2).max(100_000).to_string();
+        let queue = (config.batch_size * 2).max(100_000).to_string();
         if self.kafka.get("queue.buffering.max.messages").is_none() {
             producer_config.set("queue.buffering.max.messages", &queue);
         }
         let producer = producer_config
             .create()
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
-        Ok(Relay { pool: self.pool, producer, producer_config, config: self.config, marked: false })
+        Ok(Relay { pool: self.pool, producer, producer_config, config, marked: false })
     }
 }

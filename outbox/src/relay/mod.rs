@@ -153,7 +153,7 @@ impl<C: Database> Relay<C> {
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                    warn!(error = %e, retry_in = ?delay, retry_in_ms, failures_in_a_row, "relay round failed");
+                    warn!(relay = %self.config.name, error = %e, retry_in = ?delay, retry_in_ms, failures_in_a_row, "relay round failed");
                     self.idle(&wake, &shutdown, delay, wakeup::seen()).await;
                 }
             }
@@ -212,8 +212,16 @@ impl<C: Database> Relay<C> {
             if let Some(front) = pipeline.window.front_mut()
                 && still_quiet
             {
+                let deadline = front.deadline(self.config.delivery_timeout);
                 tokio::select! {
                     _ = front.acked() => {}
+                    // Past its delivery timeout: `finish` fails what is still in flight.
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                     _ = &mut local => {}
                     _ = wake.notified() => pipeline.drained = None,
                     _ = shutdown.cancelled() => {}

@@ -2,9 +2,10 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::future::{JoinAll, join_all};
+use futures_util::FutureExt;
+use futures_util::future::join_all;
 use rand::Rng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -88,7 +89,9 @@ pub(crate) struct Produced {
     pub rows: Vec<Claimed>,
     /// Index in `rows` of each delivery report of `pending` (and later `reports`).
     indexes: Vec<usize>,
-    pending: Pin<Box<JoinAll<DeliveryFuture>>>,
+    pending: Pin<Box<dyn Future<Output = Vec<Report>> + Send>>,
+    /// When the batch was handed to the producer (its delivery timeout runs from here).
+    produced_at: Instant,
     /// Every delivery report, once [`Produced::acked`] has seen them all.
     reports: Option<Vec<Report>>,
     /// Rows that failed before reaching the producer's queue: (index in `rows`, error).
@@ -111,6 +114,23 @@ impl Produced {
     pub fn last_seq(&self) -> i64 {
         self.rows.last().map_or(i64::MIN, |r| r.seq)
     }
+
+    /// When the relay gives up waiting for this batch's acknowledgements.
+    pub fn deadline(&self, timeout: Option<Duration>) -> Option<tokio::time::Instant> {
+        timeout.map(|t| tokio::time::Instant::from_std(self.produced_at + t))
+    }
+}
+
+/// Fails everything the producer holds at once (queued and in flight). After a delivery failure
+/// or timeout, no later message of the same partition may still be acknowledged: with the
+/// idempotent producer, what the broker keeps of the purged messages is a prefix of each
+/// partition's sequence, so per-key order survives the resend.
+fn purge_all(producer: &FutureProducer) {
+    producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
+}
+
+fn is_purged(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
 }
 
 /// Hands every row to the producer without awaiting any acknowledgement. A key whose row is
@@ -160,7 +180,26 @@ pub(crate) async fn produce(
             }
         }
     }
-    Produced { rows, indexes, pending: Box::pin(join_all(deliveries)), reports: None, rejected }
+    // The first failed report purges everything in flight: the key's later messages, in this
+    // batch or in the one pipelined behind it, must not be acknowledged after it.
+    let deliveries = deliveries.into_iter().map(|delivery| {
+        let producer = producer.clone();
+        delivery.inspect(move |report| {
+            if let Ok(Err((e, _))) = report
+                && !is_purged(e.rdkafka_error_code())
+            {
+                purge_all(&producer);
+            }
+        })
+    });
+    Produced {
+        rows,
+        indexes,
+        pending: Box::pin(join_all(deliveries)),
+        produced_at: Instant::now(),
+        reports: None,
+        rejected,
+    }
 }
 
 /// Waits for every delivery report of a produced batch. When `shutdown` fires, waits at most
@@ -172,6 +211,8 @@ pub(crate) async fn collect(
     config: &RelayConfig,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    let deadline = batch.deadline(config.delivery_timeout);
+    let mut expired = false;
     tokio::select! {
         _ = batch.acked() => {},
         _ = async {
@@ -182,7 +223,22 @@ pub(crate) async fn collect(
             producer.purge(PurgeConfig::default().queue().inflight());
             batch.acked().await;
         }
+        _ = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        } => {
+            warn!(timeout = ?config.delivery_timeout, "messages not acknowledged in time; failing every message in flight");
+            expired = true;
+            purge_all(producer);
+            batch.acked().await;
+        }
     };
+    // Purged after this batch's own timeout ran out: a failed delivery, recorded as such.
+    // Purged earlier (another message failed, or shutdown): maybe sent, left for the next claim.
+    let expired = expired || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+    let timed_out = || KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
     let Produced { rows, indexes, reports, rejected, .. } = batch;
     let mut outcome =
         Outcome { hold: rows.iter().filter(|r| r.blocked).map(|r| r.seq).collect(), ..Outcome::default() };
@@ -200,7 +256,10 @@ pub(crate) async fn collect(
             }
             Ok(Err((e, _))) => {
                 let code = e.rdkafka_error_code();
-                if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
+                if is_purged(code) {
+                    if expired && !shutdown.is_cancelled() {
+                        failed.push((index, timed_out()));
+                    }
                     continue; // maybe sent: left as it is, produced again by a later claim
                 }
                 if matches!(code, Some(RDKafkaErrorCode::Fatal)) {

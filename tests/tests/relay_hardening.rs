@@ -1,0 +1,346 @@
+//! The relay's own failure paths, each driven until it runs: rows of a failing key keep their
+//! order after relay-level failures, a long key cannot stop the marks, the backoff grows while
+//! marks keep failing, a blocked key's backlog is held (not walked by every claim), a relay
+//! paused past its lease claims nothing, and relays of different names never both publish.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use diesel_async::AsyncConnection;
+use outbox::Database;
+use outbox::db::{Fence, InFlight};
+use tests::relay_support::{self as rs, Happened};
+use tests::{Backend, TestConn, TestDb, TestKafka};
+use tracing_subscriber::layer::SubscriberExt;
+use uuid::Uuid;
+
+tests::backends!(
+    failing_keys_keep_their_order_through_relay_level_failures,
+    a_long_key_that_fails_does_not_stop_the_marks,
+    backoff_grows_while_marks_keep_failing,
+    a_blocked_keys_backlog_is_held_not_walked_by_every_claim,
+    a_relay_paused_past_its_lease_claims_nothing,
+    relays_of_different_names_never_both_publish,
+);
+
+/// Every broker down for longer than `message.timeout.ms`, so every delivery of several rounds
+/// fails in the relay itself (not inside librdkafka): several rows of one key fail in one
+/// batch, get failure records, and must still come out in write order.
+async fn failing_keys_keep_their_order_through_relay_level_failures<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    let Some(mock) = kafka.mock() else {
+        println!("KAFKA_BROKERS is set: taking brokers down needs the mock cluster; not run");
+        return;
+    };
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let mut ids = rs::write_events(&db, 400, 4, 10).await;
+    for b in 1..=3 {
+        mock.broker_down(b).unwrap();
+    }
+    let config = outbox::KafkaConfig::new(kafka.brokers()).set("message.timeout.ms", "300");
+    let relay = rs::relay_with(db.pool(3).await, config)
+        .batch_size(50)
+        .backoff(Duration::from_millis(20), Duration::from_millis(400))
+        .max_attempts(1000)
+        .build()
+        .unwrap();
+    let (stop, task) = rs::spawn(relay);
+    // Keep writing while the failures are recorded: rows written after a failure must wait too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count("SELECT CAST(COALESCE(max(attempts), 0) AS BIGINT) AS n FROM outbox_messages").await < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no relay-level failure was recorded");
+        ids.extend(rs::write_events(&db, 20, 4, 5).await);
+    }
+    let failed = db.count("SELECT count(*) AS n FROM outbox_messages WHERE attempts > 0").await;
+    for b in 1..=3 {
+        mock.broker_up(b).unwrap();
+    }
+    rs::wait_drained(&db, Duration::from_secs(120)).await;
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    println!("{} events, {failed} rows with recorded failures: {report:?}", ids.len());
+}
+
+/// A key longer than a btree entry can hold (~2.7 KB on PostgreSQL) on a row that fails: its
+/// failure record must not roll back the batch's marks.
+async fn a_long_key_that_fails_does_not_stop_the_marks<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let mut ids = rs::write_events(&db, 100, 10, 25).await;
+    let long = Happened::new("L".repeat(40 * 1024), 1_000);
+    let mut conn = db.conn().await;
+    let long_id = conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish(tx, &long).await).await.unwrap();
+    ids.extend(rs::write_events(&db, 100, 10, 25).await);
+    // The long key makes the record larger than the producer accepts: rejected, parked.
+    let config = outbox::KafkaConfig::new(kafka.brokers()).set("message.max.bytes", "32768");
+    let relay = rs::relay_with(db.pool(3).await, config).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    rs::wait_drained(&db, Duration::from_secs(30)).await;
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let report = rs::check_delivery(&records, &ids, &HashSet::from([long_id]));
+    let parked = conn.parked_rows().await;
+    assert_eq!(parked.iter().map(|p| p.0).collect::<Vec<_>>(), vec![long_id], "the long-keyed row is parked");
+    println!("200 events around a 40 KB key: {report:?}; parked with {:?}", parked[0].1);
+}
+
+/// Marks fail (a trigger refuses the DELETE) while claims and produces succeed: the retry delay
+/// must grow with each failed round, not restart at the minimum after every successful claim.
+async fn backoff_grows_while_marks_keep_failing<B: Backend>() {
+    let name = format!("backoff-{}", B::NAME);
+    let delays = round_failure_delays(&name);
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let ids = rs::write_events(&db, 50, 5, 50).await;
+    db.exec(refuse_deletes_sql(B::NAME, true)).await;
+    let relay = rs::relay(db.pool(3).await, &kafka).name(&name).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while delays().len() < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "marks did not fail 6 times: {:?}", delays());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = delays();
+    // Equal jitter on 100 ms doubling: the 6th delay is at least half of 3.2 s.
+    assert!(seen[5] >= 1_600, "retry delays after failed marks do not grow: {seen:?} ms");
+    db.exec(refuse_deletes_sql(B::NAME, false)).await;
+    rs::wait_drained(&db, Duration::from_secs(30)).await;
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    println!("retry delays of the first failed marks: {seen:?} ms; then {report:?}");
+}
+
+/// A parked head with thousands of later rows of its key: claims must not walk them (measured
+/// as index tuples read by the claims on PostgreSQL), and once the head is retried they all
+/// follow in order.
+async fn a_blocked_keys_backlog_is_held_not_walked_by_every_claim<B: Backend>() {
+    const BACKLOG: u64 = 5_000;
+    const CLAIMS: i64 = 40;
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let mut conn = db.conn().await;
+    let mut poison = Happened::new("hot", 0);
+    poison.pad = "p".repeat(64 * 1024);
+    let mut hot =
+        vec![conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish(tx, &poison).await).await.unwrap()];
+    let mut cold = Vec::new();
+    for chunk in 0..BACKLOG / 500 {
+        let events: Vec<Happened> = (0..500).map(|i| Happened::new("hot", 1 + chunk * 500 + i)).collect();
+        hot.extend(
+            conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await).await.unwrap(),
+        );
+        cold.extend(rs::write_events(&db, 10, 5, 10).await);
+    }
+    let small = || outbox::KafkaConfig::new(kafka.brokers()).set("message.max.bytes", "32768");
+    let pool = db.pool(3).await;
+    let relay = rs::relay_with(pool.clone(), small()).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    // Every other key flows; the poison head is parked.
+    let records = rs::read_topic(&kafka, cold.len()).await;
+    rs::check_delivery(&records, &cold, &hot.iter().copied().collect());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while conn.parked_rows().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the oversized head was not parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Events of another key, one transaction at a time: one claim or more each.
+    let before = pending_index_reads::<B>(&db).await;
+    for i in 0..CLAIMS as u64 {
+        let e = Happened::new("cold", 100_000 + i);
+        cold.push(outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &e).await).await.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while db.count("SELECT count(*) AS n FROM outbox_messages WHERE key = 'cold'").await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "event {i} of key `cold` was not published");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    drop(pool);
+    if let Some(before) = before {
+        // Backends flush their statistics when they exit: wait until the claims are counted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut after = pending_index_reads::<B>(&db).await.unwrap_or_default();
+        while after.0 - before.0 < CLAIMS && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            after = pending_index_reads::<B>(&db).await.unwrap_or_default();
+        }
+        let (scans, read) = (after.0 - before.0, after.1 - before.1);
+        println!(
+            "{scans} pending-index scans read {read} index entries with {BACKLOG} rows blocked behind a parked head"
+        );
+        assert!(scans >= CLAIMS, "the claims were not counted ({scans} scans)");
+        assert!(
+            read < BACKLOG as i64,
+            "{scans} claims read {read} pending-index entries: the blocked backlog is walked"
+        );
+    }
+
+    // Retried (PostgreSQL: `ops::retry_parked`, which releases the held rows; SQLite: by hand,
+    // so the relay's sweep of held rows with nothing failing ahead of them must release them).
+    if B::NAME == "postgres" {
+        let mut pg = <tests::Pg as Backend>::connect(&db.url).await;
+        assert_eq!(outbox::ops::retry_parked(&mut pg, outbox::ops::Selection::All { topic: None }).await.unwrap(), 1);
+    } else {
+        db.exec("UPDATE outbox_messages SET parked_at = NULL, attempts = 0, next_attempt_at = 0 WHERE parked_at IS NOT NULL")
+            .await;
+    }
+    let relay = rs::relay(db.pool(3).await, &kafka).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    rs::wait_drained(&db, Duration::from_secs(60)).await;
+    let all: Vec<Uuid> = cold.iter().chain(&hot).copied().collect();
+    let records = kafka.read_all(rs::TOPIC, all.len(), Duration::from_secs(60), Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let hot_records: Vec<_> = records.iter().filter(|r| r.key.as_deref() == Some("hot")).cloned().collect();
+    let report = rs::check_delivery(&hot_records, &hot, &HashSet::new());
+    println!("after the retry, the held key: {report:?}");
+}
+
+/// A relay whose lease was taken over while it was paused claims nothing with its old epoch,
+/// even though rows are due: the claim checks the lease in the same statement.
+async fn a_relay_paused_past_its_lease_claims_nothing<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    rs::write_events(&db, 10, 2, 10).await;
+    let mut conn = db.conn().await;
+    let none = InFlight { first: 1, last: 0, rows: 0 };
+    let fence = |owner, epoch| Fence { lease: "paused", owner, epoch, max_attempts: 3 };
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let lease = Duration::from_secs(60);
+    let epoch_a = conn.acquire_lease("paused", a, lease).await.unwrap().expect("A takes the free lease");
+    assert_eq!(conn.claim(100, none, fence(a, epoch_a)).await.unwrap().len(), 10);
+    // A pauses; its lease runs out and B takes over.
+    let expire = if B::NAME == "postgres" { "now() - interval '1 second'" } else { "0" };
+    db.exec(&format!("UPDATE outbox_relay_leases SET expires_at = {expire}")).await;
+    let epoch_b = conn.acquire_lease("paused", b, lease).await.unwrap().expect("B takes the expired lease");
+    assert!(epoch_b > epoch_a);
+    let stale = conn.claim(100, none, fence(a, epoch_a)).await.unwrap();
+    assert!(stale.is_empty(), "a relay with a superseded lease claimed {} rows", stale.len());
+    assert_eq!(conn.claim(100, none, fence(b, epoch_b)).await.unwrap().len(), 10);
+}
+
+/// Relays named differently over one outbox: the second stands by while the first holds its
+/// lease (instead of both publishing every message), and takes over when the first stops.
+async fn relays_of_different_names_never_both_publish<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let live = |name: &str| {
+        let now = if B::NAME == "postgres" {
+            "now()"
+        } else {
+            "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+        };
+        format!(
+            "SELECT count(*) AS n FROM outbox_relay_leases WHERE name = '{name}' AND owner IS NOT NULL AND expires_at > {now}"
+        )
+    };
+    let (stop_a, task_a) = rs::spawn(rs::relay(db.pool(3).await, &kafka).name("alpha").build().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while db.count(&live("alpha")).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "alpha did not take its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (stop_b, task_b) = rs::spawn(rs::relay(db.pool(3).await, &kafka).name("beta").build().unwrap());
+    let mut ids = rs::write_events(&db, 300, 10, 10).await;
+    rs::wait_drained(&db, Duration::from_secs(30)).await;
+    assert_eq!(db.count(&live("beta")).await, 0, "beta took a lease while alpha held one");
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    let first = rs::check_delivery(&records, &ids, &HashSet::new());
+    stop_a.cancel();
+    task_a.await.unwrap().unwrap();
+    ids.extend(rs::write_events(&db, 50, 10, 10).await);
+    rs::wait_drained(&db, Duration::from_secs(30)).await;
+    assert_eq!(db.count(&live("beta")).await, 1, "beta took over after alpha stopped");
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    stop_b.cancel();
+    task_b.await.unwrap().unwrap();
+    println!("alpha alone: {first:?}; after beta took over: {report:?}");
+}
+
+fn refuse_deletes_sql(backend: &str, on: bool) -> &'static str {
+    match (backend, on) {
+        ("postgres", true) => {
+            "CREATE FUNCTION refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected: marks refused'; END $$; \
+             CREATE TRIGGER refuse_deletes BEFORE DELETE ON outbox_messages \
+             FOR EACH STATEMENT EXECUTE FUNCTION refuse_deletes();"
+        }
+        ("postgres", false) => "DROP TRIGGER refuse_deletes ON outbox_messages;",
+        (_, true) => {
+            "CREATE TRIGGER refuse_deletes BEFORE DELETE ON outbox_messages \
+             BEGIN SELECT RAISE(ABORT, 'injected: marks refused'); END;"
+        }
+        (_, false) => "DROP TRIGGER refuse_deletes;",
+    }
+}
+
+/// (scans, index entries read) of the pending index; `None` where the backend keeps no such
+/// statistics (SQLite).
+async fn pending_index_reads<B: Backend>(db: &TestDb<B>) -> Option<(i64, i64)> {
+    if B::NAME != "postgres" {
+        return None;
+    }
+    let sql = |col: &str| {
+        format!(
+            "SELECT COALESCE(sum({col}), 0)::bigint AS n FROM pg_stat_user_indexes \
+             WHERE indexrelname = 'outbox_messages_pending'"
+        )
+    };
+    Some((db.count(&sql("idx_scan")).await, db.count(&sql("idx_tup_read")).await))
+}
+
+/// The `retry_in_ms` of every "relay round failed" event of the relay named `relay`, as the
+/// relay logs them (a process-wide subscriber; both backends' tests may share the process).
+fn round_failure_delays(relay: &str) -> impl Fn() -> Vec<u64> {
+    type Seen = Mutex<Vec<(String, u64)>>;
+    static SEEN: OnceLock<Arc<Seen>> = OnceLock::new();
+    struct Capture(Arc<Seen>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            #[derive(Default)]
+            struct Fields {
+                failed: bool,
+                relay: Option<String>,
+                delay: Option<u64>,
+            }
+            impl tracing::field::Visit for Fields {
+                fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                    if f.name() == "retry_in_ms" {
+                        self.delay = Some(v);
+                    }
+                }
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    match f.name() {
+                        "message" => self.failed = format!("{v:?}") == "relay round failed",
+                        "relay" => self.relay = Some(format!("{v:?}")),
+                        _ => {}
+                    }
+                }
+            }
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if let (true, Some(relay), Some(delay)) = (fields.failed, fields.relay, fields.delay) {
+                self.0.lock().unwrap().push((relay, delay));
+            }
+        }
+    }
+    let seen = SEEN.get_or_init(|| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture(seen.clone())));
+        seen
+    });
+    let relay = relay.to_owned();
+    move || seen.lock().unwrap().iter().filter(|(r, _)| *r == relay).map(|(_, d)| *d).collect()
+}
