@@ -140,3 +140,28 @@ async fn a_header_key_that_is_not_utf8_is_dead_lettered<B: Backend>() {
     assert_stored_exactly(&dead[0], &bad);
     assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, 1, "the good record was handled");
 }
+
+/// `outbox::ops::list_dead_letters` (and so `outbox dead-letters list`) shows the raw headers
+/// decoded and escaped, in order, duplicates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_listing_shows_raw_headers_escaped() {
+    let db = TestDb::<tests::Pg>::fresh().await;
+    let raw = outbox::raw_headers::encode([
+        (&b"ce_id"[..], Some(&b"a\0b"[..])),
+        (&[0xff, b'k'][..], None),
+        (&b"ce_id"[..], Some(&b"2"[..])),
+    ]);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    db.exec(&format!(
+        "INSERT INTO inbox_dead_letters (consumer_group, topic, kafka_partition, kafka_offset, reason, error, \
+         attempts, raw_headers) VALUES ('g', 'orders', 0, 1, 'invalid_id', 'x', 0, '\\x{hex}'::bytea)"
+    ))
+    .await;
+    let listed = outbox::ops::list_dead_letters(&mut db.conn().await, Some("g"), 10).await.unwrap();
+    let headers = &listed[0].headers;
+    let want = [("ce_id", Some("a\\u{0}b")), ("\\xFFk", None), ("ce_id", Some("2"))];
+    let want: Vec<(String, Option<String>)> =
+        want.iter().map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned))).collect();
+    assert_eq!(headers.0, want);
+    assert_eq!(headers.to_string(), "ce_id=a\\u{0}b, \\xFFk, ce_id=2");
+}
