@@ -76,13 +76,8 @@ impl<C: Database> Inbox<C> {
         registry: Registry<C>,
         options: Options,
     ) -> Self {
-        let shared = Shared {
-            pool,
-            registry,
-            options,
-            cluster_id: OnceLock::new(),
-            high_water: Arc::new(AtomicUsize::new(0)),
-        };
+        let shared =
+            Shared { pool, registry, options, cluster_id: OnceLock::new(), high_water: Arc::new(AtomicUsize::new(0)) };
         Self { shared: Arc::new(shared), consumer_config }
     }
 
@@ -126,7 +121,9 @@ impl<C: Database> Inbox<C> {
             .await
             .unwrap_or(None);
         if cluster_id.is_none() {
-            tracing::warn!("inbox: the Kafka cluster reported no cluster id; stored positions are checked by record only");
+            tracing::warn!(
+                "inbox: the Kafka cluster reported no cluster id; stored positions are checked by record only"
+            );
         }
         let _ = shared.cluster_id.set(cluster_id);
         let topics = shared.registry.topics();
@@ -405,7 +402,13 @@ impl<C: Database> Loop<C> {
             }
             Position::Start(Start::Stored { next, .. }) if offset != next => {
                 if seek(Offset::Offset(next)) {
-                    tracing::debug!(topic, partition, from = offset, to = next, "inbox: resuming from the stored position");
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        from = offset,
+                        to = next,
+                        "inbox: resuming from the stored position"
+                    );
                     slot.position = Position::Sought(next);
                 }
                 return;

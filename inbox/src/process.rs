@@ -35,8 +35,8 @@ use uuid::Uuid;
 use crate::classify::{Plan, classify, dead_letter_headers};
 use crate::context::{Context, MessageMeta};
 use crate::inbox::{Consumer, Shared};
-use crate::partition::Flow;
 use crate::metrics::{Tally, handler_seconds};
+use crate::partition::Flow;
 
 /// One Kafka message and what to do with it.
 pub(crate) struct Item<C: Database> {

@@ -97,13 +97,21 @@ impl Fnv {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders};
 
     use super::*;
 
     fn message(headers: OwnedHeaders) -> OwnedMessage {
-        OwnedMessage::new(Some(b"{}".to_vec()), Some(b"k".to_vec()), "t".into(), Timestamp::NotAvailable, 0, 7, Some(headers))
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"k".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
     }
 
     #[test]

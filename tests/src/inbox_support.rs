@@ -14,7 +14,9 @@ use crate::{Backend, TestConn, TestDb};
 
 /// Sum of `group`'s stored next offsets, as a one-value query.
 pub fn positions_sql(group: &str) -> String {
-    format!("SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets WHERE consumer_group = '{group}'")
+    format!(
+        "SELECT CAST(coalesce(sum(next_offset), 0) AS BIGINT) AS n FROM inbox_offsets WHERE consumer_group = '{group}'"
+    )
 }
 
 /// Runs `inboxes` until the sum of each one's stored positions reaches its target (or

@@ -55,7 +55,9 @@ pub fn owned_headers(headers: &[RawHeader]) -> OwnedHeaders {
         // SAFETY: `ptr` is the live headers object `owned` owns (rdkafka's BorrowedHeaders is a
         // zero-sized view of that pointer), nothing else refers to it yet, and librdkafka copies
         // the key and value bytes, whose pointers and lengths come from live slices.
-        let err = unsafe { rd::rd_kafka_header_add(ptr, key.as_ptr() as *const c_char, key.len() as isize, value_ptr, value_len) };
+        let err = unsafe {
+            rd::rd_kafka_header_add(ptr, key.as_ptr() as *const c_char, key.len() as isize, value_ptr, value_len)
+        };
         assert_eq!(err, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR, "rd_kafka_header_add");
     }
     owned
@@ -78,7 +80,8 @@ pub fn read_headers(headers: &BorrowedHeaders) -> Vec<RawHeader> {
         // SAFETY: librdkafka returns a NUL-terminated name and `size` bytes at `value` (or a
         // null value), both owned by the headers object, which outlives this copy.
         let key = unsafe { CStr::from_ptr(name) }.to_bytes().to_vec();
-        let value = (!value.is_null()).then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
+        let value =
+            (!value.is_null()).then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
         out.push((key, value));
     }
     out

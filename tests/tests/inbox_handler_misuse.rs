@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use diesel_async::{SimpleAsyncConnection as _, TransactionManager};
+use diesel_async::TransactionManager;
 use inbox::{Context, Handler, HandlerError, Inbox};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,8 @@ async fn misuse<B: Backend>(behaviour: &str, reason: Option<&str>) {
 
     for (group, _) in GROUPS {
         let dead = raw_dead_letters(&db, group).await;
-        let got: Vec<(Option<String>, String)> = dead.iter().map(|d| (d.message_id.clone(), d.reason.clone())).collect();
+        let got: Vec<(Option<String>, String)> =
+            dead.iter().map(|d| (d.message_id.clone(), d.reason.clone())).collect();
         let want: Vec<(Option<String>, String)> =
             reason.iter().map(|r| (Some(bad.to_string()), (*r).to_owned())).collect();
         assert_eq!(got, want, "{behaviour} ({group}): the misbehaving message and only it is dead-lettered");

@@ -112,7 +112,10 @@ fn nasty_value(rng: &mut StdRng) -> Option<Vec<u8>> {
         0 => None,
         1 => Some(Vec::new()),
         2 => Some(b"a\0b\0".to_vec()),
-        3 => Some({ let n = rng.random_range(1..4); vec![0; n] }),
+        3 => Some({
+            let n = rng.random_range(1..4);
+            vec![0; n]
+        }),
         4 if rng.random_bool(0.3) => Some(bytes(rng, 100 * 1024)),
         _ => Some(rbytes(rng, 1..64)),
     }

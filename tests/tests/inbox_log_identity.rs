@@ -62,7 +62,8 @@ async fn cluster() -> TestKafka {
 /// Returns the effects counted after the second run.
 async fn two_lives<B: Backend>(db: &TestDb<B>, first: &TestKafka, second: &TestKafka, same_cluster_id: bool) {
     let old = produce(first, 5).await;
-    let reached = run_until_positions(db, vec![(inbox::<B>(db.pool(4).await, first), 5)], Duration::from_secs(20)).await;
+    let reached =
+        run_until_positions(db, vec![(inbox::<B>(db.pool(4).await, first), 5)], Duration::from_secs(20)).await;
     assert_eq!(reached, [5]);
     if same_cluster_id {
         // The topic was recreated on the same cluster: the stored identity names this cluster.
@@ -96,7 +97,11 @@ async fn two_lives<B: Backend>(db: &TestDb<B>, first: &TestKafka, second: &TestK
     };
     assert!(missing.is_empty(), "messages of the new log skipped: {} of 8 ({handled} handled in all)", missing.len());
     assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, (old.len() + new.len()) as i64, "each once");
-    assert_eq!(db.count("SELECT coalesce(max(next_offset), 0) AS n FROM inbox_offsets").await, 8, "position in the new log");
+    assert_eq!(
+        db.count("SELECT coalesce(max(next_offset), 0) AS n FROM inbox_offsets").await,
+        8,
+        "position in the new log"
+    );
 }
 
 async fn a_new_cluster_under_the_same_database_skips_nothing<B: Backend>() {
@@ -122,11 +127,13 @@ async fn no_stored_position_starts_at_the_beginning_not_at_the_committed_offset<
     db.create_effects().await;
     let kafka = cluster().await;
     let ids = produce(&kafka, 6).await;
-    let reached = run_until_positions(&db, vec![(inbox::<B>(db.pool(4).await, &kafka), 6)], Duration::from_secs(20)).await;
+    let reached =
+        run_until_positions(&db, vec![(inbox::<B>(db.pool(4).await, &kafka), 6)], Duration::from_secs(20)).await;
     assert_eq!(reached, [6]);
     // A restore from a backup taken before any of it: the group's Kafka offset (6) survives.
     db.exec("DELETE FROM effects; DELETE FROM inbox_messages; DELETE FROM inbox_offsets").await;
-    let reached = run_until_positions(&db, vec![(inbox::<B>(db.pool(4).await, &kafka), 6)], Duration::from_secs(20)).await;
+    let reached =
+        run_until_positions(&db, vec![(inbox::<B>(db.pool(4).await, &kafka), 6)], Duration::from_secs(20)).await;
     assert_eq!(reached, [6], "the partition's position is stored again");
     for id in ids {
         assert_eq!(

@@ -81,9 +81,12 @@ async fn consume<B: Backend>(
     for r in records {
         producer.send_raw(r).await;
     }
-    let reached =
-        run_until_positions(db, vec![(inbox::<B>(db.pool(4).await, kafka), records.len() as i64)], Duration::from_secs(20))
-            .await;
+    let reached = run_until_positions(
+        db,
+        vec![(inbox::<B>(db.pool(4).await, kafka), records.len() as i64)],
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(reached, [records.len() as i64], "the partition moved past every record");
     raw_dead_letters(db, "inventory").await
 }
@@ -122,7 +125,11 @@ async fn a_zero_byte_correlation_id_is_not_copied_into_the_outbox<B: Backend>() 
     let follow_ups = db.conn().await.follow_ups(&id.to_string()).await;
     assert_eq!(follow_ups.len(), 1, "one follow-up: {follow_ups:?}");
     let headers = &follow_ups[0].2;
-    assert_eq!(headers["ce_correlationid"], id.to_string(), "the invalid correlation id was replaced by the input's id");
+    assert_eq!(
+        headers["ce_correlationid"],
+        id.to_string(),
+        "the invalid correlation id was replaced by the input's id"
+    );
     assert!(headers.get("traceparent").is_none(), "the invalid traceparent was dropped: {headers}");
 }
 

@@ -241,7 +241,10 @@ struct DeadLetterRow<'a> {
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/postgres/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/postgres/00000000000002_inbox/up.sql")),
-    ("00000000000003_inbox_raw_headers", include_str!("../../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql")),
+    (
+        "00000000000003_inbox_raw_headers",
+        include_str!("../../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
+    ),
 ];
 
 // Serialises concurrent `migrate` calls (several service instances starting at once).
@@ -510,7 +513,9 @@ impl Database for AsyncPgConnection {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(p, next_offset, cluster_id, fingerprint)| (p, StoredPosition { next_offset, cluster_id, fingerprint }))
+            .map(|(p, next_offset, cluster_id, fingerprint)| {
+                (p, StoredPosition { next_offset, cluster_id, fingerprint })
+            })
             .collect())
     }
 

@@ -30,7 +30,10 @@ impl super::private::Sealed for SqliteConnection {}
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
-    ("00000000000003_inbox_raw_headers", include_str!("../../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql")),
+    (
+        "00000000000003_inbox_raw_headers",
+        include_str!("../../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch, in SQL.

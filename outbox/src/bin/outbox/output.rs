@@ -87,7 +87,17 @@ pub(crate) fn print_dead_letters(dead: &[ops::DeadLetter]) {
         ]
     });
     table(
-        &["ID", "GROUP", "TOPIC/PARTITION@OFFSET", "MESSAGE ID", "REASON", "ATTEMPTS", "CREATED AT", "HEADERS", "ERROR"],
+        &[
+            "ID",
+            "GROUP",
+            "TOPIC/PARTITION@OFFSET",
+            "MESSAGE ID",
+            "REASON",
+            "ATTEMPTS",
+            "CREATED AT",
+            "HEADERS",
+            "ERROR",
+        ],
         rows,
     );
 }
