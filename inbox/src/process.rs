@@ -220,11 +220,12 @@ impl<C: Database> Processor<'_, C> {
         token: i64,
     ) -> Result<(Tally, i64), (usize, StepError)> {
         let mut tally = Tally::default();
-        let mut dead = Vec::new();
         for (index, item) in items.iter_mut().enumerate() {
-            // Each message's dedup row right before its own handler: a handler that ends the
-            // transaction can commit only the rows of messages already handled, never those of
-            // the messages after it (which would then look like duplicates).
+            // Each message's dedup row right before its own handler (and a dead letter right
+            // after its dedup row): a handler that ends the transaction can commit only what
+            // belongs to messages already processed, never the dedup rows of the messages
+            // after it (which would then look like duplicates) nor a dedup row without its
+            // dead letter.
             if let Some(id) = item.plan.id() {
                 let row = self.dedup_row(id, &item.msg);
                 if conn.insert_dedup(&[row]).await.map_err(|e| (index, infra(e)))?.is_empty() {
@@ -233,9 +234,10 @@ impl<C: Database> Processor<'_, C> {
                 }
             }
             match &item.plan {
-                Plan::DeadLetter { reason, .. } => {
+                Plan::DeadLetter { reason, error, .. } => {
+                    let row = self.dead_letter_row(item, reason, error, 0, dead_letter_headers(&item.msg));
+                    conn.insert_dead_letters(&[row]).await.map_err(|e| (index, infra(e)))?;
                     tally.dead_lettered.push(reason.clone());
-                    dead.push(index);
                 }
                 Plan::Record { .. } => tally.skipped += 1,
                 Plan::Handle { .. } => match self.call_handler(conn, item, 1, token).await {
@@ -244,19 +246,6 @@ impl<C: Database> Processor<'_, C> {
                 },
             }
         }
-        let headers: Vec<(usize, (Vec<u8>, serde_json::Value))> =
-            dead.iter().map(|&i| (i, dead_letter_headers(&items[i].msg))).collect();
-        let rows: Vec<NewDeadLetter<'_>> = headers
-            .into_iter()
-            .filter_map(|(i, h)| {
-                let item = &items[i];
-                match &item.plan {
-                    Plan::DeadLetter { reason, error, .. } => Some(self.dead_letter_row(item, reason, error, 0, h)),
-                    _ => None,
-                }
-            })
-            .collect();
-        conn.insert_dead_letters(&rows).await.map_err(|e| (0, infra(e)))?;
         let Some(last) = items.last() else {
             return Ok((tally, 0));
         };

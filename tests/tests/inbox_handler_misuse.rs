@@ -65,7 +65,8 @@ impl<C: outbox::Database + TestConn> Handler<OrderPlaced, C> for Misbehave {
 
 const GROUPS: [(&str, usize); 2] = [("batch", 100), ("single", 1)];
 
-/// 5 good messages, the misbehaving one, 5 good: one batch in batch mode.
+/// 5 messages (the third hostile: an unknown type, dead-lettered without a handler), the
+/// misbehaving one, 5 good: one batch in batch mode.
 async fn misuse<B: Backend>(behaviour: &str, reason: Option<&str>) {
     let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
@@ -73,6 +74,8 @@ async fn misuse<B: Backend>(behaviour: &str, reason: Option<&str>) {
     db.create_effects().await;
     let event = |b: &str| CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), behaviour: b.into() }).partition(0);
     let mut input: Vec<CloudEvent> = (0..5).map(|_| event("ok")).collect();
+    input[2] = event("ok").header("ce_type", "order.cancelled");
+    let hostile = input[2].id().unwrap();
     input.push(event(behaviour));
     input.extend((0..5).map(|_| event("ok")));
     let bad = input[5].id().unwrap();
@@ -99,10 +102,10 @@ async fn misuse<B: Backend>(behaviour: &str, reason: Option<&str>) {
         let dead = raw_dead_letters(&db, group).await;
         let got: Vec<(Option<String>, String)> =
             dead.iter().map(|d| (d.message_id.clone(), d.reason.clone())).collect();
-        let want: Vec<(Option<String>, String)> =
-            reason.iter().map(|r| (Some(bad.to_string()), (*r).to_owned())).collect();
+        let mut want = vec![(Some(hostile.to_string()), "unknown_type".to_owned())];
+        want.extend(reason.iter().map(|r| (Some(bad.to_string()), (*r).to_owned())));
         assert_eq!(got, want, "{behaviour} ({group}): the misbehaving message and only it is dead-lettered");
-        for (i, e) in input.iter().enumerate().filter(|(i, _)| *i != 5) {
+        for (i, e) in input.iter().enumerate().filter(|(i, _)| *i != 5 && *i != 2) {
             let id = e.id().unwrap();
             let sql = format!("SELECT count(*) AS n FROM effects WHERE grp = '{group}' AND message_id = '{id}'");
             assert_eq!(db.count(&sql).await, 1, "{behaviour} ({group}): message {i} took effect exactly once");
