@@ -414,13 +414,17 @@ impl<C: Database> Loop<C> {
                 return;
             }
             Position::Verifying { next, fingerprint } if offset == next - 1 => {
-                if crate::raw_headers::fingerprint(&msg) == fingerprint {
+                let found = crate::raw_headers::fingerprint(&msg);
+                if found == fingerprint {
                     slot.position = Position::Active(next); // handled already: the position follows it
                 } else {
                     tracing::warn!(
                         topic,
                         partition,
                         stored = next,
+                        old_fingerprint = format_args!("{fingerprint:016x}"),
+                        new_fingerprint = format_args!("{found:016x}"),
+                        cluster = self.shared.cluster_id.get().and_then(Option::as_deref).unwrap_or("unknown"),
                         "inbox: the record before the stored position is not the one handled there: this is \
                          another log (topic recreated, or another cluster); handling the partition from the \
                          beginning of its log (dedup absorbs what was handled already)"
