@@ -28,7 +28,7 @@ pub enum UnknownTypePolicy {
     Skip,
 }
 
-// PostgreSQL takes at most 65,535 bind parameters per statement; a dead-letter row binds 11.
+// PostgreSQL takes at most 65,535 bind parameters per statement; a dead-letter row binds 12.
 pub(crate) const MAX_BATCH_SIZE: usize = 5_000;
 
 /// The options of a built inbox (see the builder methods for meaning and defaults).
@@ -46,6 +46,9 @@ pub(crate) struct Options {
     pub prune_interval: Duration,
     pub prune_batch_size: i64,
     pub shutdown_timeout: Duration,
+    pub handler_timeout: Duration,
+    pub max_buffered_bytes: usize,
+    pub trust_committed_offsets: bool,
 }
 
 impl Default for Options {
@@ -63,6 +66,9 @@ impl Default for Options {
             prune_interval: Duration::from_secs(60),
             prune_batch_size: 1_000,
             shutdown_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(60),
+            max_buffered_bytes: 16 * 1024 * 1024,
+            trust_committed_offsets: false,
         }
     }
 }
@@ -157,7 +163,9 @@ impl<C: Database> InboxBuilder<C> {
     }
 
     /// How many messages of one partition share one transaction (default 100, at most 5,000).
-    /// Their dedup rows go in with one INSERT. If any message of a batch fails, the batch is
+    /// Each message's dedup row is inserted right before its handler runs, and after each
+    /// handler the inbox checks that the transaction is still open and usable (one more round
+    /// trip per message). If any message of a batch fails, the batch is
     /// rolled back and its messages are retried one transaction each, so only the failing
     /// message is retried or dead-lettered. `1` is one-message mode: one transaction per
     /// message. Both modes leave the database in the same state.
@@ -234,6 +242,50 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// How long one handler call may take (default 60 s). A call still running then is
+    /// abandoned — its transaction is rolled back and its connection dropped — and counts as a
+    /// transient failure: retried with backoff, and after `max_attempts` calls dead-lettered
+    /// with reason `handler_timed_out`. The partition waits meanwhile; others keep flowing.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.options.handler_timeout = timeout;
+        self
+    }
+
+    /// The most bytes (keys + payloads + headers) one partition holds between Kafka and its
+    /// handler — the messages waiting for it and the batch it is working on (default 16 MiB,
+    /// at least 1). When the next record would go past it, the partition is paused in
+    /// librdkafka and that record is read again once the partition has drained to half; a
+    /// single record larger than the bound is let through alone. The memory of the inbox's
+    /// own buffers is thus at most this times the number of assigned partitions, plus
+    /// librdkafka's prefetch queue (bounded by its `queued.max.messages.kbytes`, 64 MiB by
+    /// default, set it in the Kafka configuration). A message count bound applies as well
+    /// (4 batches, at least 256 messages).
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.options.max_buffered_bytes = bytes;
+        self
+    }
+
+    /// Where a partition with no stored position starts (default `false`: at the beginning of
+    /// its log). The inbox's stored positions, in the database, are the truth; Kafka's
+    /// committed offsets are only a hint. A partition without a stored position — a new group,
+    /// or a database restored from a backup older than the group's Kafka offsets — starts at
+    /// the beginning of the log, and dedup rows absorb whatever was handled already, so
+    /// nothing is skipped (messages whose dedup rows are gone or pruned are handled again).
+    /// `true` starts such a partition at the group's committed Kafka offset instead (or at
+    /// `auto.offset.reset` without one): faster when a large retained log was consumed by an
+    /// earlier consumer of the same group, at the risk of skipping what the database never saw.
+    ///
+    /// A stored position is also checked against the log it is in: it records the Kafka
+    /// cluster id and a fingerprint of the record before it. A different cluster id, or a
+    /// different record there (the topic was recreated, the database now runs against another
+    /// cluster), makes the partition start at the beginning of its log as well, with a warning
+    /// naming both; rdkafka exposes no topic ids, so a recreated topic is recognised by that
+    /// record.
+    pub fn trust_committed_offsets(mut self, trust: bool) -> Self {
+        self.options.trust_committed_offsets = trust;
+        self
+    }
+
     /// Checks the configuration and builds the inbox. Fails with
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) when the group or the handlers are
     /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
@@ -276,6 +328,12 @@ impl<C: Database> InboxBuilder<C> {
         }
         if options.prune_interval.is_zero() || options.prune_batch_size <= 0 {
             return Err(config_error("inbox: prune_interval and prune_batch_size must be greater than zero"));
+        }
+        if options.handler_timeout.is_zero() {
+            return Err(config_error("inbox: handler_timeout must be longer than zero"));
+        }
+        if options.max_buffered_bytes == 0 {
+            return Err(config_error("inbox: max_buffered_bytes must be at least 1"));
         }
         if options.shutdown_timeout.is_zero() {
             return Err(config_error("inbox: shutdown_timeout must be longer than zero"));

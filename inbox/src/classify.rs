@@ -5,8 +5,11 @@
 use std::any::Any;
 
 use outbox::Envelope;
-use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use outbox::raw_headers::escape;
+use rdkafka::message::{Message, OwnedMessage};
 use uuid::Uuid;
+
+use crate::raw_headers::{self, RawHeader};
 
 use crate::UnknownTypePolicy;
 use crate::builder::Options;
@@ -41,11 +44,24 @@ impl<C: Database> Plan<C> {
 }
 
 pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, msg: &OwnedMessage) -> Plan<C> {
-    let no_headers = OwnedHeaders::new();
-    let headers = msg.headers().unwrap_or(&no_headers);
-    let envelope = match Envelope::from_kafka_headers(headers) {
+    // Raw bytes, not rdkafka's `Headers::iter` (it panics on a key that is not UTF-8).
+    let raw = raw_headers::read(msg);
+    let mut text = Vec::with_capacity(raw.len());
+    for &(key, value) in &raw {
+        match std::str::from_utf8(key) {
+            Ok(key) => text.push((key, value)),
+            Err(_) => {
+                return Plan::dead(
+                    header_id(&raw),
+                    "malformed_headers",
+                    format!("header key `{}` is not UTF-8 (the raw headers are kept in raw_headers)", escape(key)),
+                );
+            }
+        }
+    }
+    let envelope = match Envelope::from_headers(text) {
         Ok(e) => e,
-        Err(e) => return Plan::dead(header_id(headers), e.reason(), e.to_string()),
+        Err(e) => return Plan::dead(header_id(&raw), e.reason(), e.to_string()),
     };
     let id = Some(envelope.id);
     let Some(route) = registry.get(msg.topic(), &envelope.event_type) else {
@@ -56,7 +72,7 @@ pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, m
                 "unknown_type",
                 format!(
                     "no handler for event type `{}` on topic `{}` in this consumer group",
-                    envelope.event_type,
+                    escape(envelope.event_type.as_bytes()),
                     msg.topic()
                 ),
             ),
@@ -68,7 +84,7 @@ pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, m
             "unsupported_version",
             format!(
                 "`{}` version {} is not supported: handler `{}` accepts versions 1 to {}",
-                envelope.event_type,
+                escape(envelope.event_type.as_bytes()),
                 envelope.version,
                 route.handler_name(),
                 route.version()
@@ -98,16 +114,22 @@ pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, m
     }
     match route.decode(payload) {
         Ok(decoded) => Plan::Handle { envelope: Box::new(envelope), route: route.clone(), decoded: Some(decoded) },
-        Err(e) => Plan::dead(id, "malformed_payload", format!("payload is not a valid `{}`: {e}", envelope.event_type)),
+        Err(e) => Plan::dead(
+            id,
+            "malformed_payload",
+            format!("payload is not a valid `{}`: {e}", escape(envelope.event_type.as_bytes())),
+        ),
     }
 }
 
-/// The message id, if `ce_id` is a valid UUID even though another header is not.
-fn header_id(headers: &OwnedHeaders) -> Option<Uuid> {
+/// The message id, if `ce_id` is a valid UUID even though another header is not. The last
+/// `ce_id` counts, as in [`Envelope::from_headers`].
+fn header_id(headers: &[RawHeader<'_>]) -> Option<Uuid> {
     headers
         .iter()
-        .find(|h| h.key.eq_ignore_ascii_case("ce_id"))
-        .and_then(|h| h.value)
+        .rev()
+        .find(|(key, _)| key.eq_ignore_ascii_case(b"ce_id"))
+        .and_then(|(_, value)| *value)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| Uuid::try_parse(s).ok())
 }
@@ -144,20 +166,10 @@ pub(crate) fn exceeds_depth(json: &[u8], max: usize) -> Option<usize> {
     None
 }
 
-/// The Kafka headers as a JSON object for the dead-letter row (values as lossy UTF-8, a header
-/// without a value as null).
-pub(crate) fn headers_json(msg: &OwnedMessage) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    if let Some(headers) = msg.headers() {
-        for h in headers.iter() {
-            let value = match h.value {
-                Some(v) => serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-                None => serde_json::Value::Null,
-            };
-            map.insert(h.key.to_owned(), value);
-        }
-    }
-    serde_json::Value::Object(map)
+/// The headers for the dead-letter row: losslessly encoded, and as escaped display JSON.
+pub(crate) fn dead_letter_headers(msg: &OwnedMessage) -> (Vec<u8>, serde_json::Value) {
+    let raw = raw_headers::read(msg);
+    (outbox::raw_headers::encode(raw.iter().copied()), outbox::raw_headers::display_json(raw.iter().copied()))
 }
 
 #[cfg(test)]

@@ -150,12 +150,18 @@ impl<'a, C: Database> Context<'a, C> {
     /// Metadata for a follow-up event: causation id = this message's id; correlation id carried
     /// over (or, when this message has none, this message's id, which starts the flow); the
     /// trace context carried over. Add headers to it and pass it to [`publish_with`](Self::publish_with).
+    ///
+    /// Incoming ids are copied only when they are valid header text: at most 1,024 bytes and
+    /// no control characters (0x00 included, which PostgreSQL cannot store). An invalid
+    /// correlation id is dropped as if absent (the flow restarts at this message's id), an
+    /// invalid `traceparent` is dropped, each with a warning; the handler still runs.
     pub fn follow_up(&self) -> Metadata {
         let env = self.meta.envelope;
-        let correlation = env.correlation_id.clone().unwrap_or_else(|| env.id.to_string());
+        let correlation = valid_id(env.id, "ce_correlationid", env.correlation_id.as_deref())
+            .map_or_else(|| env.id.to_string(), str::to_owned);
         let meta = Metadata::new().causation_id(env.id.to_string()).correlation_id(correlation);
-        match &env.traceparent {
-            Some(tp) => meta.traceparent(tp.clone()),
+        match valid_id(env.id, "traceparent", env.traceparent.as_deref()) {
+            Some(tp) => meta.traceparent(tp),
             None => meta,
         }
     }
@@ -173,6 +179,21 @@ impl<'a, C: Database> Context<'a, C> {
     pub async fn publish_with<E: Event>(&mut self, event: &E, meta: Metadata) -> outbox::Result<Uuid> {
         outbox::publish_with(self.conn, event, meta).await
     }
+}
+
+/// `value` if it may be copied into an outgoing header (see [`Context::follow_up`]).
+fn valid_id<'v>(message_id: Uuid, header: &str, value: Option<&'v str>) -> Option<&'v str> {
+    let value = value?;
+    if value.len() <= 1024 && !value.chars().any(char::is_control) {
+        return Some(value);
+    }
+    tracing::warn!(
+        %message_id,
+        header,
+        value = %outbox::raw_headers::escape(value.as_bytes()),
+        "inbox: incoming header not copied to the follow-up: longer than 1,024 bytes or holds control characters"
+    );
+    None
 }
 
 impl std::fmt::Debug for Context<'_> {

@@ -2,11 +2,12 @@
 //! partition back at its stored position and hands messages to the partition tasks.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use outbox::db::{ConnPool, Database};
+use outbox::db::{ConnPool, Database, StoredPosition};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -30,6 +31,25 @@ pub(crate) struct Shared<C: Database> {
     pub pool: ConnPool<C>,
     pub registry: Registry<C>,
     pub options: Options,
+    /// The Kafka cluster id, set once when `run` starts (`None`: the cluster reported none).
+    pub cluster_id: OnceLock<Option<String>>,
+    /// The most bytes one partition has held buffered (see [`BufferWatermark`]).
+    pub high_water: Arc<AtomicUsize>,
+}
+
+/// The most bytes (keys, payloads, headers) one partition of an [`Inbox`] has held in its
+/// buffer and its batch in hand since the inbox was built: at most `max_buffered_bytes`
+/// unless a single record is larger than that (see
+/// [`InboxBuilder::max_buffered_bytes`](crate::InboxBuilder::max_buffered_bytes)).
+/// A cheap handle; take it before [`Inbox::run`] consumes the inbox.
+#[derive(Debug, Clone)]
+pub struct BufferWatermark(Arc<AtomicUsize>);
+
+impl BufferWatermark {
+    /// The high-water mark, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A built inbox: a consumer group, its handlers and options. Start it with [`run`](Self::run).
@@ -56,7 +76,15 @@ impl<C: Database> Inbox<C> {
         registry: Registry<C>,
         options: Options,
     ) -> Self {
-        Self { shared: Arc::new(Shared { pool, registry, options }), consumer_config }
+        let shared =
+            Shared { pool, registry, options, cluster_id: OnceLock::new(), high_water: Arc::new(AtomicUsize::new(0)) };
+        Self { shared: Arc::new(shared), consumer_config }
+    }
+
+    /// A handle on the bytes buffered per partition (its high-water mark), for tests and
+    /// diagnostics.
+    pub fn buffer_watermark(&self) -> BufferWatermark {
+        BufferWatermark(self.shared.high_water.clone())
     }
 
     /// The consumer group.
@@ -87,6 +115,17 @@ impl<C: Database> Inbox<C> {
             .create_with_context(context)
             .map_err(|e| kafka_error("kafka: cannot create the inbox consumer", e))?;
         let consumer = Arc::new(consumer);
+        // What stored positions are positions in (see `Loop::on_rebalance`).
+        let probe = consumer.clone();
+        let cluster_id = tokio::task::spawn_blocking(move || probe.client().fetch_cluster_id(Duration::from_secs(10)))
+            .await
+            .unwrap_or(None);
+        if cluster_id.is_none() {
+            tracing::warn!(
+                "inbox: the Kafka cluster reported no cluster id; stored positions are checked by record only"
+            );
+        }
+        let _ = shared.cluster_id.set(cluster_id);
         let topics = shared.registry.topics();
         consumer.subscribe(&topics).map_err(|e| kafka_error(format!("kafka: cannot subscribe to {topics:?}"), e))?;
         let span = tracing::info_span!("inbox", group = %shared.options.group);
@@ -111,12 +150,27 @@ impl<C: Database> Inbox<C> {
 /// Where a newly assigned partition stands relative to its stored position.
 #[derive(Debug, Clone, Copy)]
 enum Position {
-    /// No message seen yet in this assignment; the stored position, if there is one.
-    Start(Option<i64>),
+    /// No message forwarded yet in this assignment (or one was left for later): where to start.
+    Start(Start),
+    /// Sought to the record before the stored position, to check it is the record stored there.
+    Verifying { next: i64, fingerprint: i64 },
     /// Sought to the stored position; everything librdkafka returns from now on is from there.
     Sought(i64),
+    /// Sought to the beginning of the log: whatever comes next is its first message.
+    Beginning,
     /// Forwarding; the next offset expected.
     Active(i64),
+}
+
+/// Where a partition starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Where the group's committed Kafka offset put the consumer (`trust_committed_offsets`).
+    Committed,
+    /// At the beginning of the log (no stored position, or the log changed).
+    Beginning,
+    /// At a stored position; with the fingerprint of the record before it, when known.
+    Stored { next: i64, fingerprint: Option<i64> },
 }
 
 struct Slot {
@@ -174,16 +228,45 @@ impl<C: Database> Loop<C> {
             RebalanceEvent::Assigned(partitions) => {
                 let positions = self.load_positions(&partitions).await;
                 for (topic, partition) in partitions {
-                    let stored = positions.get(&(topic.clone(), partition)).copied();
-                    self.open(topic, partition, stored);
+                    let stored = positions.get(&(topic.clone(), partition));
+                    let (start, replace) = self.start(&topic, partition, stored);
+                    self.open(topic, partition, start, replace);
                 }
             }
         }
     }
 
+    /// Where a newly assigned partition starts, and whether its stored position must be
+    /// replaced because it belongs to another log.
+    fn start(&self, topic: &str, partition: i32, stored: Option<&StoredPosition>) -> (Start, bool) {
+        let Some(stored) = stored else {
+            // No stored position (a new group, or a restored database): Kafka's committed
+            // offset may be ahead of what this database holds, so start at the beginning and
+            // let dedup absorb what was handled already — unless told to trust it.
+            let start = if self.shared.options.trust_committed_offsets { Start::Committed } else { Start::Beginning };
+            return (start, false);
+        };
+        let current = self.shared.cluster_id.get().and_then(Option::as_deref);
+        if let (Some(old), Some(new)) = (stored.cluster_id.as_deref(), current)
+            && old != new
+        {
+            tracing::warn!(
+                topic,
+                partition,
+                stored = stored.next_offset,
+                old_cluster = old,
+                new_cluster = new,
+                "inbox: the stored position was written for another Kafka cluster; handling this partition \
+                 from the beginning of its log (dedup absorbs what was handled already)"
+            );
+            return (Start::Beginning, true);
+        }
+        (Start::Stored { next: stored.next_offset, fingerprint: stored.fingerprint }, false)
+    }
+
     /// Stored positions of the assigned partitions, retried until the database answers (or
     /// shutdown): starting without them could skip messages.
-    async fn load_positions(&self, partitions: &[TopicPartition]) -> HashMap<TopicPartition, i64> {
+    async fn load_positions(&self, partitions: &[TopicPartition]) -> HashMap<TopicPartition, StoredPosition> {
         let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
         for (t, p) in partitions {
             by_topic.entry(t.as_str()).or_default().push(*p);
@@ -221,12 +304,23 @@ impl<C: Database> Loop<C> {
         }
     }
 
-    fn open(&mut self, topic: String, partition: i32, stored: Option<i64>) {
+    fn open(&mut self, topic: String, partition: i32, start: Start, replace: bool) {
         if let Some(old) = self.slots.get_mut(&topic).and_then(|m| m.remove(&partition)) {
             close(old);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let flow = Arc::new(Flow::new(self.consumer.clone(), &topic, partition, self.shared.options.batch_size));
+        let o = &self.shared.options;
+        let flow = Arc::new(Flow::new(
+            self.consumer.clone(),
+            &topic,
+            partition,
+            o.batch_size,
+            o.max_buffered_bytes,
+            self.shared.high_water.clone(),
+        ));
+        if replace {
+            flow.replace_position();
+        }
         let stop = self.stop.child_token();
         let worker = PartitionWorker {
             shared: self.shared.clone(),
@@ -239,71 +333,143 @@ impl<C: Database> Loop<C> {
         };
         let span = tracing::info_span!("inbox.partition", topic = %topic, partition);
         self.workers.spawn(worker.run().instrument(span));
-        self.slots
-            .entry(topic)
-            .or_default()
-            .insert(partition, Slot { position: Position::Start(stored), tx, flow, stop });
+        let position = self.initial_seek(&topic, partition, start);
+        self.slots.entry(topic).or_default().insert(partition, Slot { position, tx, flow, stop });
     }
 
-    /// Hands a message to its partition's task, after putting the partition at its stored
-    /// position: the first message of an assignment decides whether to seek there (Kafka's
-    /// committed offset is only a hint, and may be behind or, after a restore, ahead).
+    /// Seeks a newly assigned partition to where it starts right away, so it gets there even
+    /// when no message would arrive where Kafka's committed offset put it (a restored database
+    /// behind that offset, and no new traffic). When librdkafka refuses the seek this early,
+    /// the first message of the partition does it (see `route`).
+    fn initial_seek(&self, topic: &str, partition: i32, start: Start) -> Position {
+        let (to, then) = match start {
+            Start::Committed => return Position::Start(start),
+            Start::Beginning => (Offset::Beginning, Position::Beginning),
+            Start::Stored { next, fingerprint: Some(fingerprint) } if next > 0 => {
+                (Offset::Offset(next - 1), Position::Verifying { next, fingerprint })
+            }
+            Start::Stored { next, .. } => (Offset::Offset(next), Position::Sought(next)),
+        };
+        match self.consumer.seek(topic, partition, to, Duration::from_secs(10)) {
+            Ok(()) => then,
+            Err(e) => {
+                tracing::debug!(error = %e, topic, partition, "inbox: cannot seek yet; seeking at the first message");
+                Position::Start(start)
+            }
+        }
+    }
+
+    /// Hands a message to its partition's task, after putting the partition where it starts:
+    /// the first message of an assignment decides whether to seek (Kafka's committed offset is
+    /// only a hint, and may be behind or, after a restore, ahead). A stored position is checked
+    /// against the log first: the record before it must be the one stored with it, or the log
+    /// is another one (topic recreated, new cluster) and the partition starts at its beginning.
     fn route(&mut self, msg: OwnedMessage) {
-        let Some(slot) = self.slots.get_mut(msg.topic()).and_then(|m| m.get_mut(&msg.partition())) else {
-            tracing::trace!(
-                topic = msg.topic(),
-                partition = msg.partition(),
-                "inbox: message of an unassigned partition dropped"
-            );
+        let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+        let Some(slot) = self.slots.get_mut(&topic).and_then(|m| m.get_mut(&partition)) else {
+            tracing::trace!(topic, partition, "inbox: message of an unassigned partition dropped");
             return;
         };
-        let offset = msg.offset();
+        let consumer = &self.consumer;
+        let seek = |to: Offset| match consumer.seek(&topic, partition, to, Duration::from_secs(10)) {
+            // seek() bumps the partition's fetch version at once: nothing read before it is
+            // returned after it.
+            Ok(()) => true,
+            // Stay put: the next message tries again; nothing is forwarded meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, topic, partition, "inbox: cannot seek");
+                false
+            }
+        };
         match slot.position {
-            Position::Start(Some(stored)) if offset != stored => {
-                // seek() bumps the partition's fetch version at once: nothing read before it
-                // is returned after it, so the next message of this partition is from `stored`.
-                match self.consumer.seek(msg.topic(), msg.partition(), Offset::Offset(stored), Duration::from_secs(10))
-                {
-                    Ok(()) => {
-                        tracing::debug!(
-                            topic = msg.topic(),
-                            partition = msg.partition(),
-                            from = offset,
-                            to = stored,
-                            "inbox: resuming from the stored position"
-                        );
-                        slot.position = Position::Sought(stored);
-                    }
-                    // Stay in Start: the next message tries again; nothing below `stored` is
-                    // ever forwarded, and nothing is committed past a message not handled.
-                    Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(),
-                        "inbox: cannot seek to the stored position"),
+            Position::Start(_) if slot.flow.is_paused() => return, // read again after resume
+            Position::Start(Start::Committed) => {}
+            Position::Start(Start::Beginning) => {
+                if seek(Offset::Beginning) {
+                    slot.position = Position::Beginning;
                 }
                 return;
             }
-            Position::Sought(stored) if offset < stored => {
+            Position::Start(Start::Stored { next, fingerprint: Some(fingerprint) }) if next > 0 => {
+                if offset != next - 1 {
+                    if seek(Offset::Offset(next - 1)) {
+                        slot.position = Position::Verifying { next, fingerprint };
+                    }
+                    return;
+                }
+                slot.position = Position::Verifying { next, fingerprint };
+                return self.route(msg);
+            }
+            Position::Start(Start::Stored { next, .. }) if offset != next => {
+                if seek(Offset::Offset(next)) {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        from = offset,
+                        to = next,
+                        "inbox: resuming from the stored position"
+                    );
+                    slot.position = Position::Sought(next);
+                }
+                return;
+            }
+            Position::Verifying { next, fingerprint } if offset == next - 1 => {
+                let found = crate::raw_headers::fingerprint(&msg);
+                if found == fingerprint {
+                    slot.position = Position::Active(next); // handled already: the position follows it
+                } else {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        stored = next,
+                        old_fingerprint = format_args!("{fingerprint:016x}"),
+                        new_fingerprint = format_args!("{found:016x}"),
+                        cluster = self.shared.cluster_id.get().and_then(Option::as_deref).unwrap_or("unknown"),
+                        "inbox: the record before the stored position is not the one handled there: this is \
+                         another log (topic recreated, or another cluster); handling the partition from the \
+                         beginning of its log (dedup absorbs what was handled already)"
+                    );
+                    slot.flow.replace_position();
+                    if seek(Offset::Beginning) {
+                        slot.position = Position::Beginning;
+                    } else {
+                        slot.position = Position::Start(Start::Beginning);
+                    }
+                }
+                return;
+            }
+            Position::Verifying { next, .. } | Position::Sought(next) if offset < next => {
                 // Nothing read before the seek comes back after it, so a lower offset means
-                // librdkafka found `stored` out of range and reset: the log no longer reaches
+                // librdkafka found the offset out of range and reset: the log no longer reaches
                 // the stored position (topic deleted and recreated, or a new cluster). Skipping
                 // would lose the new log's messages; handle them, dedup by message id keeps
-                // anything already handled from taking effect twice.
+                // anything already handled from taking effect twice, and the new log's
+                // positions replace the old one.
                 tracing::warn!(
-                    topic = msg.topic(),
-                    partition = msg.partition(),
-                    stored,
+                    topic,
+                    partition,
+                    stored = next,
                     offset,
                     "inbox: the partition's log restarts below the stored position (topic recreated?); \
-                     handling from this offset. Delete the group's rows for this topic from inbox_offsets \
-                     once the new log is past the old position."
+                     handling from this offset"
                 );
+                slot.flow.replace_position();
             }
             Position::Active(next) if offset < next => return,
-            Position::Start(_) | Position::Sought(_) | Position::Active(_) => {}
+            Position::Start(_)
+            | Position::Verifying { .. }
+            | Position::Sought(_)
+            | Position::Beginning
+            | Position::Active(_) => {}
+        }
+        if !slot.flow.admit(offset, crate::raw_headers::size(&msg)) {
+            // Over the partition's byte budget: drop it and read it again from here once the
+            // partition has drained (it is paused now).
+            slot.position = Position::Start(Start::Stored { next: offset, fingerprint: None });
+            return;
         }
         slot.position = Position::Active(offset + 1);
-        if slot.tx.send(msg).is_ok() {
-            slot.flow.pushed();
-        }
+        let _ = slot.tx.send(msg);
     }
 
     /// Stops the partitions, bounded by `shutdown_timeout`, commits the offset hints and

@@ -56,13 +56,14 @@ pub mod metrics;
 mod partition;
 mod process;
 mod prune;
+mod raw_headers;
 mod rebalance;
 mod registry;
 
 pub use builder::{InboxBuilder, UnknownTypePolicy};
 pub use context::Context;
 pub use handler::{Handler, HandlerError};
-pub use inbox::Inbox;
+pub use inbox::{BufferWatermark, Inbox};
 pub use kafka::KafkaSettings;
 pub use outbox::{Error, ErrorKind};
 

@@ -1,6 +1,7 @@
 //! One task per assigned partition: takes what the consumer loop has buffered, up to a batch,
 //! and processes it. Partitions run concurrently; messages of one partition strictly in order.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::Consumer as _;
@@ -14,36 +15,63 @@ use outbox::Database;
 use crate::inbox::{Consumer, Shared};
 use crate::process::{Processor, Progress};
 
-/// Per-partition backpressure. The buffer between the consumer loop and a partition's task is
-/// bounded by pausing the partition in librdkafka when it is full, not by blocking the loop,
-/// so one slow partition never holds the others back. librdkafka discards what it prefetched
-/// for a paused partition and fetches it again from the last message handed out on resume.
+/// Per-partition backpressure, in messages and in bytes. The buffer between the consumer loop
+/// and a partition's task — and the batch that task has in hand — is bounded by pausing the
+/// partition in librdkafka, not by blocking the loop, so one slow partition never holds the
+/// others back. librdkafka discards what it prefetched for a paused partition and fetches it
+/// again from the last message handed out on resume.
+///
+/// Bytes (key + payload + headers) count from the moment the loop hands a message over until
+/// the batch holding it is finished. A message that would take the partition past
+/// `max_bytes` is not buffered: the partition pauses and the message is read again once the
+/// partition has drained (see `Loop::route`). So a partition never holds more than
+/// `max_bytes`, except that one record larger than that on its own is let through alone.
 pub(crate) struct Flow {
     state: Mutex<FlowState>,
     high: usize,
     low: usize,
+    max_bytes: usize,
     consumer: Arc<Consumer>,
     topic: String,
     partition: i32,
+    /// The log changed under the stored position: the next commit replaces it (see
+    /// `NewPosition::replace`).
+    replace: AtomicBool,
+    /// The inbox's high-water mark of bytes held by one partition.
+    high_water: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
 struct FlowState {
     queued: usize,
+    bytes: usize,
     paused: bool,
     closed: bool,
+    /// A message refused for lack of room: the partition is sought back to it on resume (it
+    /// may have been the last one of the log, so no later message would trigger the seek).
+    refetch: Option<i64>,
 }
 
 impl Flow {
-    pub(crate) fn new(consumer: Arc<Consumer>, topic: &str, partition: i32, batch_size: usize) -> Self {
+    pub(crate) fn new(
+        consumer: Arc<Consumer>,
+        topic: &str,
+        partition: i32,
+        batch_size: usize,
+        max_bytes: usize,
+        high_water: Arc<AtomicUsize>,
+    ) -> Self {
         let high = (batch_size * 4).max(256);
         Self {
             state: Mutex::new(FlowState::default()),
             high,
             low: high / 4,
+            max_bytes,
             consumer,
             topic: topic.to_owned(),
             partition,
+            replace: AtomicBool::new(false),
+            high_water,
         }
     }
 
@@ -58,24 +86,57 @@ impl Flow {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The consumer loop buffered one more message.
-    pub(crate) fn pushed(&self) {
+    /// The consumer loop wants to buffer the message at `offset`, of `size` bytes. Returns
+    /// false — and pauses the partition — when it does not fit; the caller then drops it, and
+    /// the partition is sought back to it when it resumes.
+    pub(crate) fn admit(&self, offset: i64, size: usize) -> bool {
         let mut s = self.lock();
-        s.queued += 1;
-        if !s.paused && !s.closed && s.queued >= self.high {
-            match self.consumer.pause(&self.tpl()) {
-                Ok(()) => s.paused = true,
-                Err(e) => tracing::debug!(error = %e, "inbox: cannot pause partition"),
-            }
+        if s.bytes > 0 && s.bytes.saturating_add(size) > self.max_bytes {
+            s.refetch = Some(s.refetch.map_or(offset, |o| o.min(offset)));
+            self.pause(&mut s);
+            return false;
         }
+        s.queued += 1;
+        s.bytes = s.bytes.saturating_add(size);
+        self.high_water.fetch_max(s.bytes, Ordering::Relaxed);
+        if s.queued >= self.high || s.bytes >= self.max_bytes {
+            self.pause(&mut s);
+        }
+        true
+    }
+
+    /// Whether the partition is paused (then a message that arrives anyway is left for later).
+    pub(crate) fn is_paused(&self) -> bool {
+        self.lock().paused
     }
 
     /// The partition's task took `n` messages.
     fn taken(&self, n: usize) {
         let mut s = self.lock();
         s.queued = s.queued.saturating_sub(n);
-        if s.paused && !s.closed && s.queued <= self.low {
-            self.resume(&mut s);
+        self.maybe_resume(&mut s);
+    }
+
+    /// The partition's task finished a batch of `bytes`.
+    fn finished(&self, bytes: usize) {
+        let mut s = self.lock();
+        s.bytes = s.bytes.saturating_sub(bytes);
+        self.maybe_resume(&mut s);
+    }
+
+    fn maybe_resume(&self, s: &mut FlowState) {
+        if s.paused && !s.closed && s.queued <= self.low && (s.bytes == 0 || s.bytes <= self.max_bytes / 2) {
+            self.resume(s);
+        }
+    }
+
+    fn pause(&self, s: &mut FlowState) {
+        if s.paused || s.closed {
+            return;
+        }
+        match self.consumer.pause(&self.tpl()) {
+            Ok(()) => s.paused = true,
+            Err(e) => tracing::debug!(error = %e, "inbox: cannot pause partition"),
         }
     }
 
@@ -92,8 +153,37 @@ impl Flow {
     fn resume(&self, s: &mut FlowState) {
         match self.consumer.resume(&self.tpl()) {
             Ok(()) => s.paused = false,
-            Err(e) => tracing::debug!(error = %e, "inbox: cannot resume partition"),
+            Err(e) => {
+                tracing::debug!(error = %e, "inbox: cannot resume partition");
+                return;
+            }
         }
+        if let Some(offset) = s.refetch.take()
+            && !s.closed
+        {
+            // Zero timeout: librdkafka starts the seek and returns at once (this runs on the
+            // partition's task). Should it not happen, the next message of the partition makes
+            // the consumer loop seek (its position is still "start at `offset`").
+            let to = rdkafka::Offset::Offset(offset);
+            if let Err(e) = self.consumer.seek(&self.topic, self.partition, to, std::time::Duration::ZERO) {
+                tracing::debug!(error = %e, offset, "inbox: cannot seek back to the refused message");
+            }
+        }
+    }
+
+    /// The loop found the partition's log changed under the stored position.
+    pub(crate) fn replace_position(&self) {
+        self.replace.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the next stored position replaces the old one.
+    pub(crate) fn replace_pending(&self) -> bool {
+        self.replace.load(Ordering::SeqCst)
+    }
+
+    /// A position was committed (with `replace_pending()` as it was).
+    pub(crate) fn replaced(&self) {
+        self.replace.store(false, Ordering::SeqCst);
     }
 }
 
@@ -117,6 +207,7 @@ impl<C: Database> PartitionWorker<C> {
             topic: &self.topic,
             partition: self.partition,
             stop: &self.stop,
+            flow: &self.flow,
         };
         loop {
             let first = tokio::select! {
@@ -135,8 +226,11 @@ impl<C: Database> PartitionWorker<C> {
                     Err(_) => break,
                 }
             }
+            let bytes: usize = batch.iter().map(crate::raw_headers::size).sum();
             self.flow.taken(batch.len());
-            if processor.process(batch).await == Progress::Interrupted {
+            let progress = processor.process(batch).await;
+            self.flow.finished(bytes);
+            if progress == Progress::Interrupted {
                 return;
             }
         }

@@ -2,12 +2,19 @@
 //! anything in it fails, each message in its own, so only the failing message is retried or
 //! dead-lettered.
 //!
+//! Every message's dedup row is inserted right before its own handler runs, and after every
+//! handler the inbox checks that the transaction is still the one it opened and still usable
+//! (see [`Database::same_transaction`](outbox::Database::same_transaction)). A handler that
+//! committed or rolled it back (through diesel or with raw SQL) is charged with
+//! `handler_ended_transaction`, one that left it aborted with `handler_aborted_transaction`;
+//! in a batch, that message alone is charged and the batch splits, so batch mode and
+//! one-message mode end in the same state.
+//!
 //! Errors fall in two classes. A handler error belongs to its message: it is retried with
 //! backoff up to `max_attempts` and then dead-lettered. An infrastructure error (pool, BEGIN,
 //! our own statements, COMMIT) says nothing about the message: the same step is retried with
 //! backoff for as long as it takes, and never dead-letters anything.
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -15,7 +22,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel_async::TransactionManager;
 use futures_util::FutureExt;
 use outbox::Database;
-use outbox::db::{NewDeadLetter, NewDedup};
+use outbox::db::{NewDeadLetter, NewDedup, NewPosition};
+use outbox::raw_headers::sanitize_text;
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Message, OwnedMessage};
@@ -24,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::classify::{Plan, classify, headers_json};
+use crate::classify::{Plan, classify, dead_letter_headers};
 use crate::context::{Context, MessageMeta};
 use crate::inbox::{Consumer, Shared};
 use crate::metrics::{Tally, handler_seconds};
+use crate::partition::Flow;
 
 /// One Kafka message and what to do with it.
 pub(crate) struct Item<C: Database> {
@@ -49,7 +58,55 @@ pub(crate) enum Progress {
 struct Failure {
     transient: bool,
     reason: &'static str,
+    /// The dead-letter reason when a transient failure has used up its attempts.
+    exhausted: &'static str,
     error: String,
+    /// The handler ended the inbox transaction itself, so its dedup row may be committed
+    /// already: write the dead letter even though the id is recorded.
+    ended_transaction: bool,
+    /// The handler was abandoned mid-call: its connection is dropped, not rolled back and reused.
+    abandoned: bool,
+}
+
+impl Failure {
+    fn new(transient: bool, reason: &'static str, error: impl Into<String>) -> Self {
+        Failure {
+            transient,
+            reason,
+            exhausted: "retries_exhausted",
+            error: error.into(),
+            ended_transaction: false,
+            abandoned: false,
+        }
+    }
+
+    fn ended_transaction(how: &str) -> Self {
+        Failure {
+            ended_transaction: true,
+            ..Failure::new(
+                false,
+                "handler_ended_transaction",
+                format!(
+                    "the handler ended the inbox transaction itself ({how}); commit and rollback belong to the \
+                     inbox (nested `conn.transaction(..)` calls are savepoints and are fine)"
+                ),
+            )
+        }
+    }
+
+    fn aborted_transaction(e: &diesel::result::Error) -> Self {
+        Failure {
+            exhausted: "handler_aborted_transaction",
+            ..Failure::new(
+                true,
+                "handler_aborted_transaction",
+                format!(
+                    "the handler returned Ok but left the inbox transaction aborted (a failed statement was \
+                     ignored): {e}"
+                ),
+            )
+        }
+    }
 }
 
 enum StepError {
@@ -68,6 +125,7 @@ pub(crate) struct Processor<'a, C: Database> {
     pub topic: &'a str,
     pub partition: i32,
     pub stop: &'a CancellationToken,
+    pub flow: &'a Flow,
 }
 
 impl<C: Database> Processor<'_, C> {
@@ -116,7 +174,15 @@ impl<C: Database> Processor<'_, C> {
             })?;
             let conn: &mut C = &mut pooled;
             conn.begin_write().await.map_err(|_| (None, None))?;
-            match self.batch_body(conn, items).await {
+            let token = match conn.transaction_token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox: batch failed on the database");
+                    rollback_all(conn).await;
+                    return Err((None, None));
+                }
+            };
+            match self.batch_body(conn, items, token).await {
                 Ok((tally, next)) => match C::TransactionManager::commit_transaction(conn).await {
                     Ok(()) => {
                         pooled.release();
@@ -130,7 +196,9 @@ impl<C: Database> Processor<'_, C> {
                     }
                 },
                 Err((index, e)) => {
-                    rollback_all(conn).await;
+                    if !matches!(&e, StepError::Handler(f) if f.abandoned) {
+                        rollback_all(conn).await;
+                    }
                     Err(match e {
                         StepError::Handler(f) => (Some(index), Some(f)),
                         StepError::Infra(e) => {
@@ -145,60 +213,45 @@ impl<C: Database> Processor<'_, C> {
         .await
     }
 
-    async fn batch_body(&self, conn: &mut C, items: &mut [Item<C>]) -> Result<(Tally, i64), (usize, StepError)> {
-        let group = self.shared.options.group.as_str();
-        let mut seen = HashSet::new();
-        let rows: Vec<NewDedup<'_>> = items
-            .iter()
-            .filter_map(|it| {
-                let id = it.plan.id().filter(|id| seen.insert(*id))?;
-                Some(self.dedup_row(id, &it.msg))
-            })
-            .collect();
-        let inserted: HashSet<Uuid> = conn.insert_dedup(&rows).await.map_err(|e| (0, infra(e)))?.into_iter().collect();
-        drop(rows);
-
+    async fn batch_body(
+        &self,
+        conn: &mut C,
+        items: &mut [Item<C>],
+        token: i64,
+    ) -> Result<(Tally, i64), (usize, StepError)> {
         let mut tally = Tally::default();
-        let mut first = HashSet::new();
-        let mut dead = Vec::new();
         for (index, item) in items.iter_mut().enumerate() {
-            // New: its id was inserted by this statement and this is its first occurrence.
-            let new = match item.plan.id() {
-                Some(id) => inserted.contains(&id) && first.insert(id),
-                None => true,
-            };
-            if !new {
-                tally.duplicates += 1;
-                continue;
+            // Each message's dedup row right before its own handler (and a dead letter right
+            // after its dedup row): a handler that ends the transaction can commit only what
+            // belongs to messages already processed, never the dedup rows of the messages
+            // after it (which would then look like duplicates) nor a dedup row without its
+            // dead letter.
+            if let Some(id) = item.plan.id() {
+                let row = self.dedup_row(id, &item.msg);
+                if conn.insert_dedup(&[row]).await.map_err(|e| (index, infra(e)))?.is_empty() {
+                    tally.duplicates += 1;
+                    continue;
+                }
             }
             match &item.plan {
-                Plan::DeadLetter { reason, .. } => {
+                Plan::DeadLetter { reason, error, .. } => {
+                    let row = self.dead_letter_row(item, reason, error, 0, dead_letter_headers(&item.msg));
+                    conn.insert_dead_letters(&[row]).await.map_err(|e| (index, infra(e)))?;
                     tally.dead_lettered.push(reason.clone());
-                    dead.push(index);
                 }
                 Plan::Record { .. } => tally.skipped += 1,
-                Plan::Handle { .. } => match self.call_handler(conn, item, 1).await {
+                Plan::Handle { .. } => match self.call_handler(conn, item, 1, token).await {
                     Ok(event_type) => tally.handled.push(event_type),
                     Err(f) => return Err((index, StepError::Handler(f))),
                 },
             }
         }
-        let rows: Vec<NewDeadLetter<'_>> = dead
-            .iter()
-            .filter_map(|&i| {
-                let item = &items[i];
-                match &item.plan {
-                    Plan::DeadLetter { reason, error, .. } => Some(self.dead_letter_row(item, reason, error, 0)),
-                    _ => None,
-                }
-            })
-            .collect();
-        conn.insert_dead_letters(&rows).await.map_err(|e| (0, infra(e)))?;
-        let next = items.last().map_or(0, |it| it.msg.offset() + 1);
-        // Runs after the handlers: if one of them swallowed a failed statement, the aborted
-        // transaction fails here instead of COMMIT silently turning into ROLLBACK.
-        conn.store_position(group, self.topic, self.partition, next).await.map_err(|e| (0, infra(e)))?;
-        Ok((tally, next))
+        let Some(last) = items.last() else {
+            return Ok((tally, 0));
+        };
+        let position = self.position(&last.msg);
+        conn.store_position(&position).await.map_err(|e| (0, infra(e)))?;
+        Ok((tally, position.next_offset))
     }
 
     /// One message in its own transactions, retrying handler failures with backoff and
@@ -256,7 +309,14 @@ impl<C: Database> Processor<'_, C> {
         let mut pooled = self.shared.pool.get().await.map_err(infra)?;
         let conn: &mut C = &mut pooled;
         conn.begin_write().await.map_err(infra)?;
-        match self.one_body(conn, item, attempt).await {
+        let token = match conn.transaction_token().await {
+            Ok(t) => t,
+            Err(e) => {
+                rollback_all(conn).await;
+                return Err(infra(e));
+            }
+        };
+        match self.one_body(conn, item, attempt, token).await {
             Ok(tally) => {
                 if let Err(e) = C::TransactionManager::commit_transaction(conn).await {
                     rollback_all(conn).await;
@@ -267,79 +327,67 @@ impl<C: Database> Processor<'_, C> {
                 Ok(())
             }
             Err(e) => {
-                rollback_all(conn).await;
+                if !matches!(&e, StepError::Handler(f) if f.abandoned) {
+                    rollback_all(conn).await;
+                }
                 Err(e)
             }
         }
     }
 
-    async fn one_body(&self, conn: &mut C, item: &mut Item<C>, attempt: u32) -> Result<Tally, StepError> {
-        let group = self.shared.options.group.as_str();
+    async fn one_body(&self, conn: &mut C, item: &mut Item<C>, attempt: u32, token: i64) -> Result<Tally, StepError> {
         let mut tally = Tally::default();
         if let Some(id) = item.plan.id() {
             let row = self.dedup_row(id, &item.msg);
             if conn.insert_dedup(&[row]).await.map_err(infra)?.is_empty() {
                 tally.duplicates = 1;
-                conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(infra)?;
+                conn.store_position(&self.position(&item.msg)).await.map_err(infra)?;
                 return Ok(tally);
             }
         }
-        let mut ran_handler = false;
         match &item.plan {
             Plan::DeadLetter { reason, error, .. } => {
-                let row = self.dead_letter_row(item, reason, error, 0);
+                let row = self.dead_letter_row(item, reason, error, 0, dead_letter_headers(&item.msg));
                 conn.insert_dead_letters(&[row]).await.map_err(infra)?;
                 tally.dead_lettered.push(reason.clone());
             }
             Plan::Record { .. } => tally.skipped = 1,
             Plan::Handle { .. } => {
-                let event_type = self.call_handler(conn, item, attempt).await.map_err(StepError::Handler)?;
+                let event_type = self.call_handler(conn, item, attempt, token).await.map_err(StepError::Handler)?;
                 tally.handled.push(event_type);
-                ran_handler = true;
             }
         }
-        conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await.map_err(|e| {
-            // The handler returned Ok but swallowed a failed statement: PostgreSQL refuses
-            // everything until ROLLBACK. Charge it to the message, not the database.
-            if ran_handler && e.to_string().contains("current transaction is aborted") {
-                StepError::Handler(Failure {
-                    transient: true,
-                    reason: "handler_failed",
-                    error: format!(
-                        "the handler returned Ok but left its transaction aborted (a failed statement was ignored): {e}"
-                    ),
-                })
-            } else {
-                infra(e)
-            }
-        })?;
+        conn.store_position(&self.position(&item.msg)).await.map_err(infra)?;
         Ok(tally)
     }
 
     /// The dead-letter row of a message whose handler failed for good, in the same transaction
     /// as its dedup row and the position.
     async fn dead_letter_tx(&self, item: &Item<C>, f: &Failure, attempts: u32) -> Result<(), String> {
-        let group = self.shared.options.group.as_str();
         let mut pooled = self.shared.pool.get().await.map_err(|e| e.to_string())?;
         let conn: &mut C = &mut pooled;
         conn.begin_write().await.map_err(|e| e.to_string())?;
-        let reason = if f.transient { "retries_exhausted" } else { f.reason };
+        let reason = if f.transient { f.exhausted } else { f.reason };
         let body = async {
             let mut tally = Tally::default();
             let new = match item.plan.id() {
-                Some(id) => !conn.insert_dedup(&[self.dedup_row(id, &item.msg)]).await?.is_empty(),
+                // A handler that ended the transaction itself committed (or not) its own dedup
+                // row; the dead letter is written either way.
+                Some(id) => {
+                    !conn.insert_dedup(&[self.dedup_row(id, &item.msg)]).await?.is_empty() || f.ended_transaction
+                }
                 None => true,
             };
             if new {
                 let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-                let row = self.dead_letter_row(item, reason, &f.error, attempts);
+                let row = self.dead_letter_row(item, reason, &f.error, attempts, dead_letter_headers(&item.msg));
                 conn.insert_dead_letters(&[row]).await?;
                 tally.dead_lettered.push(reason.to_owned());
             } else {
                 // Another consumer handled it meanwhile (a rebalance): nothing to park.
                 tally.duplicates = 1;
             }
-            conn.store_position(group, self.topic, self.partition, item.msg.offset() + 1).await?;
+            conn.store_position(&self.position(&item.msg)).await?;
             Ok::<_, diesel::result::Error>(tally)
         }
         .await;
@@ -372,22 +420,25 @@ impl<C: Database> Processor<'_, C> {
     }
 
     /// Calls the message's handler inside the open transaction; returns its event type.
-    async fn call_handler(&self, conn: &mut C, item: &mut Item<C>, attempt: u32) -> Result<&'static str, Failure> {
+    /// Calls the message's handler inside the open transaction `token` names, bounded by the
+    /// handler timeout, then checks the transaction is still that one and usable; returns the
+    /// event type.
+    async fn call_handler(
+        &self,
+        conn: &mut C,
+        item: &mut Item<C>,
+        attempt: u32,
+        token: i64,
+    ) -> Result<&'static str, Failure> {
         let Plan::Handle { envelope, route, decoded } = &mut item.plan else {
-            return Err(Failure {
-                transient: false,
-                reason: "handler_failed",
-                error: "inbox bug: no handler for this message".into(),
-            });
+            return Err(Failure::new(false, "handler_failed", "inbox bug: no handler for this message"));
         };
         let event = match decoded.take() {
             Some(event) => event,
             // A retry: the first call consumed the decoded event. Same bytes, same result.
-            None => route.decode(item.msg.payload().unwrap_or_default()).map_err(|e| Failure {
-                transient: false,
-                reason: "handler_failed",
-                error: format!("payload no longer decodes: {e}"),
-            })?,
+            None => route
+                .decode(item.msg.payload().unwrap_or_default())
+                .map_err(|e| Failure::new(false, "handler_failed", format!("payload no longer decodes: {e}")))?,
         };
         let envelope: &outbox::Envelope = envelope;
         let route = &*route;
@@ -411,24 +462,58 @@ impl<C: Database> Processor<'_, C> {
             attempt
         );
         let started = Instant::now();
+        let timeout = self.shared.options.handler_timeout;
         let result = {
             let mut cx = Context::new(conn, &meta);
-            AssertUnwindSafe(route.call(event, &mut cx)).catch_unwind().instrument(span).await
+            let call = AssertUnwindSafe(route.call(event, &mut cx)).catch_unwind().instrument(span);
+            tokio::time::timeout(timeout, call).await
         };
         handler_seconds(&self.shared.options.group, self.topic, route.event_type(), started.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                return Err(Failure {
+                    exhausted: "handler_timed_out",
+                    abandoned: true,
+                    ..Failure::new(
+                        true,
+                        "handler_timed_out",
+                        format!("the handler did not finish within {timeout:?} (handler_timeout)"),
+                    )
+                });
+            }
+        };
+        // Whatever the handler returned: is the transaction still ours, open and usable?
+        let state = if transaction_depth(conn) != Some(1) {
+            Err(Failure::ended_transaction("through the connection's transaction manager"))
+        } else {
+            match conn.same_transaction(token).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::ended_transaction("a raw COMMIT or ROLLBACK")),
+                // The handler failed: its own error says more than the aborted transaction.
+                Err(_) if !matches!(result, Ok(Ok(()))) => Ok(()),
+                Err(e) if server_rejected(&e) => Err(Failure::aborted_transaction(&e)),
+                Err(e) => Err(Failure::new(true, "handler_failed", format!("the database connection failed: {e}"))),
+            }
+        };
+        state?;
         match result {
-            Ok(Ok(())) if transaction_depth(conn) == Some(1) => Ok(route.event_type()),
-            Ok(Ok(())) => Err(Failure {
-                transient: false,
-                reason: "handler_failed",
-                error: "the handler committed or rolled back the inbox transaction itself".into(),
-            }),
-            Ok(Err(e)) => {
-                Err(Failure { transient: e.is_transient(), reason: "handler_failed", error: error_chain(&e) })
-            }
-            Err(panic) => {
-                Err(Failure { transient: false, reason: "handler_panicked", error: panic_message(panic.as_ref()) })
-            }
+            Ok(Ok(())) => Ok(route.event_type()),
+            Ok(Err(e)) => Err(Failure::new(e.is_transient(), "handler_failed", error_chain(&e))),
+            Err(panic) => Err(Failure::new(false, "handler_panicked", panic_message(panic.as_ref()))),
+        }
+    }
+
+    /// The partition's position after `msg`, with the identity of the log it is in.
+    fn position<'m>(&'m self, msg: &OwnedMessage) -> NewPosition<'m> {
+        NewPosition {
+            consumer_group: &self.shared.options.group,
+            topic: self.topic,
+            kafka_partition: self.partition,
+            next_offset: msg.offset() + 1,
+            cluster_id: self.shared.cluster_id.get().and_then(Option::as_deref),
+            fingerprint: Some(crate::raw_headers::fingerprint(msg)),
+            replace: self.flow.replace_pending(),
         }
     }
 
@@ -448,6 +533,7 @@ impl<C: Database> Processor<'_, C> {
         reason: &'m str,
         error: &'m str,
         attempts: i32,
+        (raw_headers, headers): (Vec<u8>, serde_json::Value),
     ) -> NewDeadLetter<'m> {
         NewDeadLetter {
             consumer_group: &self.shared.options.group,
@@ -457,9 +543,11 @@ impl<C: Database> Processor<'_, C> {
             kafka_offset: item.msg.offset(),
             key: item.msg.key(),
             payload: item.msg.payload(),
-            headers: headers_json(&item.msg),
+            headers,
+            raw_headers,
             reason,
-            error,
+            // Free of NUL and other control characters, whatever the record quoted into it.
+            error: sanitize_text(error),
             attempts,
         }
     }
@@ -467,6 +555,7 @@ impl<C: Database> Processor<'_, C> {
     /// After a commit: metrics, and the Kafka offset hint. Storing fails for a partition no
     /// longer assigned to this consumer, which is exactly when it must not be stored.
     fn committed(&self, next_offset: i64, tally: &Tally) {
+        self.flow.replaced();
         tally.report(&self.shared.options.group, self.topic);
         let mut tpl = TopicPartitionList::new();
         if tpl.add_partition_offset(self.topic, self.partition, Offset::Offset(next_offset)).is_ok()
@@ -512,6 +601,17 @@ async fn rollback_all<C: Database>(conn: &mut C) {
             return;
         }
     }
+}
+
+/// The server answered the check with an error (a live connection refusing a statement that
+/// cannot fail on its own): the transaction is aborted. diesel-async maps SQLSTATE 25P02
+/// (`in_failed_sql_transaction`) to `DatabaseErrorKind::Unknown` without exposing the code, so
+/// the inbox goes by this shape, never by the (localised) message text. Connection failures
+/// are not the handler's.
+fn server_rejected(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(e, Error::DatabaseError(kind, _)
+        if !matches!(kind, DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection))
 }
 
 fn error_chain(e: &crate::HandlerError) -> String {

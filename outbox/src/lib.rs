@@ -38,6 +38,7 @@ mod event;
 mod kafka;
 mod migrate;
 pub mod ops;
+pub mod raw_headers;
 pub mod relay;
 pub mod schema;
 mod wakeup;

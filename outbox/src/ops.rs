@@ -144,8 +144,9 @@ pub enum Selection {
     },
 }
 
-/// An inbox dead letter, as listed by [`list_dead_letters`]. The stored key, payload and
-/// headers are not loaded here; they stay in the row for replay.
+/// An inbox dead letter, as listed by [`list_dead_letters`]. The stored key and payload are not
+/// loaded here; they stay in the row for replay. The headers are decoded from the lossless
+/// `raw_headers` column and escaped for display.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -179,6 +180,64 @@ pub struct DeadLetter {
     /// When it was dead-lettered.
     #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
+    /// The record's headers in order, duplicates included (empty for rows written before
+    /// migration 3).
+    #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>, column_name = raw_headers, deserialize_as = RawHeadersColumn)]
+    pub headers: DisplayHeaders,
+}
+
+/// Kafka headers for display: `(key, value)` pairs, each escaped with
+/// [`raw_headers::escape`](crate::raw_headers::escape) (bytes that are not printable UTF-8
+/// appear as `\xHH` / `\u{..}`); `None` is a header without a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DisplayHeaders(pub Vec<(String, Option<String>)>);
+
+impl std::fmt::Display for DisplayHeaders {
+    /// `key=value, key2=value2` (`key` alone for a header without a value).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match v {
+                Some(v) => write!(f, "{k}={v}")?,
+                None => f.write_str(k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `raw_headers` column as loaded, decoded into [`DisplayHeaders`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RawHeadersColumn(Option<Vec<u8>>);
+
+impl diesel::deserialize::FromSql<Nullable<diesel::sql_types::Bytea>, diesel::pg::Pg> for RawHeadersColumn {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        <Vec<u8> as diesel::deserialize::FromSql<diesel::sql_types::Bytea, diesel::pg::Pg>>::from_sql(bytes)
+            .map(|b| RawHeadersColumn(Some(b)))
+    }
+
+    fn from_nullable_sql(bytes: Option<diesel::pg::PgValue<'_>>) -> diesel::deserialize::Result<Self> {
+        match bytes {
+            Some(b) => Self::from_sql(b),
+            None => Ok(RawHeadersColumn(None)),
+        }
+    }
+}
+
+impl From<RawHeadersColumn> for DisplayHeaders {
+    fn from(column: RawHeadersColumn) -> Self {
+        let decoded = column.0.as_deref().and_then(crate::raw_headers::decode).unwrap_or_default();
+        DisplayHeaders(
+            decoded
+                .into_iter()
+                .map(|(k, v)| (crate::raw_headers::escape(&k), v.map(|v| crate::raw_headers::escape(&v))))
+                .collect(),
+        )
+    }
 }
 
 /// Which dead letters [`discard_dead_letters`] deletes.
@@ -384,7 +443,8 @@ async fn update_parked(conn: &mut AsyncPgConnection, sql: &str, selection: Selec
 
 // Newest first, served by the index inbox_dead_letters_group when a group is given.
 const LIST_DEAD_LETTERS: &str = "
-SELECT id, consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts, created_at
+SELECT id, consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts, created_at,
+       raw_headers
 FROM inbox_dead_letters
 WHERE ($1::text IS NULL OR consumer_group = $1)
 ORDER BY created_at DESC, id DESC

@@ -52,6 +52,8 @@ diesel::table! {
         kafka_partition -> Integer,
         next_offset -> BigInt,
         updated_at -> Timestamptz,
+        cluster_id -> Nullable<Text>,
+        last_fingerprint -> Nullable<BigInt>,
     }
 }
 
@@ -71,5 +73,6 @@ diesel::table! {
         error -> Text,
         attempts -> Integer,
         created_at -> Timestamptz,
+        raw_headers -> Nullable<Binary>,
     }
 }

@@ -212,6 +212,9 @@ pub trait TestConn: AsyncConnection + Send + 'static {
     /// Every `inbox_dead_letters` row, in offset order.
     async fn dead_letters(&mut self) -> Vec<DeadLetterRow>;
 
+    /// `group`'s dead letters with their raw headers, in (partition, offset) order.
+    async fn raw_dead_letters(&mut self, group: &str) -> Vec<crate::inbox_support::RawDeadLetter>;
+
     /// How many statements inserted the current `outbox_messages` rows, where the backend can
     /// tell (PostgreSQL: distinct command ids); `None` on SQLite.
     async fn outbox_insert_statements(&mut self) -> Option<i64>;
@@ -288,6 +291,48 @@ impl From<DeadLetterText> for DeadLetterRow {
         }
     }
 }
+
+#[derive(QueryableByName)]
+struct RawDeadLetterRow {
+    #[diesel(sql_type = Text)]
+    consumer_group: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    message_id: Option<String>,
+    #[diesel(sql_type = Integer)]
+    kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    kafka_offset: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    key: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    payload: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    raw_headers: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Text)]
+    error: String,
+}
+
+impl From<RawDeadLetterRow> for crate::inbox_support::RawDeadLetter {
+    fn from(r: RawDeadLetterRow) -> Self {
+        crate::inbox_support::RawDeadLetter {
+            consumer_group: r.consumer_group,
+            message_id: r.message_id,
+            kafka_partition: r.kafka_partition,
+            kafka_offset: r.kafka_offset,
+            key: r.key,
+            payload: r.payload,
+            raw_headers: r.raw_headers,
+            reason: r.reason,
+            error: r.error,
+        }
+    }
+}
+
+// The same text on both backends (CAST AS TEXT: uuid on PostgreSQL, text already on SQLite).
+const RAW_DEAD_LETTERS: &str = "SELECT consumer_group, CAST(message_id AS TEXT) AS message_id, kafka_partition, \
+    kafka_offset, key, payload, raw_headers, reason, error FROM inbox_dead_letters WHERE consumer_group = ";
 
 fn follow_up(r: FollowUpRow) -> (String, String, serde_json::Value) {
     (r.topic, r.event_type, serde_json::from_str(&r.headers).expect("outbox headers are JSON"))
@@ -382,6 +427,13 @@ impl TestConn for AsyncPgConnection {
         .load(self)
         .await
         .expect("dead letters");
+        rows.into_iter().map(Into::into).collect()
+    }
+
+    async fn raw_dead_letters(&mut self, group: &str) -> Vec<crate::inbox_support::RawDeadLetter> {
+        let sql = format!("{RAW_DEAD_LETTERS}$1 ORDER BY kafka_partition, kafka_offset");
+        let rows: Vec<RawDeadLetterRow> =
+            diesel::sql_query(sql).bind::<Text, _>(group).load(self).await.expect("raw dead letters");
         rows.into_iter().map(Into::into).collect()
     }
 
@@ -531,6 +583,13 @@ impl TestConn for SqliteConnection {
         .load(self)
         .await
         .expect("dead letters");
+        rows.into_iter().map(Into::into).collect()
+    }
+
+    async fn raw_dead_letters(&mut self, group: &str) -> Vec<crate::inbox_support::RawDeadLetter> {
+        let sql = format!("{RAW_DEAD_LETTERS}?1 ORDER BY kafka_partition, kafka_offset");
+        let rows: Vec<RawDeadLetterRow> =
+            diesel::sql_query(sql).bind::<Text, _>(group).load(self).await.expect("raw dead letters");
         rows.into_iter().map(Into::into).collect()
     }
 

@@ -67,6 +67,18 @@ impl TestKafka {
         }
     }
 
+    /// The cluster id the brokers report.
+    pub async fn cluster_id(&self) -> String {
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("metadata client");
+            consumer.client().fetch_cluster_id(Duration::from_secs(10)).expect("the cluster reports its id")
+        })
+        .await
+        .expect("cluster id thread")
+    }
+
     /// Reads `topic` from the beginning until `expected` records arrived or `timeout` passed,
     /// then keeps reading for `settle` to catch duplicates that arrive late.
     pub async fn read_all(&self, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<Record> {

@@ -8,8 +8,10 @@
 
 pub mod backend;
 pub mod crash;
+pub mod inbox_support;
 pub mod kafka;
 pub mod produce;
+pub mod raw;
 pub mod relay_support;
 
 use diesel_async::AsyncPgConnection;

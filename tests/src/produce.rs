@@ -125,6 +125,11 @@ impl TestProducer {
         TestProducer { producer }
     }
 
+    /// The underlying producer (for [`crate::raw`]).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
     /// Produces `event` and waits for the broker's ack; returns (partition, offset).
     pub async fn send(&self, event: &CloudEvent) -> (i32, i64) {
         let headers = event

@@ -101,6 +101,8 @@ async fn invalid_configuration_fails_at_build() {
     config_error(builder().handle(Reserve).dedup_window(Duration::ZERO), "dedup_window");
     config_error(builder().handle(Reserve).max_payload_bytes(0), "max_payload_bytes");
     config_error(builder().handle(Reserve).shutdown_timeout(Duration::ZERO), "shutdown_timeout");
+    config_error(builder().handle(Reserve).handler_timeout(Duration::ZERO), "handler_timeout");
+    config_error(builder().handle(Reserve).max_buffered_bytes(0), "max_buffered_bytes");
     config_error(Inbox::builder(pool(), ClientConfig::new()).group("g").handle(Reserve), "bootstrap.servers");
     config_error(
         Inbox::builder(pool(), kafka("enable.auto.offset.store", "true")).group("g").handle(Reserve),

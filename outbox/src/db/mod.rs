@@ -87,16 +87,31 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
     #[doc(hidden)]
     async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()>;
     #[doc(hidden)]
-    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()>;
+    async fn store_position(&mut self, position: &NewPosition<'_>) -> QueryResult<()>;
     #[doc(hidden)]
     async fn load_positions(
         &mut self,
         group: &str,
         topic: &str,
         partitions: &[i32],
-    ) -> QueryResult<std::collections::HashMap<i32, i64>>;
+    ) -> QueryResult<std::collections::HashMap<i32, StoredPosition>>;
     #[doc(hidden)]
     async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize>;
+
+    /// A token naming the open transaction, taken right after BEGIN, for
+    /// [`same_transaction`](Self::same_transaction). PostgreSQL: `txid_current()` (assigns the
+    /// transaction id). SQLite: nothing to take (0).
+    #[doc(hidden)]
+    async fn transaction_token(&mut self) -> QueryResult<i64>;
+
+    /// Whether the transaction [`transaction_token`](Self::transaction_token) named is still the
+    /// open one, checked after each handler: a handler that sent a raw `COMMIT` or `ROLLBACK`
+    /// leaves the connection outside it. PostgreSQL compares `txid_current_if_assigned()` (NULL
+    /// outside a transaction, another id in a new one) and fails when the transaction is
+    /// aborted. SQLite probes with `BEGIN`, which fails only inside a transaction (when it
+    /// succeeds, the transaction it opened is rolled back with the rest).
+    #[doc(hidden)]
+    async fn same_transaction(&mut self, token: i64) -> QueryResult<bool>;
 }
 
 /// One outbox row as the writer stores it.
@@ -224,10 +239,41 @@ pub struct NewDeadLetter<'a> {
     pub kafka_offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    /// Display form only (escaped text, see [`crate::raw_headers::display_json`]).
     pub headers: serde_json::Value,
+    /// The headers byte for byte ([`crate::raw_headers::encode`]).
+    pub raw_headers: Vec<u8>,
     pub reason: &'a str,
-    pub error: &'a str,
+    pub error: String,
     pub attempts: i32,
+}
+
+/// A consumer position to store: the next offset of a partition, and what log it is in.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct NewPosition<'a> {
+    pub consumer_group: &'a str,
+    pub topic: &'a str,
+    pub kafka_partition: i32,
+    pub next_offset: i64,
+    /// The Kafka cluster id, when the cluster reported one.
+    pub cluster_id: Option<&'a str>,
+    /// Fingerprint of the record at `next_offset - 1`.
+    pub fingerprint: Option<i64>,
+    /// Overwrite the stored position even when it is higher: the log changed (new cluster,
+    /// recreated topic) and the old offsets mean nothing in the new one.
+    pub replace: bool,
+}
+
+/// A stored consumer position and the identity of the log it was stored for.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPosition {
+    pub next_offset: i64,
+    /// `None`: unknown (the cluster reported none, or the row predates migration 3).
+    pub cluster_id: Option<String>,
+    /// `None`: unknown (a row written before migration 3, or by hand).
+    pub fingerprint: Option<i64>,
 }
 
 /// The transaction depth diesel-async tracks for `conn` (`None`: not in a transaction).

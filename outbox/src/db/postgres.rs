@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::prepared::prepared;
 use super::{
     Backlog, Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
+    NewPosition, StoredPosition,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;
@@ -305,6 +306,7 @@ struct DeadLetterRow<'a> {
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
     headers: &'a serde_json::Value,
+    raw_headers: &'a [u8],
     reason: &'a str,
     error: &'a str,
     attempts: i32,
@@ -314,6 +316,10 @@ struct DeadLetterRow<'a> {
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/postgres/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/postgres/00000000000002_inbox/up.sql")),
+    (
+        "00000000000003_inbox_raw_headers",
+        include_str!("../../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
+    ),
     (
         "00000000000004_relay_held_keys",
         include_str!("../../../migrations/postgres/00000000000004_relay_held_keys/up.sql"),
@@ -548,8 +554,9 @@ impl Database for AsyncPgConnection {
                 key: r.key,
                 payload: r.payload,
                 headers: &r.headers,
+                raw_headers: &r.raw_headers,
                 reason: r.reason,
-                error: r.error,
+                error: &r.error,
                 attempts: r.attempts,
             })
             .collect();
@@ -557,33 +564,58 @@ impl Database for AsyncPgConnection {
         Ok(())
     }
 
-    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()> {
-        // GREATEST: a consumer that lost the partition in a rebalance and commits late never
-        // moves the position back.
+    async fn store_position(&mut self, p: &NewPosition<'_>) -> QueryResult<()> {
+        // Never backwards (a consumer that lost the partition in a rebalance and commits late),
+        // unless the log changed ($7): then the new log's offsets replace the old ones. The
+        // identity columns always describe the row's next_offset.
         prepared(
-            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE \
-             SET next_offset = GREATEST(inbox_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset, cluster_id, \
+             last_fingerprint) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET \
+             next_offset = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
+                 THEN EXCLUDED.next_offset ELSE inbox_offsets.next_offset END, \
+             cluster_id = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
+                 THEN EXCLUDED.cluster_id ELSE inbox_offsets.cluster_id END, \
+             last_fingerprint = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
+                 THEN EXCLUDED.last_fingerprint ELSE inbox_offsets.last_fingerprint END, \
+             updated_at = now()",
         )
-        .bind::<Text, _>(group)
-        .bind::<Text, _>(topic)
-        .bind::<Integer, _>(partition)
-        .bind::<BigInt, _>(next_offset)
+        .bind::<Text, _>(p.consumer_group)
+        .bind::<Text, _>(p.topic)
+        .bind::<Integer, _>(p.kafka_partition)
+        .bind::<BigInt, _>(p.next_offset)
+        .bind::<Nullable<Text>, _>(p.cluster_id)
+        .bind::<Nullable<BigInt>, _>(p.fingerprint)
+        .bind::<diesel::sql_types::Bool, _>(p.replace)
         .execute(self)
         .await?;
         Ok(())
     }
 
-    async fn load_positions(&mut self, group: &str, topic: &str, partitions: &[i32]) -> QueryResult<HashMap<i32, i64>> {
-        let rows: Vec<(i32, i64)> = inbox_offsets::table
+    async fn load_positions(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> QueryResult<HashMap<i32, StoredPosition>> {
+        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = inbox_offsets::table
             .filter(inbox_offsets::consumer_group.eq(group))
             .filter(inbox_offsets::topic.eq(topic))
             .filter(inbox_offsets::kafka_partition.eq_any(partitions))
-            .select((inbox_offsets::kafka_partition, inbox_offsets::next_offset))
+            .select((
+                inbox_offsets::kafka_partition,
+                inbox_offsets::next_offset,
+                inbox_offsets::cluster_id,
+                inbox_offsets::last_fingerprint,
+            ))
             .load(self)
             .await?;
-        Ok(rows.into_iter().collect())
+        Ok(rows
+            .into_iter()
+            .map(|(p, next_offset, cluster_id, fingerprint)| {
+                (p, StoredPosition { next_offset, cluster_id, fingerprint })
+            })
+            .collect())
     }
 
     async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize> {
@@ -602,6 +634,25 @@ impl Database for AsyncPgConnection {
         .execute(self)
         .await
     }
+
+    async fn transaction_token(&mut self) -> QueryResult<i64> {
+        let row: Token = prepared("SELECT txid_current() AS token").get_result(self).await?;
+        Ok(row.token.unwrap_or(-1))
+    }
+
+    async fn same_transaction(&mut self, token: i64) -> QueryResult<bool> {
+        // Outside a transaction (autocommit after a raw COMMIT or ROLLBACK) the statement runs in
+        // a transaction of its own that assigns no id: NULL. In a transaction the handler opened
+        // after ending ours: NULL or another id. In an aborted transaction: an error.
+        let row: Token = prepared("SELECT txid_current_if_assigned() AS token").get_result(self).await?;
+        Ok(row.token == Some(token))
+    }
+}
+
+#[derive(QueryableByName)]
+struct Token {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    token: Option<i64>,
 }
 
 /// Turns the insert trigger's NOTIFY on or off; see [`crate::set_notify`].

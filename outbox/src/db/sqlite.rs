@@ -15,7 +15,10 @@ use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
-use super::{Backlog, Claimed, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage};
+use super::{
+    Backlog, Claimed, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage, NewPosition,
+    StoredPosition,
+};
 use crate::{Error, ErrorKind, Result};
 
 /// The SQLite connection type the SDK works with.
@@ -27,6 +30,10 @@ impl super::private::Sealed for SqliteConnection {}
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
     ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
+    (
+        "00000000000003_inbox_raw_headers",
+        include_str!("../../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
+    ),
     (
         "00000000000004_relay_held_keys",
         include_str!("../../../migrations/sqlite/00000000000004_relay_held_keys/up.sql"),
@@ -270,6 +277,10 @@ struct Position {
     kafka_partition: i32,
     #[diesel(sql_type = BigInt)]
     next_offset: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    cluster_id: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    last_fingerprint: Option<i64>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -467,7 +478,8 @@ impl Database for SqliteConnection {
         for r in rows {
             diesel::sql_query(
                 "INSERT INTO inbox_dead_letters (consumer_group, message_id, topic, kafka_partition, kafka_offset, \
-                 key, payload, headers, reason, error, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 key, payload, headers, reason, error, attempts, raw_headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .bind::<Text, _>(r.consumer_group.to_owned())
             .bind::<Nullable<Text>, _>(r.message_id.map(|id| id.hyphenated().to_string()))
@@ -478,34 +490,50 @@ impl Database for SqliteConnection {
             .bind::<Nullable<Binary>, _>(r.payload.map(<[u8]>::to_vec))
             .bind::<Text, _>(r.headers.to_string())
             .bind::<Text, _>(r.reason.to_owned())
-            .bind::<Text, _>(r.error.to_owned())
+            .bind::<Text, _>(r.error.clone())
             .bind::<Integer, _>(r.attempts)
+            .bind::<Binary, _>(r.raw_headers.clone())
             .execute(self)
             .await?;
         }
         Ok(())
     }
 
-    async fn store_position(&mut self, group: &str, topic: &str, partition: i32, next_offset: i64) -> QueryResult<()> {
-        // max(): a consumer that lost the partition and commits late never moves it back.
+    async fn store_position(&mut self, p: &NewPosition<'_>) -> QueryResult<()> {
+        // Never backwards (a consumer that lost the partition and commits late), unless the log
+        // changed (?7); the identity columns always describe the row's next_offset.
         diesel::sql_query(concat!(
-            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES (?1, ?2, ?3, ?4) ",
-            "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE ",
-            "SET next_offset = max(next_offset, excluded.next_offset), updated_at = ",
+            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset, cluster_id, ",
+            "last_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ",
+            "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET ",
+            "cluster_id = CASE WHEN ?7 OR excluded.next_offset >= next_offset ",
+            "THEN excluded.cluster_id ELSE cluster_id END, ",
+            "last_fingerprint = CASE WHEN ?7 OR excluded.next_offset >= next_offset ",
+            "THEN excluded.last_fingerprint ELSE last_fingerprint END, ",
+            "next_offset = CASE WHEN ?7 THEN excluded.next_offset ELSE max(next_offset, excluded.next_offset) END, ",
+            "updated_at = ",
             now_ms!()
         ))
-        .bind::<Text, _>(group.to_owned())
-        .bind::<Text, _>(topic.to_owned())
-        .bind::<Integer, _>(partition)
-        .bind::<BigInt, _>(next_offset)
+        .bind::<Text, _>(p.consumer_group.to_owned())
+        .bind::<Text, _>(p.topic.to_owned())
+        .bind::<Integer, _>(p.kafka_partition)
+        .bind::<BigInt, _>(p.next_offset)
+        .bind::<Nullable<Text>, _>(p.cluster_id.map(str::to_owned))
+        .bind::<Nullable<BigInt>, _>(p.fingerprint)
+        .bind::<Bool, _>(p.replace)
         .execute(self)
         .await?;
         Ok(())
     }
 
-    async fn load_positions(&mut self, group: &str, topic: &str, partitions: &[i32]) -> QueryResult<HashMap<i32, i64>> {
+    async fn load_positions(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> QueryResult<HashMap<i32, StoredPosition>> {
         let rows: Vec<Position> = diesel::sql_query(
-            "SELECT kafka_partition, next_offset FROM inbox_offsets \
+            "SELECT kafka_partition, next_offset, cluster_id, last_fingerprint FROM inbox_offsets \
              WHERE consumer_group = ?1 AND topic = ?2 AND kafka_partition IN (SELECT value FROM json_each(?3))",
         )
         .bind::<Text, _>(group.to_owned())
@@ -513,7 +541,17 @@ impl Database for SqliteConnection {
         .bind::<Text, _>(json_array(partitions))
         .load(self)
         .await?;
-        Ok(rows.into_iter().map(|p| (p.kafka_partition, p.next_offset)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|p| {
+                let stored = StoredPosition {
+                    next_offset: p.next_offset,
+                    cluster_id: p.cluster_id,
+                    fingerprint: p.last_fingerprint,
+                };
+                (p.kafka_partition, stored)
+            })
+            .collect())
     }
 
     async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize> {
@@ -528,6 +566,18 @@ impl Database for SqliteConnection {
         .bind::<BigInt, _>(limit)
         .execute(self)
         .await
+    }
+
+    async fn transaction_token(&mut self) -> QueryResult<i64> {
+        Ok(0)
+    }
+
+    async fn same_transaction(&mut self, _token: i64) -> QueryResult<bool> {
+        // SQLite refuses BEGIN inside a transaction, and that is the only thing this asks: any
+        // failure means a transaction is open (a broken connection fails the next statement).
+        // When BEGIN succeeds the handler had ended ours; the one BEGIN opened is rolled back
+        // by the caller like any other.
+        Ok(self.batch_execute("BEGIN").await.is_err())
     }
 }
 

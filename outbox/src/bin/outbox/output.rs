@@ -82,10 +82,32 @@ pub(crate) fn print_dead_letters(dead: &[ops::DeadLetter]) {
             d.reason.clone(),
             d.attempts.to_string(),
             time(d.created_at),
+            short(&d.headers.to_string(), 120),
             d.error.clone(),
         ]
     });
-    table(&["ID", "GROUP", "TOPIC/PARTITION@OFFSET", "MESSAGE ID", "REASON", "ATTEMPTS", "CREATED AT", "ERROR"], rows);
+    table(
+        &[
+            "ID",
+            "GROUP",
+            "TOPIC/PARTITION@OFFSET",
+            "MESSAGE ID",
+            "REASON",
+            "ATTEMPTS",
+            "CREATED AT",
+            "HEADERS",
+            "ERROR",
+        ],
+        rows,
+    );
+}
+
+/// At most `max` characters of `text`, marked with `…` when cut (`--json` shows everything).
+fn short(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// Left-aligned columns; the last one (free text) is not padded.
