@@ -10,6 +10,8 @@ pub mod backend;
 pub mod crash;
 pub mod kafka;
 pub mod produce;
+pub mod relay_gen;
+pub mod relay_gen_oracle;
 pub mod relay_support;
 
 use diesel_async::AsyncPgConnection;
