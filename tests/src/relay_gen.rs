@@ -151,6 +151,8 @@ pub struct Case {
     pub max_tx: usize,
     pub max_hold_ms: u64,
     pub rollback_pct: u32,
+    /// A writer's pause between transactions: 0 to this, so the writes span the fault schedule.
+    pub max_pause_ms: u64,
     pub partitions: i32,
     pub batch_size: usize,
     pub pool_size: u32,
@@ -180,7 +182,7 @@ impl Case {
             3..=5 => r.random_range(11..=100),
             _ => r.random_range(101..=500),
         };
-        let base = [20, 100, 300][r.random_range(0..3)];
+        let base = [20, 100, 300, 500][r.random_range(0..4)];
         let mut faults = Vec::new();
         for _ in 0..r.random_range(2..=7) {
             let gap = r.random_range(50..=700);
@@ -209,10 +211,22 @@ impl Case {
             };
             faults.push((gap, fault));
         }
+        let schedule_ms: u64 = faults
+            .iter()
+            .map(|(gap, f)| {
+                gap + match f {
+                    Fault::Outage { ms } => *ms,
+                    Fault::Kill { restart_after_ms, .. } => *restart_after_ms,
+                    _ => 0,
+                }
+            })
+            .sum();
+        let txs_per_writer = r.random_range(5..=25);
         Case {
             keys: r.random_range(1..=20),
             writers,
-            txs_per_writer: r.random_range(5..=25),
+            txs_per_writer,
+            max_pause_ms: 2 * schedule_ms / u64::from(txs_per_writer),
             max_tx: r.random_range(1..=20),
             max_hold_ms: r.random_range(0..=30),
             rollback_pct: r.random_range(10..=20),
@@ -238,7 +252,7 @@ impl Case {
             *by_class.entry(f.class()).or_default() += 1;
         }
         format!(
-            "keys={} writers={} txs/writer={} tx<={} hold<={}ms rollback={}% partitions={} batch={} pool={} \
+            "keys={} writers={} txs/writer={} tx<={} hold<={}ms rollback={}% pause<={}ms partitions={} batch={} pool={} \
              relays={} lease={}ms timeout={}ms max_attempts={} backoff={:?}ms notify={} faults={by_class:?}",
             self.keys,
             self.writers,
@@ -246,6 +260,7 @@ impl Case {
             self.max_tx,
             self.max_hold_ms,
             self.rollback_pct,
+            self.max_pause_ms,
             self.partitions,
             self.batch_size,
             self.pool_size,
@@ -295,6 +310,8 @@ pub async fn write<B: Backend>(db: &TestDb<B>, case: &Case) -> Result<Written, S
                 let keys: Vec<usize> = (0..size).map(|_| rng.random_range(0..case.keys)).collect();
                 let hold = rng.random_range(0..=case.max_hold_ms);
                 let rollback = rng.random_range(0..100) < case.rollback_pct;
+                // Part of the workload: spreads the writes over the fault schedule.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..=case.max_pause_ms))).await;
                 let mut locked: Vec<usize> = keys.clone();
                 locked.sort_unstable();
                 locked.dedup();

@@ -217,9 +217,9 @@ where
 }
 
 /// Waits until the outbox is empty, retrying parked rows (never discarding them). Fails after
-/// [`DRAIN`], or as soon as one row was parked with librdkafka's fatal error more often than
-/// idempotence errors were injected (each can make a producer fatal once: a relay that
-/// recreates its producer gets past them).
+/// [`DRAIN`], or as soon as one row failed with librdkafka's fatal error more often than the
+/// injected idempotence errors explain (each can make a producer fatal once, failing the
+/// batches in flight: a relay that recreates its producer gets past it).
 async fn drain<B: Backend>(
     db: &TestDb<B>,
     case: &Case,
@@ -230,7 +230,7 @@ async fn drain<B: Backend>(
 where
     B::Conn: GenConn,
 {
-    let fatal_budget: usize = case
+    let injected: usize = case
         .faults
         .iter()
         .map(|(_, f)| match f {
@@ -238,7 +238,8 @@ where
             _ => 0,
         })
         .sum();
-    let mut fatal_parks: HashMap<Uuid, usize> = HashMap::new();
+    let fatal_budget = 1 + 2 * injected;
+    let mut fatal_failures: HashMap<Uuid, ((i32, bool), usize)> = HashMap::new();
     let deadline = Instant::now() + DRAIN;
     loop {
         if db.count("SELECT count(*) AS n FROM outbox_messages").await == 0 {
@@ -248,22 +249,28 @@ where
             let (_, task) = relays.swap_remove(i);
             return Err(format!("relay task {i} ended on its own while rows were left: {:?}", task.await));
         }
-        let parked = db.conn().await.parked_rows().await;
-        for (id, error, _) in &parked {
-            if error.as_deref().is_some_and(|e| e.contains("Fatal")) {
-                let n = fatal_parks.entry(*id).or_default();
+        let rows = db.conn().await.outbox_rows().await;
+        for r in rows.iter().filter(|r| r.last_error.as_deref().is_some_and(|e| e.contains("Fatal"))) {
+            // A new failure of this row with the fatal error: its attempts or parked state changed.
+            let state = (r.attempts, r.parked_at.is_some());
+            let (last, n) = fatal_failures.entry(r.id).or_insert(((-1, false), 0));
+            if *last != state {
+                *last = state;
                 *n += 1;
-                if *n > fatal_budget {
-                    return Err(format!(
-                        "the relay does not recover from a fatal producer error: after the fault schedule \
-                         ended, id {id} was parked {n} times with {error:?}, more than the {fatal_budget} \
-                         idempotence errors injected; {}",
-                        left_over(db).await
-                    ));
-                }
+            }
+            if *n > fatal_budget {
+                return Err(format!(
+                    "the relay does not recover from a fatal producer error: after the fault schedule \
+                     ended, id {} failed {n} times with {:?}, more than {fatal_budget} (twice the idempotence \
+                     errors injected, plus one); {}",
+                    r.id,
+                    r.last_error,
+                    left_over(db).await
+                ));
             }
         }
-        if !parked.is_empty() {
+        let parked = rows.iter().any(|r| r.parked_at.is_some());
+        if parked {
             resolve_parked(db, rng, stats, 1.0, false).await;
         }
         if Instant::now() >= deadline {
