@@ -133,14 +133,20 @@ const PERMANENT: &[E] = &[
     E::RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE,
     E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
 ];
-/// librdkafka (rdkafka_request.c, idempotent Produce error handling): an out-of-order sequence
-/// for the next expected batch, and an unknown producer id after retries, raise a fatal error;
-/// otherwise they drain and bump the epoch. INVALID_PRODUCER_EPOCH fails the producer too.
-const IDEMPOTENCE: &[E] = &[
-    E::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-    E::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
-    E::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
-];
+/// librdkafka (rdkafka_request.c, idempotent Produce error handling): OUT_OF_ORDER_SEQUENCE_NUMBER
+/// for the next expected batch raises a fatal error (for a later one it drains and bumps the
+/// epoch); INVALID_PRODUCER_EPOCH is a permanent, not-persisted error for the idempotent producer.
+///
+/// Not injected: UNKNOWN_PRODUCER_ID. librdkafka answers it by bumping the epoch and retrying,
+/// and when a later batch of the partition was already in flight and succeeds, it acks the failed
+/// batch implicitly ("implicitly acked by subsequent batch success"): right against a real
+/// broker, which rejects a sequence gap, but the mock cluster validates sequences only for
+/// transactional producers, so it appends the later batch and the failed message is acked
+/// without ever being written — a lost message the relay cannot see (seed 3, case 0, before it
+/// was left out). The same holds in principle for any not-persisted error followed by an
+/// in-flight success, which is why these errors are injected one or two at a time.
+const IDEMPOTENCE: &[E] =
+    &[E::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, E::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH];
 
 /// One random case: workload, relay settings, fault schedule.
 #[derive(Debug, Clone)]
@@ -238,7 +244,7 @@ impl Case {
             message_timeout_ms,
             max_attempts: if r.random_bool(0.5) { r.random_range(1..=3) } else { 12 },
             backoff_ms: (base, base * r.random_range(4..=10)),
-            notify: r.random_bool(0.25),
+            notify: r.random_bool(0.2),
             faults,
             writer_seeds: (0..writers).map(|_| r.random()).collect(),
             chaos_seed: r.random(),

@@ -9,7 +9,8 @@
 //!
 //! `RELAY_GEN_SEED` picks the run's seed (else random; printed first, with the command that
 //! replays it), `RELAY_GEN_CASES` the number of cases per backend, `RELAY_GEN_ONLY` one case of
-//! the run. A seed reproduces the workload, the settings and the fault schedule, not the timing
+//! the run; `RELAY_GEN_RDKAFKA_DEBUG` (e.g. `eos,msg`) sets the relay producers' librdkafka
+//! `debug` (shown with `RUST_LOG=librdkafka=debug`). A seed reproduces the workload, the settings and the fault schedule, not the timing
 //! (commit interleaving, which batch a fault hits, librdkafka's and the relay's jitter); see
 //! `tests::relay_gen`.
 
@@ -43,12 +44,15 @@ struct CaseStats {
     retried: HashSet<Uuid>,
     discarded: HashSet<Uuid>,
     faults: BTreeMap<FaultClass, u64>,
+    /// The builder refused the case's settings (with this error): nothing else was run.
+    refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Totals {
     cases: u32,
     failed: u32,
+    refused: u32,
     committed: usize,
     records: usize,
     duplicates: usize,
@@ -89,9 +93,13 @@ where
         for (class, n) in &stats.faults {
             *totals.faults.entry(*class).or_default() += n;
         }
-        let verdict = match &result {
-            Ok(()) => "ok".to_owned(),
-            Err(_) => "FAILED".to_owned(),
+        let verdict = match (&result, &stats.refused) {
+            (Ok(()), None) => "ok".to_owned(),
+            (Ok(()), Some(e)) => {
+                totals.refused += 1;
+                format!("refused by the builder ({e})")
+            }
+            (Err(_), _) => "FAILED".to_owned(),
         };
         println!(
             "[{}] case {i}/{} {verdict} in {:.1} s: committed={} rolled_back={} records={} dup={} parked={} \
@@ -124,12 +132,13 @@ where
         }
     }
     println!(
-        "[{}] totals: seed {}, cases {} ({} failed), committed {}, records checked {}, duplicates {}, parked {}, \
+        "[{}] totals: seed {}, cases {} ({} failed, {} refused by the builder), committed {}, records checked {}, duplicates {}, parked {}, \
          retried {}, discarded {}, faults injected {:?}, elapsed {:.1} s",
         B::NAME,
         settings.seed,
         totals.cases,
         totals.failed,
+        totals.refused,
         totals.committed,
         totals.records,
         totals.duplicates,
@@ -152,16 +161,22 @@ where
 
 type RelayTask = (CancellationToken, JoinHandle<outbox::Result<()>>);
 
-async fn start_relay<B: Backend>(db: &TestDb<B>, kafka: &TestKafka, case: &Case) -> Result<RelayTask, Vec<String>> {
+/// The builder's error for settings it refuses.
+struct Refused(String);
+
+async fn start_relay<B: Backend>(db: &TestDb<B>, kafka: &TestKafka, case: &Case) -> Result<RelayTask, Refused> {
     let ms = Duration::from_millis;
-    let config = KafkaConfig::new(kafka.brokers()).set("message.timeout.ms", case.message_timeout_ms.to_string());
+    let mut config = KafkaConfig::new(kafka.brokers()).set("message.timeout.ms", case.message_timeout_ms.to_string());
+    if let Ok(d) = std::env::var("RELAY_GEN_RDKAFKA_DEBUG") {
+        config = config.set("debug", d);
+    }
     let relay = rs::relay_with(db.pool(case.pool_size).await, config)
         .batch_size(case.batch_size)
         .lease(ms(case.lease_ms))
         .max_attempts(case.max_attempts)
         .backoff(ms(case.backoff_ms.0), ms(case.backoff_ms.1))
         .build()
-        .map_err(|e| vec![format!("the relay builder refused these settings: {e}")])?;
+        .map_err(|e| Refused(e.to_string()))?;
     Ok(rs::spawn(relay))
 }
 
@@ -178,7 +193,16 @@ where
     }
     let mut relays = Vec::new();
     for _ in 0..case.relays {
-        relays.push(start_relay(&db, &kafka, case).await?);
+        match start_relay(&db, &kafka, case).await {
+            Ok(relay) => relays.push(relay),
+            // Refusing a setting at build() is a valid answer, if it says which and why.
+            Err(Refused(e)) if !relays.is_empty() => return Err(vec![format!("a second relay was refused: {e}")]),
+            Err(Refused(e)) if e.contains("relay:") || e.contains("kafka:") => {
+                stats.refused = Some(e);
+                return Ok(());
+            }
+            Err(Refused(e)) => return Err(vec![format!("the relay builder refused these settings unclearly: {e}")]),
+        }
     }
     let mut rng = StdRng::seed_from_u64(case.chaos_seed);
     let (written, chaos) =
@@ -316,7 +340,9 @@ where
                 let (_, task) = &relays[*relay];
                 task.abort();
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
-                relays[*relay] = start_relay(db, kafka, case).await?;
+                relays[*relay] = start_relay(db, kafka, case)
+                    .await
+                    .map_err(|Refused(e)| vec![format!("restarting a relay was refused: {e}")])?;
             }
             Fault::Ops => resolve_parked(db, rng, stats, 0.7, true).await,
         }
