@@ -8,6 +8,15 @@
 //! It does not reproduce timing: how the writers' commits interleave with the relay's claims,
 //! which batch a fault hits, and which backoff delay librdkafka or the relay draw. A seed that
 //! failed once makes the same case again, which usually, not always, fails the same way.
+//!
+//! The relay's producer runs with `max.in.flight.requests.per.connection=1` here: with more
+//! requests in flight, an injected not-persisted error (LEADER_NOT_AVAILABLE,
+//! UNKNOWN_PRODUCER_ID, ...) followed by a success of the next batch of the partition makes
+//! librdkafka ack the failed batch implicitly; a real broker would have rejected the next batch
+//! (sequence gap), but the mock cluster validates sequences only for transactional producers,
+//! so the failed messages are acked and never written. That is a mock artifact, not a relay
+//! defect, and the single in-flight request rules it out (at the price of not covering
+//! pipelined Produce requests).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -135,16 +144,8 @@ const PERMANENT: &[E] = &[
 ];
 /// librdkafka (rdkafka_request.c, idempotent Produce error handling): OUT_OF_ORDER_SEQUENCE_NUMBER
 /// for the next expected batch raises a fatal error (for a later one it drains and bumps the
-/// epoch); INVALID_PRODUCER_EPOCH is a permanent, not-persisted error for the idempotent producer.
-///
-/// Not injected: UNKNOWN_PRODUCER_ID. librdkafka answers it by bumping the epoch and retrying,
-/// and when a later batch of the partition was already in flight and succeeds, it acks the failed
-/// batch implicitly ("implicitly acked by subsequent batch success"): right against a real
-/// broker, which rejects a sequence gap, but the mock cluster validates sequences only for
-/// transactional producers, so it appends the later batch and the failed message is acked
-/// without ever being written — a lost message the relay cannot see (seed 3, case 0, before it
-/// was left out). The same holds in principle for any not-persisted error followed by an
-/// in-flight success, which is why these errors are injected one or two at a time.
+/// epoch); UNKNOWN_PRODUCER_ID bumps the epoch and retries when nothing was retried yet, else is
+/// fatal; INVALID_PRODUCER_EPOCH is a permanent, not-persisted error.
 const IDEMPOTENCE: &[E] =
     &[E::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, E::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH];
 

@@ -166,7 +166,14 @@ struct Refused(String);
 
 async fn start_relay<B: Backend>(db: &TestDb<B>, kafka: &TestKafka, case: &Case) -> Result<RelayTask, Refused> {
     let ms = Duration::from_millis;
-    let mut config = KafkaConfig::new(kafka.brokers()).set("message.timeout.ms", case.message_timeout_ms.to_string());
+    // One Produce request in flight per broker connection: librdkafka acks a failed, not
+    // persisted batch implicitly when a later batch of its partition succeeds, which is right
+    // against a real broker (it rejects the sequence gap) but not against the mock cluster, which
+    // checks sequences only for transactional producers, appends the later batch and so loses
+    // the failed one (seen with LEADER_NOT_AVAILABLE and UNKNOWN_PRODUCER_ID).
+    let mut config = KafkaConfig::new(kafka.brokers())
+        .set("message.timeout.ms", case.message_timeout_ms.to_string())
+        .set("max.in.flight.requests.per.connection", "1");
     if let Ok(d) = std::env::var("RELAY_GEN_RDKAFKA_DEBUG") {
         config = config.set("debug", d);
     }
