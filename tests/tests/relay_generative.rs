@@ -302,7 +302,12 @@ where
         }
         let parked = rows.iter().any(|r| r.parked_at.is_some());
         if parked {
-            resolve_parked(db, rng, stats, 1.0, false).await;
+            // A retried row is unparked with no attempts: seeing it parked again is a new failure.
+            for id in resolve_parked(db, rng, stats, 1.0, false).await {
+                if let Some((last, _)) = fatal_failures.get_mut(&id) {
+                    *last = (0, false);
+                }
+            }
         }
         if Instant::now() >= deadline {
             return Err(format!("outbox not drained within {DRAIN:?}: {}", left_over(db).await));
@@ -351,21 +356,23 @@ where
                     .await
                     .map_err(|Refused(e)| vec![format!("restarting a relay was refused: {e}")])?;
             }
-            Fault::Ops => resolve_parked(db, rng, stats, 0.7, true).await,
+            Fault::Ops => drop(resolve_parked(db, rng, stats, 0.7, true).await),
         }
     }
     Ok(())
 }
 
 /// Lists the parked rows and, for each with probability `share`, retries it (3 in 4) or, when
-/// `discard`, discards it (1 in 4), as an operator would with `outbox::ops`.
+/// `discard_some`, discards it (1 in 4), as an operator would with `outbox::ops`. Returns the
+/// retried ids.
 async fn resolve_parked<B: Backend>(
     db: &TestDb<B>,
     rng: &mut StdRng,
     stats: &mut CaseStats,
     share: f64,
     discard_some: bool,
-) where
+) -> Vec<Uuid>
+where
     B::Conn: GenConn,
 {
     let mut conn = db.conn().await;
@@ -380,13 +387,14 @@ async fn resolve_parked<B: Backend>(
     }
     if !retry.is_empty() {
         conn.retry_parked(&retry).await;
-        stats.retried.extend(retry);
+        stats.retried.extend(retry.iter().copied());
     }
     if !discard.is_empty() {
         // Parked rows change only here (the relay never touches them), so each was deleted.
         conn.discard_parked(&discard).await;
         stats.discarded.extend(discard);
     }
+    retry
 }
 
 /// What is left in the outbox (when a case could not drain).
