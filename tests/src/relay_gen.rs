@@ -31,17 +31,22 @@ use uuid::Uuid;
 use crate::relay_support::Happened;
 use crate::{Backend, TestDb};
 
-/// `RELAY_GEN_SEED` (decimal or 0x-hex; else random), `RELAY_GEN_CASES`, `RELAY_GEN_ONLY`.
+/// `RELAY_GEN_SEED` (decimal or 0x-hex; else random), `RELAY_GEN_CASES`, `RELAY_GEN_ONLY`,
+/// `RELAY_GEN_REPEAT`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub seed: u64,
     pub cases: u32,
     /// Run only this case index (to replay one failing case).
     pub only: Option<u32>,
+    /// Run each case this many times (`RELAY_GEN_REPEAT`, default 1): a replay reproduces the
+    /// schedule, not the timing, so a timing-dependent failure may take a few runs.
+    pub repeat: u32,
     pub backend: &'static str,
 }
 
-/// Cases per backend when `RELAY_GEN_CASES` is not set: about a minute per backend.
+/// Cases per backend when `RELAY_GEN_CASES` is not set. A passing case takes 3 to 25 s, so
+/// about a minute per backend; a case that cannot drain takes its 120 s deadline.
 pub const DEFAULT_CASES: u32 = 8;
 
 impl Settings {
@@ -62,6 +67,7 @@ impl Settings {
             seed,
             cases: num("RELAY_GEN_CASES").unwrap_or(DEFAULT_CASES),
             only: num("RELAY_GEN_ONLY"),
+            repeat: num("RELAY_GEN_REPEAT").unwrap_or(1).max(1),
             backend,
         };
         println!(
@@ -74,7 +80,8 @@ impl Settings {
 
     /// The command that replays this run (or one case of it).
     pub fn replay(&self, case: Option<u32>) -> String {
-        let only = case.map(|c| format!(" RELAY_GEN_ONLY={c}")).unwrap_or_default();
+        // One case: a few repeats, since the timing (not the schedule) decides some failures.
+        let only = case.map(|c| format!(" RELAY_GEN_ONLY={c} RELAY_GEN_REPEAT=5")).unwrap_or_default();
         format!(
             "RELAY_GEN_SEED={} RELAY_GEN_CASES={}{only} cargo nextest run -p tests --all-features \
              --test relay_generative {}::generative --no-capture",

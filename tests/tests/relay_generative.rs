@@ -9,9 +9,11 @@
 //!
 //! `RELAY_GEN_SEED` picks the run's seed (else random; printed first, with the command that
 //! replays it), `RELAY_GEN_CASES` the number of cases per backend, `RELAY_GEN_ONLY` one case of
-//! the run; `RELAY_GEN_RDKAFKA_DEBUG` (e.g. `eos,msg`) sets the relay producers' librdkafka
-//! `debug` (shown with `RUST_LOG=librdkafka=debug`). A seed reproduces the workload, the settings and the fault schedule, not the timing
-//! (commit interleaving, which batch a fault hits, librdkafka's and the relay's jitter); see
+//! the run, `RELAY_GEN_REPEAT` how many times each case runs; `RELAY_GEN_RDKAFKA_DEBUG` (e.g.
+//! `eos,msg`) sets the relay producers' librdkafka `debug` (shown with
+//! `RUST_LOG=librdkafka=debug`). A seed reproduces the workload, the settings and the fault
+//! schedule, not the timing (commit interleaving, which batch a fault hits, librdkafka's and
+//! the relay's jitter): a failing case replayed may need a few repeats to fail again; see
 //! `tests::relay_gen`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -74,7 +76,8 @@ where
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut failures = Vec::new();
-    for i in 0..settings.cases {
+    let runs = (0..settings.cases).flat_map(|i| std::iter::repeat_n(i, settings.repeat as usize));
+    for i in runs {
         if settings.only.is_some_and(|only| only != i) {
             continue;
         }
