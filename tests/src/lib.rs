@@ -11,6 +11,7 @@ pub mod crash;
 pub mod kafka;
 pub mod produce;
 pub mod relay_gen;
+pub mod relay_gen_ops;
 pub mod relay_gen_oracle;
 pub mod relay_support;
 

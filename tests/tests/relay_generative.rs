@@ -25,7 +25,8 @@ use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
-use tests::relay_gen::{self as rg, Case, Fault, FaultClass, GenConn, Settings};
+use tests::relay_gen::{self as rg, Case, Fault, FaultClass, Settings};
+use tests::relay_gen_ops::{GenConn, left_over};
 use tests::relay_gen_oracle as oracle;
 use tests::relay_support as rs;
 use tests::{Backend, TestConn, TestDb, TestKafka};
@@ -398,25 +399,4 @@ where
         stats.discarded.extend(discard);
     }
     retry
-}
-
-/// What is left in the outbox (when a case could not drain).
-async fn left_over<B: Backend>(db: &TestDb<B>) -> String {
-    let rows = db.conn().await.outbox_rows().await;
-    let parked = rows.iter().filter(|r| r.parked_at.is_some()).count();
-    let sample: Vec<String> = rows
-        .iter()
-        .take(8)
-        .map(|r| {
-            format!(
-                "seq {} key {:?} attempts {} parked {} error {:?}",
-                r.seq,
-                r.key,
-                r.attempts,
-                r.parked_at.is_some(),
-                r.last_error
-            )
-        })
-        .collect();
-    format!("{} rows left ({parked} parked), first: [{}]", rows.len(), sample.join("; "))
 }
