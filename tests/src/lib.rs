@@ -12,6 +12,9 @@ pub mod inbox_support;
 pub mod kafka;
 pub mod produce;
 pub mod raw;
+pub mod relay_gen;
+pub mod relay_gen_ops;
+pub mod relay_gen_oracle;
 pub mod relay_support;
 
 use diesel_async::AsyncPgConnection;

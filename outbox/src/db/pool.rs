@@ -83,6 +83,13 @@ impl<C: Database> ConnPool<C> {
         };
         Ok(Pooled { conn, shared: self.shared.clone() })
     }
+
+    /// A connection of its own, opened by the pool's manager but outside the pool (not counted
+    /// against its size), for a session held for a long time: the relay's LISTEN. Holding a
+    /// pooled one would starve a pool of size 1.
+    pub async fn dedicated(&self) -> Result<C> {
+        self.shared.source.dedicated().await
+    }
 }
 
 impl<C> std::fmt::Debug for ConnPool<C> {
@@ -171,6 +178,7 @@ impl<C> DerefMut for Pooled<C> {
 #[async_trait::async_trait]
 trait Source<C>: Send + Sync {
     async fn get(&self) -> Result<Conn<C>>;
+    async fn dedicated(&self) -> Result<C>;
     /// Connections open, and of those idle in the pool.
     fn counts(&self) -> (u32, u32);
 }
@@ -187,6 +195,12 @@ where
             Ok(conn) => Ok(Box::new(conn)),
             Err(e) => Err(crate::Error::new(crate::ErrorKind::Database, format!("connection pool: {e}"))),
         }
+    }
+
+    async fn dedicated(&self) -> Result<M::Connection> {
+        self.dedicated_connection()
+            .await
+            .map_err(|e| crate::Error::new(crate::ErrorKind::Database, format!("dedicated connection: {e}")))
     }
 
     fn counts(&self) -> (u32, u32) {

@@ -678,7 +678,7 @@ async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: 
     let retry = |failures: u32| crate::relay::backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        let mut conn = match pool.get().await {
+        let mut conn = match pool.dedicated().await {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;

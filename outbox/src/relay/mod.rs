@@ -348,11 +348,6 @@ impl<C: Database> Relay<C> {
             let outcome = publish::collect(&self.producer, batch, &self.config, shutdown).await;
             metrics::histogram!("outbox_batch_size").record(n as f64);
             metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
-            if outcome.fatal {
-                // An idempotent producer that hit a fatal error can not be used again.
-                warn!("kafka producer hit a fatal error; recreating it");
-                self.producer = self.producer_config.create().map_err(Error::from)?;
-            }
             let mut conn = self.pool.get().await?;
             let marks = Marks {
                 sent: &outcome.sent,
@@ -382,6 +377,16 @@ impl<C: Database> Relay<C> {
                         debug!(sent = m.sent, "batch published");
                     }
                 }
+            }
+            if outcome.fatal {
+                // An idempotent producer that hit a fatal error can not be used again. Failing
+                // the round makes the loop back off (a producer that turns fatal at once again
+                // is not recreated in a tight loop) and drops the batches produced with it.
+                self.producer = self.producer_config.create().map_err(Error::from)?;
+                return Err(Error::new(
+                    crate::ErrorKind::Kafka,
+                    "the kafka producer hit a fatal error; recreated it, its unacknowledged messages will be sent again",
+                ));
             }
             Ok(())
         }

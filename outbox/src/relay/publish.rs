@@ -242,7 +242,12 @@ pub(crate) async fn collect(
     let Produced { rows, indexes, reports, rejected, .. } = batch;
     let mut outcome =
         Outcome { hold: rows.iter().filter(|r| r.blocked).map(|r| r.seq).collect(), ..Outcome::default() };
-    let mut failed: Vec<(usize, KafkaError)> = rejected;
+    // A fatal error is the producer's, not the record's: the rows are left as they were (maybe
+    // sent, no attempt counted) and the producer is recreated. Seen synchronously from
+    // `send_result` once the producer is fatal, or in a delivery report.
+    let is_fatal = |e: &KafkaError| matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal));
+    outcome.fatal = rejected.iter().any(|(_, e)| is_fatal(e));
+    let mut failed: Vec<(usize, KafkaError)> = rejected.into_iter().filter(|(_, e)| !is_fatal(e)).collect();
     for (index, report) in indexes.into_iter().zip(reports.unwrap_or_default()) {
         let row = &rows[index];
         match report {
@@ -262,8 +267,9 @@ pub(crate) async fn collect(
                     }
                     continue; // maybe sent: left as it is, produced again by a later claim
                 }
-                if matches!(code, Some(RDKafkaErrorCode::Fatal)) {
+                if is_fatal(&e) {
                     outcome.fatal = true;
+                    continue;
                 }
                 warn!(seq = row.seq, id = %row.id, error = %e, "delivery failed");
                 failed.push((index, e));
