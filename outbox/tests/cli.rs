@@ -164,6 +164,39 @@ fn assert_usage_error(out: &Output, needles: &[&str]) {
     }
 }
 
+/// Text that producers and brokers control (dead-letter errors and reasons, topics, parked keys
+/// and errors) never reaches the terminal as control sequences.
+#[tokio::test]
+async fn hostile_text_is_escaped_in_tables() {
+    let db = TestDb::new().await;
+    db.ok(&["migrate"]);
+    // ESC [2J (clear screen), a carriage return, a right-to-left override, a BEL.
+    db.sql(
+        "INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload, occurred_at, attempts, \
+                                      last_error, parked_at)
+         VALUES ('0190f6e0-0000-7000-8000-000000000003', 'orders', E'k\\x1b[2Jx', 'order.placed', 1, '\\x', now(),
+                 1, E'too large\\rFAKE', now());
+         INSERT INTO inbox_dead_letters (consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, \
+                                         error, attempts)
+         VALUES ('inventory', NULL, E'orders\\x07', 0, 1, E'unknown_type\\x1b]0;pwned\\x07', \
+                 E'no handler for \\u202Eevil\\x1b[31m', 1);",
+    )
+    .await;
+    for args in [&["dead-letters", "list"][..], &["parked", "list"][..], &["status"][..]] {
+        let out = db.ok(args);
+        for bad in ['\x1b', '\r', '\x07', '\u{202e}'] {
+            assert!(!out.contains(bad), "outbox {args:?} printed {bad:?} raw: {out:?}");
+        }
+    }
+    let dead = db.ok(&["dead-letters", "list"]);
+    assert!(dead.contains("\\u{1b}[31m") && dead.contains("\\u{202e}evil"), "escaped, still readable: {dead}");
+    assert!(db.ok(&["parked", "list"]).contains("too large\\u{d}FAKE"));
+    // JSON keeps the exact text (serde escapes it).
+    let json = db.json(&["dead-letters", "list", "--json"]);
+    assert_eq!(json[0]["topic"], "orders\u{7}");
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn invalid_options_exit_with_code_2_and_say_why() {
     let db = TestDb::new().await;

@@ -25,9 +25,12 @@ pub use backend::{Backend, Effect, Pg, Sqlite, TestConn};
 pub use kafka::TestKafka;
 
 /// Installs a test-local tracing subscriber once (RUST_LOG=outbox=debug to see the relay).
+/// Without RUST_LOG: errors only, and none of librdkafka's (the fault-injection suites take
+/// brokers down on purpose; every refused connection would be logged).
 pub fn init_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error,librdkafka=off,rdkafka=off".into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
 }

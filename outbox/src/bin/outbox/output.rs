@@ -21,14 +21,24 @@ pub(crate) fn print_status(s: &ops::Status) {
             let owner = l.owner.map(|o| o.to_string());
             match (&owner, l.expires_in) {
                 (Some(owner), Some(left)) => {
-                    println!("relay lease \"{}\": held by {owner}, epoch {}, expires in {}", l.name, l.epoch, age(left))
+                    println!(
+                        "relay lease \"{}\": held by {owner}, epoch {}, expires in {}",
+                        printable(&l.name),
+                        l.epoch,
+                        age(left)
+                    )
                 }
                 (Some(owner), None) => println!(
                     "relay lease \"{}\": expired (last held by {owner}, epoch {}); no relay is publishing",
-                    l.name, l.epoch
+                    printable(&l.name),
+                    l.epoch
                 ),
                 (None, _) => {
-                    println!("relay lease \"{}\": released (epoch {}); no relay is publishing", l.name, l.epoch)
+                    println!(
+                        "relay lease \"{}\": released (epoch {}); no relay is publishing",
+                        printable(&l.name),
+                        l.epoch
+                    )
                 }
             }
         }
@@ -112,7 +122,7 @@ fn short(text: &str, max: usize) -> String {
 
 /// Left-aligned columns; the last one (free text) is not padded.
 fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.collect();
+    let rows: Vec<Vec<String>> = rows.map(|row| row.iter().map(|cell| printable(cell)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -134,6 +144,27 @@ fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
+}
+
+/// `text` safe for a terminal: control characters (ESC sequences, carriage returns, ...) and the
+/// bidirectional-override characters are shown as `\u{..}` instead of being interpreted.
+/// Dead letters, parked keys and errors quote what producers and brokers sent.
+pub(crate) fn printable(text: &str) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn time(t: chrono::DateTime<chrono::Utc>) -> String {
