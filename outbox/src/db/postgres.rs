@@ -215,9 +215,12 @@ UPDATE outbox_messages m SET held = false
     failing_earlier_row!()
 );
 
-// Held rows with nothing failing ahead of them any more (walks the small key_blocked index).
-const RELEASE_ORPHANS: &str =
-    concat!("UPDATE outbox_messages m SET held = false WHERE m.held AND NOT ", failing_earlier_row!());
+// Held rows with nothing failing ahead of them any more. `sent_at IS NULL` (always true of a held
+// row) lets it walk the small key_blocked index instead of the table.
+const RELEASE_ORPHANS: &str = concat!(
+    "UPDATE outbox_messages m SET held = false WHERE m.sent_at IS NULL AND m.held AND NOT ",
+    failing_earlier_row!()
+);
 
 // Retention mode: sent rows older than the retention period, a small batch at a time so the
 // cleanup never holds long locks or produces one huge WAL burst.

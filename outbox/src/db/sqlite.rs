@@ -233,8 +233,10 @@ const RELEASE_KEYS: &str = concat!(
     failing_earlier_row!()
 );
 
-const RELEASE_ORPHANS: &str =
-    concat!("UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND NOT ", failing_earlier_row!());
+const RELEASE_ORPHANS: &str = concat!(
+    "UPDATE outbox_messages AS m SET held = 0 WHERE m.sent_at IS NULL AND m.held = 1 AND NOT ",
+    failing_earlier_row!()
+);
 
 const CLEANUP: &str = concat!(
     "DELETE FROM outbox_messages WHERE seq IN (SELECT seq FROM outbox_messages WHERE sent_at < ",
