@@ -220,6 +220,10 @@ impl<C: Database> Processor<'_, C> {
         token: i64,
     ) -> Result<(Tally, i64), (usize, StepError)> {
         let mut tally = Tally::default();
+        // The last handler that returned Ok and whose transaction has not been checked yet: the
+        // next message's dedup INSERT checks it in the same statement (one round trip per
+        // message), and the batch's end checks the last one.
+        let mut unchecked: Option<usize> = None;
         for (index, item) in items.iter_mut().enumerate() {
             // Each message's dedup row right before its own handler (and a dead letter right
             // after its dedup row): a handler that ends the transaction can commit only what
@@ -228,10 +232,19 @@ impl<C: Database> Processor<'_, C> {
             // dead letter.
             if let Some(id) = item.plan.id() {
                 let row = self.dedup_row(id, &item.msg);
-                if conn.insert_dedup(&[row]).await.map_err(|e| (index, infra(e)))?.is_empty() {
-                    tally.duplicates += 1;
-                    continue;
+                let inserted = conn.insert_dedup_in(token, &[row]).await;
+                match self.charge(unchecked, inserted.map(|i| i.ok_or(())), index)? {
+                    ids if ids.is_empty() => {
+                        unchecked = None;
+                        tally.duplicates += 1;
+                        continue;
+                    }
+                    _ => unchecked = None,
                 }
+            } else if unchecked.is_some() {
+                let same = conn.same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
+                self.charge(unchecked, same, index)?;
+                unchecked = None;
             }
             match &item.plan {
                 Plan::DeadLetter { reason, error, .. } => {
@@ -240,11 +253,18 @@ impl<C: Database> Processor<'_, C> {
                     tally.dead_lettered.push(reason.clone());
                 }
                 Plan::Record { .. } => tally.skipped += 1,
-                Plan::Handle { .. } => match self.call_handler(conn, item, 1, token).await {
-                    Ok(event_type) => tally.handled.push(event_type),
+                Plan::Handle { .. } => match self.call_handler(conn, item, 1, token, false).await {
+                    Ok(event_type) => {
+                        tally.handled.push(event_type);
+                        unchecked = Some(index);
+                    }
                     Err(f) => return Err((index, StepError::Handler(f))),
                 },
             }
+        }
+        if unchecked.is_some() {
+            let same = conn.same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
+            self.charge(unchecked, same, items.len())?;
         }
         let Some(last) = items.last() else {
             return Ok((tally, 0));
@@ -252,6 +272,29 @@ impl<C: Database> Processor<'_, C> {
         let position = self.position(&last.msg);
         conn.store_position(&position).await.map_err(|e| (0, infra(e)))?;
         Ok((tally, position.next_offset))
+    }
+
+    /// The outcome of a statement that also checked the transaction after the handler of
+    /// message `unchecked` (if any): `Err(())` inside means the transaction is no longer ours,
+    /// a rejected statement that it is aborted. Either is that handler's doing; without a
+    /// handler to charge, it is an infrastructure error of message `index`.
+    fn charge<T>(
+        &self,
+        unchecked: Option<usize>,
+        outcome: diesel::QueryResult<Result<T, ()>>,
+        index: usize,
+    ) -> Result<T, (usize, StepError)> {
+        match (outcome, unchecked) {
+            (Ok(Ok(value)), _) => Ok(value),
+            (Ok(Err(())), Some(prev)) => {
+                Err((prev, StepError::Handler(Failure::ended_transaction("a raw COMMIT or ROLLBACK"))))
+            }
+            (Err(e), Some(prev)) if server_rejected(&e) => {
+                Err((prev, StepError::Handler(Failure::aborted_transaction(&e))))
+            }
+            (Ok(Err(())), None) => Err((index, infra("the inbox transaction was lost"))),
+            (Err(e), _) => Err((index, infra(e))),
+        }
     }
 
     /// One message in its own transactions, retrying handler failures with backoff and
@@ -353,7 +396,8 @@ impl<C: Database> Processor<'_, C> {
             }
             Plan::Record { .. } => tally.skipped = 1,
             Plan::Handle { .. } => {
-                let event_type = self.call_handler(conn, item, attempt, token).await.map_err(StepError::Handler)?;
+                let event_type =
+                    self.call_handler(conn, item, attempt, token, true).await.map_err(StepError::Handler)?;
                 tally.handled.push(event_type);
             }
         }
@@ -429,6 +473,7 @@ impl<C: Database> Processor<'_, C> {
         item: &mut Item<C>,
         attempt: u32,
         token: i64,
+        verify: bool,
     ) -> Result<&'static str, Failure> {
         let Plan::Handle { envelope, route, decoded } = &mut item.plan else {
             return Err(Failure::new(false, "handler_failed", "inbox bug: no handler for this message"));
@@ -486,6 +531,8 @@ impl<C: Database> Processor<'_, C> {
         // Whatever the handler returned: is the transaction still ours, open and usable?
         let state = if transaction_depth(conn) != Some(1) {
             Err(Failure::ended_transaction("through the connection's transaction manager"))
+        } else if !verify && matches!(result, Ok(Ok(()))) {
+            Ok(()) // checked by the caller's next statement (batch mode)
         } else {
             match conn.same_transaction(token).await {
                 Ok(true) => Ok(()),

@@ -112,6 +112,18 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
     /// succeeds, the transaction it opened is rolled back with the rest).
     #[doc(hidden)]
     async fn same_transaction(&mut self, token: i64) -> QueryResult<bool>;
+
+    /// [`same_transaction`](Self::same_transaction) and then [`insert_dedup`](Self::insert_dedup),
+    /// in one statement where the backend can (PostgreSQL: one round trip per message of a
+    /// batch, which checks the previous handler and records the next message). `None`: the
+    /// transaction is no longer the one `token` names, and nothing was inserted.
+    #[doc(hidden)]
+    async fn insert_dedup_in(&mut self, token: i64, rows: &[NewDedup<'_>]) -> QueryResult<Option<Vec<Uuid>>> {
+        if !self.same_transaction(token).await? {
+            return Ok(None);
+        }
+        self.insert_dedup(rows).await.map(Some)
+    }
 }
 
 /// One outbox row as the writer stores it.

@@ -91,11 +91,16 @@ macro_rules! failing_earlier_row {
 // a row whose transaction committed late (lower seq than rows already sent) is simply picked up
 // by the next claim. The lease check ($5..$7) is in the same statement, so a relay that was
 // paused past its lease claims nothing once another relay took over.
+//
+// The per-row probe is a correlated subplan (it compares seqs, so it cannot become a hashed
+// anti-join). The InitPlan in front of it asks once per claim whether any row is failing or held
+// at all; in the usual case none is and no row is probed (B1: 30 % of the relay's rate without it).
 const CLAIMABLE: &str = concat!(
     "
-FROM outbox_messages m CROSS JOIN LATERAL (SELECT ",
+FROM outbox_messages m CROSS JOIN LATERAL (SELECT CASE WHEN (SELECT EXISTS (SELECT 1 FROM outbox_messages x
+          WHERE x.sent_at IS NULL AND (x.attempts > 0 OR x.held))) THEN ",
     blocked_by_earlier_row!(),
-    " AS blocked) k
+    " ELSE false END AS blocked) k
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND NOT m.held AND m.next_attempt_at <= now()
   AND EXISTS (SELECT 1 FROM outbox_relay_leases l
                WHERE l.name = $5 AND l.owner = $6 AND l.epoch = $7 AND l.expires_at > now())"
@@ -176,6 +181,28 @@ const INSERT_DEDUP: &str = "
 INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::int8[])
 ON CONFLICT DO NOTHING RETURNING message_id";
+
+// The same, inserting only while the open transaction is still the one $6 names (see
+// `same_transaction`): after a handler's raw COMMIT this runs in an implicit transaction of its
+// own, which has no id when `t` is read, so nothing is inserted and `same` is false. One row
+// always comes back (message_id NULL when nothing was inserted).
+const INSERT_DEDUP_IN: &str = "
+WITH t AS (SELECT txid_current_if_assigned() AS x),
+ins AS (
+  INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset)
+  SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::int8[])
+   WHERE (SELECT x FROM t) = $6
+  ON CONFLICT DO NOTHING RETURNING message_id)
+SELECT COALESCE((SELECT x FROM t) = $6, false) AS same, ins.message_id
+  FROM (SELECT 1) AS one LEFT JOIN ins ON true";
+
+#[derive(QueryableByName)]
+struct InsertedIn {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    same: bool,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    message_id: Option<Uuid>,
+}
 
 const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
 
@@ -641,6 +668,22 @@ impl Database for AsyncPgConnection {
     async fn transaction_token(&mut self) -> QueryResult<i64> {
         let row: Token = prepared("SELECT txid_current() AS token").get_result(self).await?;
         Ok(row.token.unwrap_or(-1))
+    }
+
+    async fn insert_dedup_in(&mut self, token: i64, rows: &[NewDedup<'_>]) -> QueryResult<Option<Vec<Uuid>>> {
+        let out: Vec<InsertedIn> = prepared(INSERT_DEDUP_IN)
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.consumer_group).collect::<Vec<_>>())
+            .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
+            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>())
+            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>())
+            .bind::<BigInt, _>(token)
+            .load(self)
+            .await?;
+        if !<[InsertedIn]>::first(&out).is_some_and(|r| r.same) {
+            return Ok(None);
+        }
+        Ok(Some(out.into_iter().filter_map(|r| r.message_id).collect()))
     }
 
     async fn same_transaction(&mut self, token: i64) -> QueryResult<bool> {

@@ -161,9 +161,10 @@ macro_rules! failing_earlier_row {
 const CLAIM: &str = concat!(
     "SELECT seq, id, topic, key, event_type, event_version, CASE WHEN blocked THEN X'' ELSE payload END AS payload, ",
     "headers, occurred_at, attempts, blocked FROM (",
-    "SELECT m.*, ",
+    "SELECT m.*, CASE WHEN (SELECT EXISTS (SELECT 1 FROM outbox_messages x WHERE x.sent_at IS NULL ",
+    "AND (x.attempts > 0 OR x.held = 1))) THEN ",
     blocked_by_earlier_row!(),
-    " AS blocked FROM outbox_messages m ",
+    " ELSE 0 END AS blocked FROM outbox_messages m ",
     "WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.held = 0 AND m.next_attempt_at <= ",
     now_ms!(),
     " AND EXISTS (SELECT 1 FROM outbox_relay_leases l WHERE l.name = ?5 AND l.owner = ?6 AND l.epoch = ?7 ",
