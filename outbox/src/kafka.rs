@@ -200,7 +200,7 @@ mod tests {
             "plugin.access.token",
             "x.private.key",
         ];
-        for (i, key) in names.enumerate() {
+        for (i, key) in names.into_iter().enumerate() {
             let value = format!("s3cr3t-{i}");
             c = c.set(key, &value);
             secrets.push(value);
