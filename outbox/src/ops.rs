@@ -393,12 +393,11 @@ RETURNING topic, key";
 const RELEASE_HELD: &str = "
 UPDATE outbox_messages m SET held = false
   FROM unnest($1::text[], $2::text[]) AS r(topic, key)
- WHERE m.held AND m.topic = r.topic AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0)
-   AND m.key = r.key
+ WHERE m.sent_at IS NULL AND m.held AND m.topic = r.topic
+   AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0) AND m.key = r.key
    AND NOT EXISTS (SELECT 1 FROM outbox_messages b
         WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-          AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0
-          AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))";
+          AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0)";
 
 /// Deletes the selected parked messages: they are never published. Returns how many were deleted.
 ///

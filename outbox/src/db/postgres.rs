@@ -74,14 +74,15 @@ macro_rules! blocked_by_earlier_row {
     };
 }
 
-// "An earlier unsent row of m's key is failing" (held rows do not count: a key's held rows are
-// released together, in one statement, once nothing fails ahead of them).
+// "An earlier unsent row of m's key has failed", whether or not its retry is due yet: held rows
+// stay held until that row is sent, retried or discarded. Held rows do not count, so a key's held
+// rows are released together, in one statement; the earliest row that failed is released too
+// and is the next one claimed.
 macro_rules! failing_earlier_row {
     () => {
         "EXISTS (SELECT 1 FROM outbox_messages b
           WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL
-            AND (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now())))"
+            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0)"
     };
 }
 
@@ -156,7 +157,8 @@ UPDATE outbox_relay_leases SET owner = NULL, expires_at = '-infinity'
 WHERE name = $1 AND owner = $2 AND epoch = $3";
 
 // The fence: FOR SHARE makes a concurrent takeover (an UPDATE of this row) wait until the marks
-// commit, and a relay whose epoch is stale finds no row and marks nothing.
+// commit, and a relay whose epoch is stale finds no row and marks nothing. A relay of another
+// name can only have taken its lease once ours expired (see ACQUIRE), so a live one fences us too.
 //
 // The mark transaction commits without waiting for its WAL flush (synchronous_commit=off, set in
 // the same statement): a PostgreSQL crash can forget the last fraction of a second of marks, and
@@ -166,7 +168,10 @@ WHERE name = $1 AND owner = $2 AND epoch = $3";
 // batch (README, "Performance").
 const FENCE: &str = "
 SELECT epoch, set_config('synchronous_commit', 'off', true) AS async_commit
-  FROM outbox_relay_leases WHERE name = $1 AND owner = $2 AND epoch = $3 FOR SHARE";
+  FROM outbox_relay_leases l WHERE name = $1 AND owner = $2 AND epoch = $3
+   AND NOT EXISTS (SELECT 1 FROM outbox_relay_leases r
+                    WHERE r.name <> $1 AND r.owner IS NOT NULL AND r.expires_at > now())
+   FOR SHARE OF l";
 
 // Any number of events in one statement with eight array binds, so one prepared statement
 // serves every batch size (diesel's multi-row VALUES is a new statement text per row count,
@@ -237,8 +242,8 @@ const RELEASE_KEYS: &str = concat!(
     "
 UPDATE outbox_messages m SET held = false
   FROM unnest($1::text[], $2::text[]) AS r(topic, key)
- WHERE m.held AND m.topic = r.topic AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0)
-   AND m.key = r.key AND NOT ",
+ WHERE m.sent_at IS NULL AND m.held AND m.topic = r.topic
+   AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0) AND m.key = r.key AND NOT ",
     failing_earlier_row!()
 );
 
@@ -724,7 +729,11 @@ async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: 
     let retry = |failures: u32| crate::relay::backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        let mut conn = match pool.dedicated().await {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = pool.dedicated() => c,
+        };
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;

@@ -131,26 +131,28 @@ impl ClaimedRow {
     }
 }
 
-/// "An earlier unsent row of m's key is held, or failing" (see db/postgres.rs).
+/// "An earlier unsent row of m's key is held, or failing" (see db/postgres.rs). The term
+/// `(attempts > 0 OR held = 1)` repeats the partial index's condition word for word: SQLite uses
+/// a partial index only when the query contains its terms (without it every probe scanned all
+/// earlier rows).
 macro_rules! blocked_by_earlier_row {
     () => {
         concat!(
             "EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
-            "AND b.sent_at IS NULL AND (b.held = 1 OR (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
+            "AND b.sent_at IS NULL AND (b.attempts > 0 OR b.held = 1) ",
+            "AND (b.held = 1 OR (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
             now_ms!(),
             "))))"
         )
     };
 }
 
-/// "An earlier unsent row of m's key is failing" (see db/postgres.rs).
+/// "An earlier unsent row of m's key has failed" (see db/postgres.rs).
 macro_rules! failing_earlier_row {
     () => {
         concat!(
             "EXISTS (SELECT 1 FROM outbox_messages b WHERE b.topic = m.topic AND b.key = m.key AND b.seq < m.seq ",
-            "AND b.sent_at IS NULL AND b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > ",
-            now_ms!(),
-            "))"
+            "AND b.sent_at IS NULL AND (b.attempts > 0 OR b.held = 1) AND b.attempts > 0)"
         )
     };
 }
@@ -204,7 +206,12 @@ const RIVAL: &str = concat!(
 const RELEASE: &str = "UPDATE outbox_relay_leases SET owner = NULL, expires_at = 0 \
                        WHERE name = ?1 AND owner = ?2 AND epoch = ?3";
 
-const FENCE: &str = "SELECT epoch FROM outbox_relay_leases WHERE name = ?1 AND owner = ?2 AND epoch = ?3";
+const FENCE: &str = concat!(
+    "SELECT epoch FROM outbox_relay_leases WHERE name = ?1 AND owner = ?2 AND epoch = ?3 ",
+    "AND NOT EXISTS (SELECT 1 FROM outbox_relay_leases r WHERE r.name <> ?1 AND r.owner IS NOT NULL AND r.expires_at > ",
+    now_ms!(),
+    ")"
+);
 
 const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq IN (SELECT value FROM json_each(?1))";
 const MARK_SENT: &str = concat!(
@@ -229,7 +236,7 @@ const HOLD: &str = concat!(
 );
 
 const RELEASE_KEYS: &str = concat!(
-    "UPDATE outbox_messages AS m SET held = 0 WHERE m.held = 1 AND EXISTS (SELECT 1 FROM json_each(?1) r ",
+    "UPDATE outbox_messages AS m SET held = 0 WHERE m.sent_at IS NULL AND m.held = 1 AND EXISTS (SELECT 1 FROM json_each(?1) r ",
     "WHERE json_extract(r.value, '$[0]') = m.topic AND json_extract(r.value, '$[1]') = m.key) AND NOT ",
     failing_earlier_row!()
 );

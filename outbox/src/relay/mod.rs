@@ -29,6 +29,7 @@ pub(crate) use publish::backoff;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
@@ -52,6 +53,9 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     config: RelayConfig,
     /// A batch was marked since the run loop last looked: the relay is making progress.
     marked: bool,
+    /// A delivery in the window failed (and everything in flight was purged): set by the
+    /// delivery futures, cleared once the window is marked.
+    delivery_failed: Arc<AtomicBool>,
 }
 
 impl<C: Database> std::fmt::Debug for Relay<C> {
@@ -151,6 +155,10 @@ impl<C: Database> Relay<C> {
                     // Batches still in flight stay unmarked; they are claimed again later.
                     pipeline.window.clear();
                     pipeline.held.clear();
+                    self.delivery_failed.store(false, Ordering::Relaxed);
+                    // A mark that succeeded before the round failed (a fatal producer) is no
+                    // progress: the backoff keeps growing.
+                    self.marked = false;
                     failures_in_a_row += 1;
                     let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
                     let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -238,6 +246,7 @@ impl<C: Database> Relay<C> {
                 }
                 // Drained, and the claim that said so is the last word: no empty claim now.
                 pipeline.held.clear();
+                self.delivery_failed.store(false, Ordering::Relaxed);
                 pipeline.drained = None;
                 return Ok(Round::Idle);
             }
@@ -257,9 +266,14 @@ impl<C: Database> Relay<C> {
                     }
                 }
             }
+            let rival = if epoch.is_none() { conn.rival_lease(&self.config.name).await? } else { None };
+            if let (None, Some(held), Some(_)) = (epoch, lease.epoch, &rival) {
+                // Yielding to a relay of another name (both got in at once): release ours at
+                // once, or the rival's fence refuses its marks until ours expires.
+                conn.release_lease(&self.config.name, lease.owner, held).await?;
+            }
             lease.epoch = epoch;
             lease.renewed = renewed;
-            let rival = if epoch.is_none() { conn.rival_lease(&self.config.name).await? } else { None };
             if rival != lease.rival {
                 if let Some(other) = &rival {
                     tracing::error!(
@@ -292,7 +306,11 @@ impl<C: Database> Relay<C> {
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
-        let claim = !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH;
+        // After a failed delivery everything in flight was purged; nothing more is produced
+        // until the window is marked, so no later message of a failed key can follow it out.
+        let claim = !shutdown.is_cancelled()
+            && pipeline.window.len() < PIPELINE_DEPTH
+            && !self.delivery_failed.load(Ordering::Relaxed);
         let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
             (Some(first), Some(last)) => InFlight {
                 first: first.first_seq(),
@@ -310,7 +328,9 @@ impl<C: Database> Relay<C> {
             // for the mark or the next claim (no check-out test, see `db::ConnPool`).
             conn.release();
             if !rows.is_empty() {
-                let batch = publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held).await;
+                let failed = self.delivery_failed.clone();
+                let batch =
+                    publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held, failed).await;
                 pipeline.window.push_back(batch);
                 if pipeline.window.len() < PIPELINE_DEPTH {
                     return Ok(Round::Busy);
@@ -326,6 +346,7 @@ impl<C: Database> Relay<C> {
         self.finish(batch, lease, epoch, shutdown).await?;
         if pipeline.window.is_empty() {
             pipeline.held.clear();
+            self.delivery_failed.store(false, Ordering::Relaxed);
         }
         Ok(Round::Busy)
     }
@@ -346,7 +367,7 @@ impl<C: Database> Relay<C> {
         let span = info_span!("outbox.relay.batch", relay = %self.config.name, epoch, size = n);
         async {
             let started = Instant::now();
-            let outcome = publish::collect(&self.producer, batch, &self.config, shutdown).await;
+            let outcome = publish::collect(batch, &self.config, shutdown).await;
             metrics::histogram!("outbox_batch_size").record(n as f64);
             metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
             let mut conn = self.pool.get().await?;

@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -87,6 +89,9 @@ type Report = <DeliveryFuture as Future>::Output;
 /// A batch handed to the producer whose delivery reports are still to come.
 pub(crate) struct Produced {
     pub rows: Vec<Claimed>,
+    /// The producer the batch was handed to (purges go to it, also after a fatal error
+    /// replaced the relay's producer).
+    producer: FutureProducer,
     /// Index in `rows` of each delivery report of `pending` (and later `reports`).
     indexes: Vec<usize>,
     pending: Pin<Box<dyn Future<Output = Vec<Report>> + Send>>,
@@ -141,6 +146,7 @@ pub(crate) async fn produce(
     rows: Vec<Claimed>,
     source: &str,
     held: &mut HashSet<(String, String)>,
+    failed: Arc<AtomicBool>,
 ) -> Produced {
     let mut deliveries = Vec::with_capacity(rows.len());
     let mut indexes = Vec::with_capacity(rows.len());
@@ -183,17 +189,19 @@ pub(crate) async fn produce(
     // The first failed report purges everything in flight: the key's later messages, in this
     // batch or in the one pipelined behind it, must not be acknowledged after it.
     let deliveries = deliveries.into_iter().map(|delivery| {
-        let producer = producer.clone();
+        let (producer, failed) = (producer.clone(), failed.clone());
         delivery.inspect(move |report| {
             if let Ok(Err((e, _))) = report
                 && !is_purged(e.rdkafka_error_code())
             {
+                failed.store(true, Ordering::Relaxed);
                 purge_all(&producer);
             }
         })
     });
     Produced {
         rows,
+        producer: producer.clone(),
         indexes,
         pending: Box::pin(join_all(deliveries)),
         produced_at: Instant::now(),
@@ -205,12 +213,7 @@ pub(crate) async fn produce(
 /// Waits for every delivery report of a produced batch. When `shutdown` fires, waits at most
 /// `shutdown_timeout` more, then purges: purged messages are neither sent nor failed (maybe
 /// sent), so they stay in the outbox and are produced again later.
-pub(crate) async fn collect(
-    producer: &FutureProducer,
-    mut batch: Produced,
-    config: &RelayConfig,
-    shutdown: &CancellationToken,
-) -> Outcome {
+pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown: &CancellationToken) -> Outcome {
     let deadline = batch.deadline(config.delivery_timeout);
     let mut expired = false;
     tokio::select! {
@@ -220,7 +223,7 @@ pub(crate) async fn collect(
             tokio::time::sleep(config.shutdown_timeout).await;
         } => {
             warn!(timeout = ?config.shutdown_timeout, "shutdown: abandoning unacknowledged messages (they stay unsent)");
-            producer.purge(PurgeConfig::default().queue().inflight());
+            batch.producer.purge(PurgeConfig::default().queue().inflight());
             batch.acked().await;
         }
         _ = async {
@@ -231,7 +234,7 @@ pub(crate) async fn collect(
         } => {
             warn!(timeout = ?config.delivery_timeout, "messages not acknowledged in time; failing every message in flight");
             expired = true;
-            purge_all(producer);
+            purge_all(&batch.producer);
             batch.acked().await;
         }
     };
