@@ -114,6 +114,11 @@ impl KafkaConfig {
             "a message is marked sent only once every in-sync replica has it",
         )?;
         refuse("transactional.id", &[""], "the relay does not use Kafka transactions")?;
+        refuse(
+            "enable.gapless.guarantee",
+            &["true"],
+            "a batch the broker rejects must stop the producer before a later record of its key is sent",
+        )?;
         let mut c = self.to_client_config();
         c.set("enable.idempotence", "true").set("acks", "all");
         // linger.ms=1: the relay hands librdkafka a whole batch at once, so lingering buys no
@@ -131,6 +136,13 @@ impl KafkaConfig {
         self.delivery_timeout()?;
         c.remove("delivery.timeout.ms");
         c.set("message.timeout.ms", "0");
+        // And a batch the broker rejects for good must stop the producer before it sends the
+        // partition's next batch: otherwise the next one (a later record of the same key) can be
+        // acknowledged first. With gapless on, librdkafka raises a fatal error instead of going on;
+        // the relay recreates the producer and the later records are sent again, after the failed
+        // one is parked or retried. (Its one exception, message timeouts, cannot happen with the
+        // timeout above.)
+        c.set("enable.gapless.guarantee", "true");
         Ok(c)
     }
 

@@ -211,10 +211,16 @@ impl Case {
                     code: PERMANENT[r.random_range(0..PERMANENT.len())],
                     count: r.random_range(1..=3),
                 },
+                // A broker that answers one request of a producer session with a sequence or
+                // epoch error answers every later request of that session the same way, until
+                // the producer re-initialises. The mock fails only the requests it is told to,
+                // so a run of them stands for that session: with one or two, the mock accepted
+                // the very next request of the same session (which no broker does), and that
+                // later record of the key was acknowledged before the failed one was resent.
                 45..=54 => Fault::ProduceErrors {
                     class: FaultClass::Idempotence,
                     code: IDEMPOTENCE[r.random_range(0..IDEMPOTENCE.len())],
-                    count: r.random_range(1..=2),
+                    count: r.random_range(10..=30),
                 },
                 55..=79 => Fault::Outage { ms: message_timeout_ms + r.random_range(100..=1200) },
                 80..=89 => Fault::Kill {
