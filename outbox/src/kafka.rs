@@ -226,7 +226,13 @@ mod tests {
 
     #[test]
     fn weakening_delivery_is_refused() {
-        for (k, v) in [("enable.idempotence", "false"), ("acks", "1"), ("acks", "0"), ("transactional.id", "x")] {
+        for (k, v) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("acks", "0"),
+            ("transactional.id", "x"),
+            ("enable.gapless.guarantee", "false"),
+        ] {
             let err = KafkaConfig::new("b:9092").set(k, v).producer_config().unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Config);
             assert!(err.to_string().contains(k), "{err}");
