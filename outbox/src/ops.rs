@@ -41,6 +41,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::Result;
+// The rows the relay held behind a retried or discarded row go back to the pending index in the
+// same transaction, unless another row of their key has failed: the relay's own release.
+use crate::db::postgres::RELEASE_KEYS as RELEASE_HELD;
 
 /// A snapshot of the outbox, the relay lease and the inbox dead letters. See [`status`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -387,17 +390,6 @@ WHERE parked_at IS NOT NULL
   AND ($1::uuid[] IS NULL OR id = ANY($1))
   AND ($2::text IS NULL OR topic = $2)
 RETURNING topic, key";
-
-// The rows the relay held behind a retried or discarded row go back to the pending index in the
-// same transaction, unless another failing row of their key still blocks them.
-const RELEASE_HELD: &str = "
-UPDATE outbox_messages m SET held = false
-  FROM unnest($1::text[], $2::text[]) AS r(topic, key)
- WHERE m.sent_at IS NULL AND m.held AND m.topic = r.topic
-   AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0) AND m.key = r.key
-   AND NOT EXISTS (SELECT 1 FROM outbox_messages b
-        WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-          AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0)";
 
 /// Deletes the selected parked messages: they are never published. Returns how many were deleted.
 ///

@@ -25,6 +25,25 @@ tests::backends!(
     relays_of_different_names_never_both_publish,
 );
 
+/// The smallest pool the builder accepts, with LISTEN on and the NOTIFY trigger enabled: the
+/// LISTEN session must not take the pool's only connection (it did, and nothing was published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pool_of_one_with_listen_publishes() {
+    let db = TestDb::<tests::Pg>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let mut conn = db.conn().await;
+    outbox::set_notify(&mut conn, true).await.unwrap();
+    let relay = rs::relay(db.pool(1).await, &kafka).listen(true).build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    let ids = rs::write_events(&db, 200, 10, 20).await;
+    rs::wait_drained(&db, Duration::from_secs(30)).await;
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    println!("pool of one with LISTEN: {:?}", rs::check_delivery(&records, &ids, &HashSet::new()));
+}
+
 /// Every broker down for longer than `message.timeout.ms`, so every delivery of several rounds
 /// fails in the relay itself (not inside librdkafka): several rows of one key fail in one
 /// batch, get failure records, and must still come out in write order.
