@@ -238,7 +238,7 @@ UPDATE outbox_messages m SET held = true
 
 // A sent row that had failed was its key's head: the rows held behind it go back to the pending
 // index, unless another failing row of the key still blocks them.
-const RELEASE_KEYS: &str = concat!(
+pub(crate) const RELEASE_KEYS: &str = concat!(
     "
 UPDATE outbox_messages m SET held = false
   FROM unnest($1::text[], $2::text[]) AS r(topic, key)
