@@ -18,6 +18,7 @@ use uuid::Uuid;
 tests::backends!(
     failing_keys_keep_their_order_through_relay_level_failures,
     failing_keys_keep_their_order_through_produce_errors,
+    a_batch_behind_a_timed_out_one_is_not_overtaken,
     a_long_key_that_fails_does_not_stop_the_marks,
     backoff_grows_while_marks_keep_failing,
     a_blocked_keys_backlog_is_held_not_walked_by_every_claim,
@@ -83,6 +84,61 @@ async fn failing_keys_keep_their_order_through_relay_level_failures<B: Backend>(
     task.await.unwrap().unwrap();
     let report = rs::check_delivery(&records, &ids, &HashSet::new());
     println!("{} events, {failed} rows with recorded failures: {report:?}", ids.len());
+}
+
+/// A batch that times out purges the one pipelined behind it, whose rows are left unmarked
+/// ("maybe sent"): no later row of their key may be claimed and produced before they are. Batches
+/// of one row: `a` times out, `b0` (behind it) is purged, and the brokers come back at once,
+/// while `b1..` are still to be claimed.
+async fn a_batch_behind_a_timed_out_one_is_not_overtaken<B: Backend>() {
+    const CYCLES: u64 = 3;
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    let Some(mock) = kafka.mock() else {
+        println!("KAFKA_BROKERS is set: taking brokers down needs the mock cluster; not run");
+        return;
+    };
+    kafka.create_topic(rs::TOPIC, 1).await;
+    let config = outbox::KafkaConfig::new(kafka.brokers())
+        .set("message.timeout.ms", "3000")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "50");
+    let relay = rs::relay_with(db.pool(3).await, config)
+        .batch_size(1)
+        .backoff(Duration::from_millis(100), Duration::from_millis(200))
+        .max_attempts(1000)
+        .build()
+        .unwrap();
+    let (stop, task) = rs::spawn(relay);
+    let mut conn = db.conn().await;
+    let mut ids = Vec::new();
+    // The race is the relay's (the brokers come back while the purged batch waits to be marked):
+    // each cycle is one more chance for an overtaking row to show.
+    for cycle in 0..CYCLES {
+        for b in 1..=3 {
+            mock.broker_down(b).unwrap();
+        }
+        let mut events = vec![Happened::new(format!("a{cycle}"), 0)];
+        events.extend((1..=20).map(|n| Happened::new(format!("b{cycle}"), n)));
+        ids.extend(
+            conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &events).await).await.unwrap(),
+        );
+        let failed = format!("SELECT count(*) AS n FROM outbox_messages WHERE attempts > 0 AND key = 'a{cycle}'");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while db.count(&failed).await == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "cycle {cycle}: the first batch did not time out");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for b in 1..=3 {
+            mock.broker_up(b).unwrap();
+        }
+        rs::wait_drained(&db, Duration::from_secs(60)).await;
+    }
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    println!("{CYCLES} cycles behind a timed-out batch: {report:?}");
 }
 
 /// Retriable produce errors, more than librdkafka absorbs within a short `message.timeout.ms`:

@@ -209,13 +209,6 @@ impl<C: Database> RelayBuilder<C> {
         let producer = producer_config
             .create()
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
-        Ok(Relay {
-            pool: self.pool,
-            producer,
-            producer_config,
-            config,
-            marked: false,
-            delivery_failed: Default::default(),
-        })
+        Ok(Relay { pool: self.pool, producer, producer_config, config, marked: false, purged: Default::default() })
     }
 }

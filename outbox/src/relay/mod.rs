@@ -53,9 +53,9 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     config: RelayConfig,
     /// A batch was marked since the run loop last looked: the relay is making progress.
     marked: bool,
-    /// A delivery in the window failed (and everything in flight was purged): set by the
-    /// delivery futures, cleared once the window is marked.
-    delivery_failed: Arc<AtomicBool>,
+    /// Everything in flight was purged (a delivery failed, a batch timed out, or shutdown): no
+    /// claim until every batch of the window is marked. Set by `publish::purge_all`.
+    purged: Arc<AtomicBool>,
 }
 
 impl<C: Database> std::fmt::Debug for Relay<C> {
@@ -155,7 +155,7 @@ impl<C: Database> Relay<C> {
                     // Batches still in flight stay unmarked; they are claimed again later.
                     pipeline.window.clear();
                     pipeline.held.clear();
-                    self.delivery_failed.store(false, Ordering::Relaxed);
+                    self.purged.store(false, Ordering::Relaxed);
                     // A mark that succeeded before the round failed (a fatal producer) is no
                     // progress: the backoff keeps growing.
                     self.marked = false;
@@ -246,7 +246,7 @@ impl<C: Database> Relay<C> {
                 }
                 // Drained, and the claim that said so is the last word: no empty claim now.
                 pipeline.held.clear();
-                self.delivery_failed.store(false, Ordering::Relaxed);
+                self.purged.store(false, Ordering::Relaxed);
                 pipeline.drained = None;
                 return Ok(Round::Idle);
             }
@@ -306,11 +306,10 @@ impl<C: Database> Relay<C> {
             metrics::gauge!("outbox_parked").set(b.parked as f64);
             metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
-        // After a failed delivery everything in flight was purged; nothing more is produced
+        // After a purge (a failed delivery or a timed-out batch) nothing more is produced
         // until the window is marked, so no later message of a failed key can follow it out.
-        let claim = !shutdown.is_cancelled()
-            && pipeline.window.len() < PIPELINE_DEPTH
-            && !self.delivery_failed.load(Ordering::Relaxed);
+        let claim =
+            !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH && !self.purged.load(Ordering::Relaxed);
         let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
             (Some(first), Some(last)) => InFlight {
                 first: first.first_seq(),
@@ -328,9 +327,9 @@ impl<C: Database> Relay<C> {
             // for the mark or the next claim (no check-out test, see `db::ConnPool`).
             conn.release();
             if !rows.is_empty() {
-                let failed = self.delivery_failed.clone();
+                let purged = self.purged.clone();
                 let batch =
-                    publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held, failed).await;
+                    publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held, purged).await;
                 pipeline.window.push_back(batch);
                 if pipeline.window.len() < PIPELINE_DEPTH {
                     return Ok(Round::Busy);
@@ -346,7 +345,7 @@ impl<C: Database> Relay<C> {
         self.finish(batch, lease, epoch, shutdown).await?;
         if pipeline.window.is_empty() {
             pipeline.held.clear();
-            self.delivery_failed.store(false, Ordering::Relaxed);
+            self.purged.store(false, Ordering::Relaxed);
         }
         Ok(Round::Busy)
     }

@@ -101,6 +101,8 @@ pub(crate) struct Produced {
     reports: Option<Vec<Report>>,
     /// Rows that failed before reaching the producer's queue: (index in `rows`, error).
     rejected: Vec<(usize, KafkaError)>,
+    /// The relay's "purged" flag: set by every purge (see [`purge_all`]).
+    purged: Arc<AtomicBool>,
 }
 
 impl Produced {
@@ -130,7 +132,13 @@ impl Produced {
 /// or timeout, no later message of the same partition may still be acknowledged: with the
 /// idempotent producer, what the broker keeps of the purged messages is a prefix of each
 /// partition's sequence, so per-key order survives the resend.
-fn purge_all(producer: &FutureProducer) {
+///
+/// Sets `purged`, which stops the relay's claims until every batch in flight is marked: the
+/// purged rows of a batch that had not timed out yet are left unmarked (attempts unchanged), so
+/// nothing in the database would stop a later row of their key from being claimed and produced
+/// ahead of their resend.
+fn purge_all(producer: &FutureProducer, purged: &AtomicBool) {
+    purged.store(true, Ordering::Relaxed);
     producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
 }
 
@@ -146,7 +154,7 @@ pub(crate) async fn produce(
     rows: Vec<Claimed>,
     source: &str,
     held: &mut HashSet<(String, String)>,
-    failed: Arc<AtomicBool>,
+    purged: Arc<AtomicBool>,
 ) -> Produced {
     let mut deliveries = Vec::with_capacity(rows.len());
     let mut indexes = Vec::with_capacity(rows.len());
@@ -189,13 +197,12 @@ pub(crate) async fn produce(
     // The first failed report purges everything in flight: the key's later messages, in this
     // batch or in the one pipelined behind it, must not be acknowledged after it.
     let deliveries = deliveries.into_iter().map(|delivery| {
-        let (producer, failed) = (producer.clone(), failed.clone());
+        let (producer, purged) = (producer.clone(), purged.clone());
         delivery.inspect(move |report| {
             if let Ok(Err((e, _))) = report
                 && !is_purged(e.rdkafka_error_code())
             {
-                failed.store(true, Ordering::Relaxed);
-                purge_all(&producer);
+                purge_all(&producer, &purged);
             }
         })
     });
@@ -207,6 +214,7 @@ pub(crate) async fn produce(
         produced_at: Instant::now(),
         reports: None,
         rejected,
+        purged,
     }
 }
 
@@ -223,6 +231,7 @@ pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown:
             tokio::time::sleep(config.shutdown_timeout).await;
         } => {
             warn!(timeout = ?config.shutdown_timeout, "shutdown: abandoning unacknowledged messages (they stay unsent)");
+            batch.purged.store(true, Ordering::Relaxed);
             batch.producer.purge(PurgeConfig::default().queue().inflight());
             batch.acked().await;
         }
@@ -234,7 +243,7 @@ pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown:
         } => {
             warn!(timeout = ?config.delivery_timeout, "messages not acknowledged in time; failing every message in flight");
             expired = true;
-            purge_all(&batch.producer);
+            purge_all(&batch.producer, &batch.purged);
             batch.acked().await;
         }
     };
