@@ -49,6 +49,7 @@ pub(crate) struct Options {
     pub handler_timeout: Duration,
     pub max_buffered_bytes: usize,
     pub trust_committed_offsets: bool,
+    pub startup_timeout: Duration,
 }
 
 impl Default for Options {
@@ -69,6 +70,7 @@ impl Default for Options {
             handler_timeout: Duration::from_secs(60),
             max_buffered_bytes: 16 * 1024 * 1024,
             trust_committed_offsets: false,
+            startup_timeout: outbox::startup::DEFAULT_STARTUP_TIMEOUT,
         }
     }
 }
@@ -242,6 +244,15 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// How long [`Inbox::run`] waits at start-up for the database (reachable, schema migrated),
+    /// a broker to answer and every subscribed topic to exist, before it returns an error
+    /// (default 30 s). A missing schema, wrong credentials and an untrusted certificate fail at
+    /// once.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.options.startup_timeout = timeout;
+        self
+    }
+
     /// How long one handler call may take (default 60 s). A call still running then is
     /// abandoned — its transaction is rolled back and its connection dropped — and counts as a
     /// transient failure: retried with backoff, and after `max_attempts` calls dead-lettered
@@ -334,6 +345,9 @@ impl<C: Database> InboxBuilder<C> {
         }
         if options.max_buffered_bytes == 0 {
             return Err(config_error("inbox: max_buffered_bytes must be at least 1"));
+        }
+        if options.startup_timeout.is_zero() {
+            return Err(config_error("inbox: startup_timeout must be longer than zero"));
         }
         if options.shutdown_timeout.is_zero() {
             return Err(config_error("inbox: shutdown_timeout must be longer than zero"));

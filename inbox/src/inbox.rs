@@ -103,11 +103,21 @@ impl<C: Database> Inbox<C> {
     /// (for at most the configured `shutdown_timeout`; what is still running then is rolled
     /// back and will be redelivered), commits the Kafka offset hints and leaves the group.
     ///
-    /// Database outages do not end the loop: the affected partitions retry with backoff.
-    /// It returns an error only when the Kafka consumer cannot be created or subscribed, or
-    /// librdkafka reports a fatal error.
+    /// Start-up fails with an error instead of retrying: a schema that is missing or behind
+    /// (`ErrorKind::Schema`, at once), a database that cannot be used, wrong Kafka credentials
+    /// or an untrusted certificate (as soon as librdkafka reports them), brokers none of which
+    /// answered, or a subscribed topic that does not exist, each within
+    /// [`startup_timeout`](crate::InboxBuilder::startup_timeout).
+    ///
+    /// After a healthy start, database outages do not end the loop: the affected partitions
+    /// retry with backoff. It returns an error only when the Kafka consumer cannot be created
+    /// or subscribed, or librdkafka reports a fatal error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let shared = self.shared;
+        let deadline = tokio::time::Instant::now() + shared.options.startup_timeout;
+        if !outbox::startup::wait_for_schema(&shared.pool, deadline, &shutdown).await? {
+            return Ok(());
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         let context = InboxContext { events: events_tx, group: shared.options.group.clone() };
         let consumer: Consumer = self
@@ -129,9 +139,25 @@ impl<C: Database> Inbox<C> {
         let topics = shared.registry.topics();
         consumer.subscribe(&topics).map_err(|e| kafka_error(format!("kafka: cannot subscribe to {topics:?}"), e))?;
         let span = tracing::info_span!("inbox", group = %shared.options.group);
-        async move {
+        // The brokers and topics are probed beside the loop (an inbox started while a topic is
+        // being created consumes as soon as it exists); a probe that fails stops the inbox like
+        // a shutdown would, and `run` returns its error.
+        let stop = shutdown.child_token();
+        let startup_failed: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
+        let probe = {
+            let (config, stop, failed) = (self.consumer_config.clone(), stop.clone(), startup_failed.clone());
+            let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+            tokio::spawn(async move {
+                let kind = outbox::startup::ClientKind::Consumer;
+                if let Err(e) = outbox::startup::wait_for_brokers(&config, kind, &topics, deadline, &stop).await {
+                    tracing::error!(error = %e, "inbox start-up failed");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    stop.cancel();
+                }
+            })
+        };
+        let result = async move {
             tracing::info!(?topics, "inbox: started");
-            let stop = shutdown.child_token();
             let mut background = JoinSet::new();
             background.spawn(crate::prune::run(shared.clone(), stop.clone()));
             let mut lp = Loop { shared, consumer, slots: HashMap::new(), workers: JoinSet::new(), stop };
@@ -143,7 +169,12 @@ impl<C: Database> Inbox<C> {
             result
         }
         .instrument(span)
-        .await
+        .await;
+        probe.abort();
+        match startup_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => result,
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Config,
     /// A message that does not follow the wire format (missing or malformed CloudEvents headers).
     InvalidMessage,
+    /// The database schema is missing or behind this build: run the migrations.
+    Schema,
 }
 
 impl fmt::Display for ErrorKind {
@@ -31,6 +33,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Kafka => "kafka error",
             ErrorKind::Config => "invalid configuration",
             ErrorKind::InvalidMessage => "invalid message",
+            ErrorKind::Schema => "database schema not migrated",
         })
     }
 }

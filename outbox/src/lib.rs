@@ -41,6 +41,8 @@ pub mod ops;
 pub mod raw_headers;
 pub mod relay;
 pub mod schema;
+#[doc(hidden)]
+pub mod startup;
 mod wakeup;
 mod writer;
 

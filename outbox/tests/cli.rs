@@ -282,3 +282,23 @@ async fn relay_publishes_then_stops_gracefully_on_sigterm() {
     assert!(lease["owner"].is_null(), "a graceful shutdown releases the lease: {lease}");
     db.drop_db().await;
 }
+
+/// Start-up failures end the process with an error (exit code 1) instead of a retry loop.
+#[tokio::test]
+async fn relay_start_up_failures_exit_non_zero_and_say_why() {
+    let db = TestDb::new().await;
+    // No schema (the test database is not migrated yet): at once, whatever the start-up timeout.
+    let out = db.run(&["relay", "--startup-timeout-secs", "3600"], &[("KAFKA_BROKERS", "127.0.0.1:9")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("no schema: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not migrated") && stderr.contains("outbox migrate"), "{stderr}");
+    // No broker answers: at the start-up deadline.
+    db.ok(&["migrate"]);
+    let out = db.run(&["relay", "--startup-timeout-secs", "2"], &[("KAFKA_BROKERS", "127.0.0.1:9")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("no broker: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no broker answered") && stderr.contains("127.0.0.1:9"), "{stderr}");
+    db.drop_db().await;
+}

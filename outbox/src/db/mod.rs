@@ -38,8 +38,17 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
     /// A short name for logs and errors: `"postgres"` or `"sqlite"`.
     const NAME: &'static str;
 
+    /// How many migrations this build has for the backend.
+    #[doc(hidden)]
+    const MIGRATION_COUNT: usize;
+
     #[doc(hidden)]
     async fn migrate_schema(&mut self) -> Result<()>;
+
+    /// The migrations of this build not applied to this database (all of them when it was
+    /// never migrated), in order.
+    #[doc(hidden)]
+    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>>;
 
     /// Opens a transaction that will write. PostgreSQL: `BEGIN`. SQLite: `BEGIN IMMEDIATE`, so
     /// the write lock is taken up front (waiting up to `busy_timeout`) instead of failing with

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{
-    Array, BigInt, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Bool, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures_util::StreamExt;
@@ -367,6 +367,31 @@ const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 #[async_trait::async_trait]
 impl Database for AsyncPgConnection {
     const NAME: &'static str = "postgres";
+
+    const MIGRATION_COUNT: usize = MIGRATIONS.len();
+
+    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
+        #[derive(QueryableByName)]
+        struct Exists {
+            #[diesel(sql_type = Bool)]
+            exists: bool,
+        }
+        #[derive(QueryableByName)]
+        struct Applied {
+            #[diesel(sql_type = Text)]
+            version: String,
+        }
+        let table: Exists = diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
+            .get_result(self)
+            .await?;
+        let applied: Vec<Applied> = if table.exists {
+            diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(self).await?
+        } else {
+            Vec::new()
+        };
+        let applied: Vec<String> = applied.into_iter().map(|a| a.version).collect();
+        Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a == v)).collect())
+    }
 
     async fn migrate_schema(&mut self) -> Result<()> {
         self.transaction::<_, crate::Error, _>(async |tx| {

@@ -304,6 +304,27 @@ fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 #[async_trait::async_trait]
 impl Database for SqliteConnection {
     const NAME: &'static str = "sqlite";
+    const MIGRATION_COUNT: usize = MIGRATIONS.len();
+
+    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
+        #[derive(QueryableByName)]
+        struct Applied {
+            #[diesel(sql_type = Text)]
+            version: String,
+        }
+        // SQLite resolves names at prepare time too: look the table up first.
+        let table: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox_schema_migrations')",
+        ))
+        .get_result(self)
+        .await?;
+        let applied: Vec<Applied> = if table > 0 {
+            diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(self).await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a.version == *v)).collect())
+    }
 
     async fn migrate_schema(&mut self) -> Result<()> {
         self.immediate_transaction::<_, Error, _>(async |tx| {

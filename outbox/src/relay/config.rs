@@ -41,6 +41,7 @@ pub struct RelayConfig {
     pub(crate) metrics_interval: Duration,
     /// From the Kafka configuration's `message.timeout.ms` (see `KafkaConfig::delivery_timeout`).
     pub(crate) delivery_timeout: Option<Duration>,
+    pub(crate) startup_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +59,7 @@ impl Default for RelayConfig {
             cleanup_interval: Duration::from_secs(30),
             cleanup_batch: 1000,
             shutdown_timeout: Duration::from_secs(10),
+            startup_timeout: crate::startup::DEFAULT_STARTUP_TIMEOUT,
             source: "outbox".into(),
             metrics_interval: Duration::from_secs(10),
             delivery_timeout: Some(Duration::from_secs(300)),
@@ -153,6 +155,14 @@ impl<C: Database> RelayBuilder<C> {
         self
     }
 
+    /// How long [`Relay::run`] waits at start-up for the database (reachable, schema migrated)
+    /// and for a broker to answer before it returns an error. Default 30 s. A missing schema,
+    /// wrong credentials and an untrusted certificate fail at once.
+    pub fn startup_timeout(mut self, d: Duration) -> Self {
+        self.config.startup_timeout = d;
+        self
+    }
+
     /// How often the backlog gauges (`outbox_pending`, ...) are refreshed. Default 10 s.
     pub fn metrics_interval(mut self, d: Duration) -> Self {
         self.config.metrics_interval = d;
@@ -197,6 +207,9 @@ impl<C: Database> RelayBuilder<C> {
         }
         if c.metrics_interval.is_zero() {
             return bad("metrics_interval must be positive".into());
+        }
+        if c.startup_timeout.is_zero() {
+            return bad("startup_timeout must be positive".into());
         }
         let mut producer_config = self.kafka.producer_config()?;
         let mut config = self.config;

@@ -43,7 +43,7 @@ use uuid::Uuid;
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
 use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
-use crate::{Error, KafkaConfig, Result, wakeup};
+use crate::{Error, KafkaConfig, Result, startup, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
 pub struct Relay<C: Database = AsyncPgConnection> {
@@ -88,11 +88,49 @@ impl<C: Database> Relay<C> {
         RelayBuilder { pool: ConnPool::new(pool), kafka, config: RelayConfig::default() }
     }
 
-    /// Runs until `shutdown` is cancelled. Database and broker errors are logged and retried,
-    /// never returned: the loop survives lost connections and broker outages. On shutdown it
-    /// stops claiming, gives the in-flight batch up to `shutdown_timeout` to be acknowledged,
-    /// marks what was acknowledged, releases the lease and returns.
+    /// Runs until `shutdown` is cancelled.
+    ///
+    /// Start-up fails with an error instead of retrying: a schema that is missing or behind
+    /// ([`ErrorKind::Schema`](crate::ErrorKind::Schema), at once), a database that cannot be
+    /// used, wrong Kafka credentials or an untrusted certificate (as soon as librdkafka reports
+    /// them), or brokers none of which answered, each within
+    /// [`startup_timeout`](RelayBuilder::startup_timeout). Rows produced meanwhile stay unsent.
+    ///
+    /// After a healthy start, database and broker errors are logged and retried, never
+    /// returned: the loop survives lost connections and broker outages. On shutdown it stops
+    /// claiming, gives the in-flight batch up to `shutdown_timeout` to be acknowledged, marks
+    /// what was acknowledged, releases the lease and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.startup_timeout;
+        if !startup::wait_for_schema(&self.pool, deadline, &shutdown).await? {
+            return Ok(());
+        }
+        // The brokers are probed beside the first rounds (a relay started during a short outage
+        // delivers as soon as they are back); a probe that fails stops the relay like a shutdown
+        // would, and `run` returns its error.
+        let stop = shutdown.child_token();
+        let startup_failed: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
+        let probe = {
+            let (config, stop, failed) = (self.producer_config.clone(), stop.clone(), startup_failed.clone());
+            tokio::spawn(async move {
+                let outcome =
+                    startup::wait_for_brokers(&config, startup::ClientKind::Producer, &[], deadline, &stop).await;
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "relay start-up failed");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    stop.cancel();
+                }
+            })
+        };
+        let result = self.run_until(stop).await;
+        probe.abort();
+        match startup_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
+    async fn run_until(&mut self, shutdown: CancellationToken) -> Result<()> {
         let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now(), rival: None };
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
+use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use outbox::KafkaConfig;
 use outbox::relay::{AfterSend, Relay};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Failure, connect};
+use crate::Failure;
 
 /// The library's backoff defaults (`RelayBuilder::backoff`, relay/config.rs). `backoff` sets base
 /// and max together, so when only one of the two flags is given the other keeps this value.
@@ -25,7 +25,7 @@ pub(crate) struct RelayArgs {
     /// Rows claimed, produced and marked together, 1 to 100000 [default: 1000].
     #[arg(long, env = "OUTBOX_BATCH_SIZE", value_name = "N")]
     batch_size: Option<usize>,
-    /// How often to look for rows when nothing woke the relay [default: 500].
+    /// How often to look for rows when nothing woke the relay [default: 100].
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
     poll_interval_ms: Option<u64>,
     /// Wake on the insert trigger's NOTIFY; false behind PgBouncer in transaction mode [default: true].
@@ -49,6 +49,10 @@ pub(crate) struct RelayArgs {
     /// On shutdown, how long the in-flight batch may take to be acknowledged [default: 10000].
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// How long start-up may wait for the database and a broker before the relay exits with
+    /// an error; a missing schema or wrong credentials fail at once [default: 30].
+    #[arg(long, env = "OUTBOX_STARTUP_TIMEOUT_SECS", value_name = "SECS")]
+    startup_timeout_secs: Option<u64>,
     /// The CloudEvents ce_source of every message, e.g. /order-service [default: outbox].
     #[arg(long, env = "OUTBOX_SOURCE", value_name = "URI")]
     source: Option<String>,
@@ -101,26 +105,13 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
     if let Some(ms) = args.shutdown_timeout_ms {
         builder = builder.shutdown_timeout(Duration::from_millis(ms));
     }
+    if let Some(secs) = args.startup_timeout_secs {
+        builder = builder.startup_timeout(Duration::from_secs(secs));
+    }
     if let Some(source) = args.source {
         builder = builder.source(source);
     }
     let relay = builder.build()?;
-
-    // Fail at start-up on a wrong URL or a missing schema; later outages are retried by the relay.
-    let mut conn = connect(url).await?;
-    #[derive(diesel::QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    let schema: Exists = diesel::sql_query("SELECT to_regclass('outbox_messages') IS NOT NULL AS exists")
-        .get_result(&mut conn)
-        .await
-        .map_err(outbox::Error::from)?;
-    if !schema.exists {
-        return Err(Failure::Runtime("the outbox tables do not exist: run `outbox migrate` first".into()));
-    }
-    drop(conn);
 
     let shutdown = CancellationToken::new();
     let signals = Signals::new().map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;

@@ -1,0 +1,186 @@
+//! Start-up checks shared by the relay and the inbox: the schema is migrated and the brokers
+//! answer (and, for a consumer, its topics exist), within a start-up deadline. What fails here
+//! is returned from `run` as an error; once started, the loops retry transient errors as before.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{ConnPool, Database};
+use crate::{Error, ErrorKind, Result};
+
+/// How long `run` waits at start-up for the database and the brokers unless told otherwise.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until a connection can be had and the schema has every migration this build needs.
+/// A schema that is missing or behind fails at once (waiting does not migrate it); a database
+/// that cannot be reached fails when `deadline` passes, with the last error.
+/// Returns `Ok(false)` when `shutdown` fired first.
+#[doc(hidden)]
+pub async fn wait_for_schema<C: Database>(
+    pool: &ConnPool<C>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let error = match pool.get().await {
+            Ok(mut conn) => match conn.missing_migrations().await {
+                Ok(missing) if missing.is_empty() => {
+                    conn.release();
+                    return Ok(true);
+                }
+                Ok(missing) => {
+                    return Err(Error::new(
+                        ErrorKind::Schema,
+                        format!(
+                            "the database schema is not migrated: missing {} ({}); run `outbox migrate` \
+                             or `outbox::migrate` first",
+                            missing.join(", "),
+                            if missing.len() == C::MIGRATION_COUNT { "no migration applied" } else { "behind" }
+                        ),
+                    ));
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(Error::new(
+                error.kind(),
+                format!("start-up: the database could not be used before the start-up deadline: {error}"),
+            ));
+        }
+        tracing::debug!(%error, "start-up: database not ready yet");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Which kind of client a configuration is for (a probe of the same kind is created from it,
+/// so librdkafka reads every property as the real client will).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The relay's producer.
+    Producer,
+    /// The inbox's consumer.
+    Consumer,
+}
+
+/// Keeps the last error librdkafka reported (TLS handshake, SASL authentication, name
+/// resolution, ...): a metadata request that fails says only "timed out".
+#[derive(Default)]
+struct LastError(Mutex<Option<(RDKafkaErrorCode, String)>>);
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_owned()));
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LastError {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+impl LastError {
+    fn get(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Errors that waiting cannot cure: wrong credentials, a certificate that is not trusted.
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL | RDKafkaErrorCode::InvalidArgument)
+}
+
+/// Waits until a broker answers a metadata request made with `config` and every topic in
+/// `topics` exists. Wrong credentials and an untrusted certificate fail as soon as librdkafka
+/// reports them; unreachable brokers and missing topics fail when `deadline` passes. Topics are
+/// looked up in the list of all topics, so the check never auto-creates one.
+/// Returns `Ok(false)` when `shutdown` fired first.
+#[doc(hidden)]
+pub async fn wait_for_brokers(
+    config: &ClientConfig,
+    kind: ClientKind,
+    topics: &[String],
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let brokers = config.get("bootstrap.servers").unwrap_or_default().to_owned();
+    let (config, topics) = (config.clone(), topics.to_vec());
+    let probe = tokio::task::spawn_blocking(move || -> Result<()> {
+        let fetch = |t: Duration| -> Result<(std::result::Result<Vec<String>, KafkaError>, Option<_>)> {
+            let create = |e: KafkaError| Error::with_source(ErrorKind::Config, format!("kafka: {e}"), e);
+            Ok(match kind {
+                ClientKind::Producer => {
+                    let p: BaseProducer<LastError> =
+                        config.create_with_context(LastError::default()).map_err(create)?;
+                    let r = p.client().fetch_metadata(None, t).map(|m| names(&m));
+                    (r, p.context().get())
+                }
+                ClientKind::Consumer => {
+                    let c: BaseConsumer<LastError> =
+                        config.create_with_context(LastError::default()).map_err(create)?;
+                    let r = rdkafka::consumer::Consumer::client(&c).fetch_metadata(None, t).map(|m| names(&m));
+                    (r, rdkafka::consumer::Consumer::client(&c).context().get())
+                }
+            })
+        };
+        let mut last = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::Kafka,
+                    format!("start-up: {last} (bootstrap.servers={brokers}) before the start-up deadline"),
+                ));
+            }
+            let (result, reported) = fetch(left.min(Duration::from_secs(5)))?;
+            if let Some((code, reason)) = &reported
+                && is_permanent(*code)
+            {
+                return Err(Error::new(ErrorKind::Kafka, format!("start-up: kafka refused the connection: {reason}")));
+            }
+            match result {
+                Ok(present) => {
+                    let missing: Vec<&String> = topics.iter().filter(|t| !present.contains(t)).collect();
+                    if missing.is_empty() {
+                        return Ok(());
+                    }
+                    last = format!("kafka: topics {missing:?} do not exist");
+                }
+                Err(e) => {
+                    last = match reported {
+                        Some((_, reason)) => format!("kafka: no broker answered: {reason}"),
+                        None => format!("kafka: no broker answered: {e}"),
+                    };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())));
+        }
+    });
+    tokio::select! {
+        _ = shutdown.cancelled() => Ok(false),
+        r = probe => r.map_err(|e| Error::new(ErrorKind::Kafka, format!("start-up probe: {e}")))?.map(|()| true),
+    }
+}
+
+fn names(m: &rdkafka::metadata::Metadata) -> Vec<String> {
+    m.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect()
+}
