@@ -68,6 +68,15 @@ impl CloudEvent {
     }
 
     /// Sets (or replaces) a header to a text value.
+    /// The value of header `name`, when it is set and UTF-8.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+    }
+
     pub fn header(self, name: &str, value: impl Into<String>) -> Self {
         self.header_bytes(name, Some(value.into().into_bytes()))
     }

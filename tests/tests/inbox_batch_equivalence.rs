@@ -124,8 +124,22 @@ async fn batch_and_one_message_modes_leave_identical_state<B: Backend>() {
     }
     assert_eq!(consumed, 2 * input.len() as i64, "both groups consumed everything");
 
-    let batch = snapshot(&db, "batch").await;
-    let single = snapshot(&db, "single").await;
+    // The duplicate's copies are in both partitions, which run concurrently: which copy is
+    // handled (and recorded in the dedup row) is a race in either mode. It must be handled once,
+    // wherever; the dedup rows are compared without its position.
+    let dup_id = input[0].header_text("ce_id").expect("the duplicate has an id");
+    let unplace = |mut snap: Vec<Option<String>>| {
+        if let Some(Some(dedup)) = snap.get_mut(1) {
+            *dedup = dedup
+                .split(',')
+                .map(|row| if row.starts_with(&dup_id) { format!("{dup_id}@either copy") } else { row.to_owned() })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        snap
+    };
+    let batch = unplace(snapshot(&db, "batch").await);
+    let single = unplace(snapshot(&db, "single").await);
     assert!(batch.iter().all(Option::is_some), "every table has rows: {batch:?}");
     assert_eq!(batch, single, "identical effects, dedup rows, dead letters and positions");
     // And the state is the expected one, not merely the same.
