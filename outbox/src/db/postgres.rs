@@ -361,6 +361,34 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// How many embedded migrations `outbox_schema_migrations` does not list (all of them when the
+/// table does not exist). Only reads, so any role with SELECT on that table may ask.
+async fn pending_migrations(conn: &mut AsyncPgConnection) -> Result<usize> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let table: Exists = diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
+        .get_result(conn)
+        .await?;
+    if !table.exists {
+        return Ok(MIGRATIONS.len());
+    }
+    let versions: Vec<&str> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+    let applied: Applied =
+        diesel::sql_query("SELECT count(*) AS n FROM outbox_schema_migrations WHERE version = ANY($1)")
+            .bind::<Array<Text>, _>(versions)
+            .get_result(conn)
+            .await?;
+    Ok(MIGRATIONS.len().saturating_sub(usize::try_from(applied.n).unwrap_or(0)))
+}
+
 // Serialises concurrent `migrate` calls (several service instances starting at once).
 const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
@@ -394,30 +422,69 @@ impl Database for AsyncPgConnection {
     }
 
     async fn migrate_schema(&mut self) -> Result<()> {
-        self.transaction::<_, crate::Error, _>(async |tx| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(tx).await?;
-            diesel::sql_query(
-                "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
+        // Already current: return before the statements that need the schema owner's rights
+        // (CREATE TABLE IF NOT EXISTS checks CREATE on the schema even when the table exists),
+        // so services running as least-privilege roles can call `migrate` at start-up.
+        let pending = pending_migrations(self).await.map_err(|e| {
+            if e.to_string().contains("permission denied") {
+                crate::Error::with_source(
+                    crate::ErrorKind::Database,
+                    format!(
+                        "outbox::migrate: cannot read the applied migrations ({e}); grant SELECT on \
+                         outbox_schema_migrations (docs/grants.sql) or run migrate as the schema owner"
+                    ),
+                    e,
+                )
+            } else {
+                e
+            }
+        })?;
+        if pending == 0 {
+            return Ok(());
+        }
+        let applied = self
+            .transaction::<_, crate::Error, _>(async |tx| {
+                diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                    .bind::<BigInt, _>(MIGRATION_LOCK)
+                    .execute(tx)
+                    .await?;
+                diesel::sql_query(
+                    "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
                     version TEXT PRIMARY KEY,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-            )
-            .execute(tx)
-            .await?;
-            for (version, up) in MIGRATIONS {
-                let inserted = diesel::sql_query(
-                    "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
                 )
-                .bind::<Text, _>(*version)
                 .execute(tx)
                 .await?;
-                if inserted == 1 {
-                    tracing::info!(version, "applying outbox migration");
-                    diesel_async::SimpleAsyncConnection::batch_execute(tx, up).await?;
+                for (version, up) in MIGRATIONS {
+                    let inserted = diesel::sql_query(
+                        "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+                    )
+                    .bind::<Text, _>(*version)
+                    .execute(tx)
+                    .await?;
+                    if inserted == 1 {
+                        tracing::info!(version, "applying outbox migration");
+                        diesel_async::SimpleAsyncConnection::batch_execute(tx, up).await?;
+                    }
                 }
+                Ok(())
+            })
+            .await;
+        applied.map_err(|e| {
+            if e.to_string().contains("permission denied") {
+                crate::Error::with_source(
+                    crate::ErrorKind::Database,
+                    format!(
+                        "outbox::migrate: {pending} of {} migrations are not applied and this role may not apply \
+                         them ({e}); run migrate as the schema owner (docs/roles.md)",
+                        MIGRATIONS.len()
+                    ),
+                    e,
+                )
+            } else {
+                e
             }
-            Ok(())
         })
-        .await
     }
 
     async fn begin_write(&mut self) -> QueryResult<()> {
