@@ -93,7 +93,8 @@ impl<C: Database> Relay<C> {
     /// Start-up fails with an error instead of retrying: a schema that is missing or behind
     /// ([`ErrorKind::Schema`](crate::ErrorKind::Schema), at once), a database that cannot be
     /// used, wrong Kafka credentials or an untrusted certificate (as soon as librdkafka reports
-    /// them), or brokers none of which answered, each within
+    /// them), brokers none of which answered, or a first round that fails for good (a missing
+    /// grant) or still fails at the deadline, each within
     /// [`startup_timeout`](RelayBuilder::startup_timeout). Rows produced meanwhile stay unsent.
     ///
     /// After a healthy start, database and broker errors are logged and retried, never
@@ -122,7 +123,7 @@ impl<C: Database> Relay<C> {
                 }
             })
         };
-        let result = self.run_until(stop).await;
+        let result = self.run_until(stop, deadline).await;
         probe.abort();
         match startup_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
@@ -130,7 +131,12 @@ impl<C: Database> Relay<C> {
         }
     }
 
-    async fn run_until(&mut self, shutdown: CancellationToken) -> Result<()> {
+    /// The run loop. Until its first successful round the relay is starting: an error that
+    /// retrying cannot cure (`!is_transient()`: a missing grant, a constraint) or any error once
+    /// `startup_deadline` has passed ends it, and `run` returns that error.
+    async fn run_until(&mut self, shutdown: CancellationToken, startup_deadline: tokio::time::Instant) -> Result<()> {
+        let mut started = false;
+        let mut startup_error: Option<Error> = None;
         let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now(), rival: None };
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();
@@ -149,7 +155,9 @@ impl<C: Database> Relay<C> {
         let mut last_gauges = Instant::now() - self.config.metrics_interval;
         while !shutdown.is_cancelled() {
             let before = wakeup::seen();
-            match self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut last_gauges).await {
+            let round = self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut last_gauges).await;
+            started |= round.is_ok();
+            match round {
                 Ok(Round::Busy) => {
                     // Only a batch marked is progress: a claim that succeeds before every mark
                     // fails must not reset the backoff (it would republish ~10 times a second).
@@ -189,6 +197,11 @@ impl<C: Database> Relay<C> {
                     let wait = self.config.poll_interval.max(self.config.lease / 3);
                     self.idle(&wake, &shutdown, wait, wakeup::seen()).await;
                 }
+                Err(e) if !started && (!e.is_transient() || tokio::time::Instant::now() >= startup_deadline) => {
+                    tracing::error!(relay = %self.config.name, error = %e, "relay start-up failed");
+                    startup_error = Some(e);
+                    break;
+                }
                 Err(e) => {
                     // Batches still in flight stay unmarked; they are claimed again later.
                     pipeline.window.clear();
@@ -221,7 +234,7 @@ impl<C: Database> Relay<C> {
         tasks.close();
         tasks.wait().await;
         info!(relay = %self.config.name, "relay stopped");
-        Ok(())
+        startup_error.map_or(Ok(()), Err)
     }
 
     /// Waits for shutdown, a NOTIFY, a signal of this process's writers (since `seen`) or `d`.
