@@ -238,7 +238,7 @@ pub async fn run(options: Options) -> Result<Report, BoxError> {
     let report = match options.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-            // LIFO: the relay and the inbox get back the connection they just used (README).
+            // LIFO: the relay and the inbox get back the connection they just used (docs/relay.md, "Pools").
             let pool = bb8::Pool::builder().max_size(8).queue_strategy(bb8::QueueStrategy::Lifo).build(manager).await?;
             let mut conn = AsyncPgConnection::establish(url).await?;
             flow(&mut conn, pool, &brokers, &run_id, &options).await?.with_database("PostgreSQL")

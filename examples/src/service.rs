@@ -76,7 +76,7 @@ pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, BoxError> 
 }
 
 /// A pool of up to `max_size` connections to `database_url`, opened when first needed; LIFO,
-/// so the relay and the inbox get back the connection they just used (README, "Relay").
+/// so the relay and the inbox get back the connection they just used (docs/relay.md, "Pools").
 pub fn pool(database_url: &str, max_size: u32) -> outbox::Pool {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
     outbox::Pool::builder().max_size(max_size).queue_strategy(bb8::QueueStrategy::Lifo).build_unchecked(manager)

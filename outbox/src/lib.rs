@@ -3,7 +3,8 @@
 //! Store events in the same diesel-async transaction as your business change with
 //! [`publish`]; a [`Relay`](relay::Relay) publishes them to Kafka after commit and marks them
 //! sent. A message is stored if and only if its transaction commits, and every stored message
-//! is published at least once. See the repository README for the guarantees and how each is tested.
+//! is published at least once. See docs/guarantees.md in the repository for the guarantees
+//! and how each is tested.
 //!
 //! ```no_run
 //! use schemars::JsonSchema;

@@ -39,7 +39,7 @@ pub async fn migrate<C: Database>(conn: &mut C) -> Result<()> {
 /// Relays running in the writer's own process are woken in-process by `publish`, at no cost.
 /// NOTIFY also wakes relays in other processes within milliseconds, but PostgreSQL serialises
 /// the commits of notifying transactions on one global lock: with 8 concurrent writers and
-/// fsync on, pgbench measured about half the transactions per second (README, "Performance").
+/// fsync on, pgbench measured about half the transactions per second (docs/relay.md, "Wake-up").
 /// With it off, other processes' relays find new rows by polling (`RelayBuilder::poll_interval`).
 pub async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result<()> {
     crate::db::postgres::set_notify(conn, on).await

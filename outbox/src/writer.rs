@@ -156,7 +156,7 @@ where
 /// Runs `body` in a transaction on `conn`, like diesel-async's `conn.transaction(body)`, and
 /// after a successful COMMIT wakes the relays running in this process, so events stored by
 /// `body` are claimed at once instead of on a short polling burst: the lowest commit → Kafka
-/// latency (README, "Performance", B4).
+/// latency (B4 in docs/performance.md).
 ///
 /// Same contract as `AsyncConnection::transaction`: `body` returning `Err` rolls back; an error
 /// of `BEGIN`/`COMMIT` is converted into `E`. Called inside a transaction it opens a savepoint,

@@ -3,7 +3,8 @@
 //! and [`backends!`]), and a Kafka cluster per test (librdkafka's
 //! in-process mock cluster, or the broker named by `KAFKA_BROKERS`).
 #![allow(missing_docs)]
-// The README's code blocks compile (and run, unless `no_run`) as doc tests of this crate.
+// The code blocks of the README and of docs/*.md compile (and run, unless `no_run`) as doc tests
+// of this crate; each docs file with Rust blocks is included by a hidden module below.
 #![doc = include_str!("../../README.md")]
 
 pub mod backend;
@@ -16,6 +17,12 @@ pub mod relay_gen;
 pub mod relay_gen_ops;
 pub mod relay_gen_oracle;
 pub mod relay_support;
+
+// docs/*.md files with Rust code blocks, compiled as doc tests (see the top of this file).
+#[doc = include_str!("../../docs/databases.md")]
+mod docs_databases {}
+#[doc = include_str!("../../docs/embedded-kafka-and-examples.md")]
+mod docs_embedded_kafka_and_examples {}
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;

@@ -58,7 +58,7 @@ impl Env {
     pub async fn pool(&self, size: u32) -> outbox::Pool {
         let manager =
             diesel_async::pooled_connection::AsyncDieselConnectionManager::<AsyncPgConnection>::new(&self.db_url);
-        // LIFO, as the README recommends for the relay's and the inbox's pools: the loop gets
+        // LIFO, as docs/relay.md recommends for the relay's and the inbox's pools: the loop gets
         // back the connection it just used instead of rotating through idle ones.
         outbox::Pool::builder()
             .max_size(size)

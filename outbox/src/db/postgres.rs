@@ -165,7 +165,7 @@ WHERE name = $1 AND owner = $2 AND epoch = $3";
 // those rows — already acknowledged by Kafka — are published again, which at-least-once delivery
 // allows and the inbox deduplicates. Nothing is ever marked that was not acknowledged, and the
 // business transactions keep their own durability. The relay no longer waits for an fsync per
-// batch (README, "Performance").
+// batch (docs/relay.md, "Marks and `synchronous_commit`").
 const FENCE: &str = "
 SELECT epoch, set_config('synchronous_commit', 'off', true) AS async_commit
   FROM outbox_relay_leases l WHERE name = $1 AND owner = $2 AND epoch = $3

@@ -64,7 +64,7 @@ pub(crate) struct RelayArgs {
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
 pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
     let kafka = KafkaConfig::from_env()?;
-    // LIFO: each round gets back the connection the last one used (README, "Relay").
+    // LIFO: each round gets back the connection the last one used (docs/relay.md, "Pools").
     let mut pool = outbox::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
     if let Some(n) = args.pool_size {
         if n == 0 {
