@@ -17,6 +17,7 @@ use crate::Result;
 pub use pool::{ConnPool, Pooled};
 
 mod pool;
+pub mod pooler;
 pub(crate) mod postgres;
 mod prepared;
 #[cfg(feature = "sqlite")]
@@ -52,7 +53,16 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
 
     // The relay.
     #[doc(hidden)]
-    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>>;
+    /// `in_transaction`: run the claim in a transaction of its own (behind a transaction pooler,
+    /// see [`pooler`]).
+    #[doc(hidden)]
+    async fn claim(
+        &mut self,
+        limit: i64,
+        in_flight: InFlight,
+        holder: Fence<'_>,
+        in_transaction: bool,
+    ) -> Result<Vec<Claimed>>;
     #[doc(hidden)]
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>>;
     /// The name of a relay other than `name` that holds a live lease on this outbox, if any.

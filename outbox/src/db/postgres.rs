@@ -29,6 +29,19 @@ use crate::schema::{inbox_dead_letters, inbox_offsets, outbox_messages};
 
 impl super::private::Sealed for AsyncPgConnection {}
 
+/// `in_tx!(conn, tx => body)`: runs `body` (an expression using `tx`, giving a `QueryResult`)
+/// in a transaction (a savepoint when one is open). The relay's, the inbox's and the
+/// operations' statements that would otherwise run on their own do, so that behind a
+/// transaction pooler their prepare and their run reach one server connection (`pooler`). They
+/// all run seconds apart (lease, gauges, cleanup, positions on assignment, pruning): the two
+/// extra round trips do not matter. The hot one (the claim) only does behind a pooler.
+macro_rules! in_tx {
+    ($conn:expr, $tx:ident => $body:expr) => {
+        diesel_async::AsyncConnection::transaction::<_, diesel::result::Error, _>($conn, async |$tx| $body).await
+    };
+}
+pub(crate) use in_tx;
+
 #[derive(QueryableByName)]
 struct ClaimedRow {
     #[diesel(sql_type = BigInt)]
@@ -434,17 +447,28 @@ impl Database for AsyncPgConnection {
         Ok(())
     }
 
-    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
-        let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
+    async fn claim(
+        &mut self,
+        limit: i64,
+        in_flight: InFlight,
+        holder: Fence<'_>,
+        in_transaction: bool,
+    ) -> Result<Vec<Claimed>> {
+        let claim = prepared(CLAIM.as_str())
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(in_flight.last)
             .bind::<BigInt, _>(in_flight.first)
             .bind::<BigInt, _>(in_flight.rows)
             .bind::<Text, _>(holder.lease)
             .bind::<SqlUuid, _>(holder.owner)
-            .bind::<BigInt, _>(holder.epoch)
-            .load(self)
-            .await?;
+            .bind::<BigInt, _>(holder.epoch);
+        // Behind a transaction pooler the statement's prepare and its run must reach the same
+        // server connection (see `pooler`); direct, the cached statement is one round trip.
+        let rows: Vec<ClaimedRow> = if in_transaction {
+            self.transaction::<_, diesel::result::Error, _>(async |tx| claim.load(tx).await).await?
+        } else {
+            claim.load(self).await?
+        };
         Ok(rows
             .into_iter()
             .map(|r| Claimed {
@@ -464,31 +488,35 @@ impl Database for AsyncPgConnection {
     }
 
     async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
-        let rows: Vec<Name> = prepared(RIVAL).bind::<Text, _>(name).load(self).await?;
+        let rows: Vec<Name> = in_tx!(self, tx => prepared(RIVAL).bind::<Text, _>(name).load(tx).await)?;
         Ok(rows.into_iter().next().map(|r| r.name))
     }
 
     async fn release_orphans(&mut self) -> Result<usize> {
-        Ok(prepared(RELEASE_ORPHANS).execute(self).await?)
+        Ok(in_tx!(self, tx => prepared(RELEASE_ORPHANS).execute(tx).await)?)
     }
 
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
-        let rows: Vec<Epoch> = prepared(ACQUIRE)
-            .bind::<Text, _>(name)
-            .bind::<SqlUuid, _>(owner)
-            .bind::<Interval, _>(interval(lease))
-            .load(self)
-            .await?;
+        let rows: Vec<Epoch> = in_tx!(self, tx => {
+            prepared(ACQUIRE)
+                .bind::<Text, _>(name)
+                .bind::<SqlUuid, _>(owner)
+                .bind::<Interval, _>(interval(lease))
+                .load(tx)
+                .await
+        })?;
         Ok(rows.into_iter().next().map(|r| r.epoch))
     }
 
     async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
-        prepared(RELEASE)
-            .bind::<Text, _>(name)
-            .bind::<SqlUuid, _>(owner)
-            .bind::<BigInt, _>(epoch)
-            .execute(self)
-            .await?;
+        in_tx!(self, tx => {
+            prepared(RELEASE)
+                .bind::<Text, _>(name)
+                .bind::<SqlUuid, _>(owner)
+                .bind::<BigInt, _>(epoch)
+                .execute(tx)
+                .await
+        })?;
         Ok(())
     }
 
@@ -545,11 +573,13 @@ impl Database for AsyncPgConnection {
     }
 
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
-        Ok(prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(self).await?)
+        Ok(in_tx!(self, tx => {
+            prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(tx).await
+        })?)
     }
 
     async fn backlog(&mut self) -> Result<Backlog> {
-        let b: BacklogRow = prepared(BACKLOG).get_result(self).await?;
+        let b: BacklogRow = in_tx!(self, tx => prepared(BACKLOG).get_result(tx).await)?;
         Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
     }
 
@@ -633,18 +663,20 @@ impl Database for AsyncPgConnection {
         topic: &str,
         partitions: &[i32],
     ) -> QueryResult<HashMap<i32, StoredPosition>> {
-        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = inbox_offsets::table
-            .filter(inbox_offsets::consumer_group.eq(group))
-            .filter(inbox_offsets::topic.eq(topic))
-            .filter(inbox_offsets::kafka_partition.eq_any(partitions))
-            .select((
-                inbox_offsets::kafka_partition,
-                inbox_offsets::next_offset,
-                inbox_offsets::cluster_id,
-                inbox_offsets::last_fingerprint,
-            ))
-            .load(self)
-            .await?;
+        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = in_tx!(self, tx => {
+            inbox_offsets::table
+                .filter(inbox_offsets::consumer_group.eq(group))
+                .filter(inbox_offsets::topic.eq(topic))
+                .filter(inbox_offsets::kafka_partition.eq_any(partitions))
+                .select((
+                    inbox_offsets::kafka_partition,
+                    inbox_offsets::next_offset,
+                    inbox_offsets::cluster_id,
+                    inbox_offsets::last_fingerprint,
+                ))
+                .load(tx)
+                .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(p, next_offset, cluster_id, fingerprint)| {
@@ -657,7 +689,7 @@ impl Database for AsyncPgConnection {
         // Bounded by LIMIT so each statement holds its locks briefly; served by the
         // (consumer_group, handled_at) index.
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        prepared(
+        let prune = prepared(
             "DELETE FROM inbox_messages WHERE consumer_group = $1 AND message_id IN ( \
                  SELECT message_id FROM inbox_messages \
                  WHERE consumer_group = $1 AND handled_at < now() - $2::float8 * interval '1 millisecond' \
@@ -665,9 +697,8 @@ impl Database for AsyncPgConnection {
         )
         .bind::<Text, _>(group)
         .bind::<BigInt, _>(window_ms)
-        .bind::<BigInt, _>(limit)
-        .execute(self)
-        .await
+        .bind::<BigInt, _>(limit);
+        in_tx!(self, tx => prune.execute(tx).await)
     }
 
     async fn transaction_token(&mut self) -> QueryResult<i64> {
@@ -713,13 +744,13 @@ pub(crate) async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result
     } else {
         "ALTER TABLE outbox_messages DISABLE TRIGGER outbox_messages_notify"
     };
-    diesel::sql_query(sql).execute(conn).await?;
+    in_tx!(conn, tx => diesel::sql_query(sql).execute(tx).await)?;
     Ok(())
 }
 
 /// Whether the insert trigger sends NOTIFY, i.e. whether LISTENing can hear anything.
 async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
-    let e: Enabled = diesel::sql_query(NOTIFY_ENABLED).get_result(conn).await?;
+    let e: Enabled = in_tx!(conn, tx => diesel::sql_query(NOTIFY_ENABLED).get_result(tx).await)?;
     Ok(e.enabled)
 }
 
