@@ -53,16 +53,19 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
 
     // The relay.
     #[doc(hidden)]
-    /// `in_transaction`: run the claim in a transaction of its own (behind a transaction pooler,
-    /// see [`pooler`]).
     #[doc(hidden)]
-    async fn claim(
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>>;
+    /// [`claim`](Self::claim) in a transaction of its own: behind a transaction pooler (see
+    /// [`pooler`]) the statement's prepare and its run must reach one server connection.
+    #[doc(hidden)]
+    async fn claim_in_transaction(
         &mut self,
         limit: i64,
         in_flight: InFlight,
         holder: Fence<'_>,
-        in_transaction: bool,
-    ) -> Result<Vec<Claimed>>;
+    ) -> Result<Vec<Claimed>> {
+        self.claim(limit, in_flight, holder).await
+    }
     #[doc(hidden)]
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>>;
     /// The name of a relay other than `name` that holds a live lease on this outbox, if any.

@@ -447,44 +447,18 @@ impl Database for AsyncPgConnection {
         Ok(())
     }
 
-    async fn claim(
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
+        Ok(load_claim(self, limit, in_flight, holder).await?)
+    }
+
+    async fn claim_in_transaction(
         &mut self,
         limit: i64,
         in_flight: InFlight,
         holder: Fence<'_>,
-        in_transaction: bool,
     ) -> Result<Vec<Claimed>> {
-        let claim = prepared(CLAIM.as_str())
-            .bind::<BigInt, _>(limit)
-            .bind::<BigInt, _>(in_flight.last)
-            .bind::<BigInt, _>(in_flight.first)
-            .bind::<BigInt, _>(in_flight.rows)
-            .bind::<Text, _>(holder.lease)
-            .bind::<SqlUuid, _>(holder.owner)
-            .bind::<BigInt, _>(holder.epoch);
-        // Behind a transaction pooler the statement's prepare and its run must reach the same
-        // server connection (see `pooler`); direct, the cached statement is one round trip.
-        let rows: Vec<ClaimedRow> = if in_transaction {
-            self.transaction::<_, diesel::result::Error, _>(async |tx| claim.load(tx).await).await?
-        } else {
-            claim.load(self).await?
-        };
-        Ok(rows
-            .into_iter()
-            .map(|r| Claimed {
-                seq: r.seq,
-                id: r.id,
-                topic: r.topic,
-                key: r.key,
-                event_type: r.event_type,
-                event_version: r.event_version,
-                payload: r.payload,
-                headers: r.headers,
-                occurred_at: r.occurred_at,
-                attempts: r.attempts,
-                blocked: r.blocked,
-            })
-            .collect())
+        // Behind a transaction pooler (`pooler`); direct, the cached statement is one round trip.
+        Ok(in_tx!(self, tx => load_claim(tx, limit, in_flight, holder).await)?)
     }
 
     async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
@@ -735,6 +709,40 @@ impl Database for AsyncPgConnection {
 struct Token {
     #[diesel(sql_type = Nullable<BigInt>)]
     token: Option<i64>,
+}
+
+async fn load_claim(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    in_flight: InFlight,
+    holder: Fence<'_>,
+) -> QueryResult<Vec<Claimed>> {
+    let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(in_flight.last)
+        .bind::<BigInt, _>(in_flight.first)
+        .bind::<BigInt, _>(in_flight.rows)
+        .bind::<Text, _>(holder.lease)
+        .bind::<SqlUuid, _>(holder.owner)
+        .bind::<BigInt, _>(holder.epoch)
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Claimed {
+            seq: r.seq,
+            id: r.id,
+            topic: r.topic,
+            key: r.key,
+            event_type: r.event_type,
+            event_version: r.event_version,
+            payload: r.payload,
+            headers: r.headers,
+            occurred_at: r.occurred_at,
+            attempts: r.attempts,
+            blocked: r.blocked,
+        })
+        .collect())
 }
 
 /// Turns the insert trigger's NOTIFY on or off; see [`crate::set_notify`].

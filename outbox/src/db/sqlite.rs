@@ -357,7 +357,7 @@ impl Database for SqliteConnection {
         Ok(())
     }
 
-    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>, _: bool) -> Result<Vec<Claimed>> {
+    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
         let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM)
             .bind::<BigInt, _>(limit)
             .bind::<BigInt, _>(in_flight.last)

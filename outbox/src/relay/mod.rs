@@ -328,8 +328,12 @@ impl<C: Database> Relay<C> {
         if claim {
             let seen = wakeup::seen();
             let holder = self.fence(lease.owner, epoch);
-            let in_transaction = self.pool.transaction_pooled();
-            let rows = conn.claim(self.config.batch_size as i64, in_flight, holder, in_transaction).await?;
+            let limit = self.config.batch_size as i64;
+            let rows = if self.pool.transaction_pooled() {
+                conn.claim_in_transaction(limit, in_flight, holder).await?
+            } else {
+                conn.claim(limit, in_flight, holder).await?
+            };
             pipeline.drained = (rows.len() < self.config.batch_size).then_some(seen);
             // Never hold a pooled connection while waiting for Kafka; released, it stays warm
             // for the mark or the next claim (no check-out test, see `db::ConnPool`).
