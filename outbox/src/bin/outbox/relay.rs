@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use outbox::KafkaConfig;
 use outbox::relay::{AfterSend, Relay};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ pub(crate) struct RelayArgs {
     /// How often to look for rows when nothing woke the relay [default: 500].
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
     poll_interval_ms: Option<u64>,
-    /// Wake on the insert trigger's NOTIFY; false behind PgBouncer in transaction mode [default: true].
+    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling [default: true, false with it].
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "BOOL", action = ArgAction::Set)]
     listen: Option<bool>,
     /// Leadership lease: a dead relay's work is taken over within it; at least 1000 [default: 15000].
@@ -58,19 +58,28 @@ pub(crate) struct RelayArgs {
 }
 
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
-pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
+pub(crate) async fn run(url: &str, transaction_pooling: bool, args: RelayArgs) -> Result<(), Failure> {
     let kafka = KafkaConfig::from_env()?;
+    if args.pool_size == Some(0) {
+        return Err(Failure::Usage("pool size must be at least 1".into()));
+    }
     // LIFO: each round gets back the connection the last one used (README, "Relay").
-    let mut pool = outbox::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
-    if let Some(n) = args.pool_size {
-        if n == 0 {
-            return Err(Failure::Usage("pool size must be at least 1".into()));
+    fn pool<M: bb8::ManageConnection>(size: Option<u32>) -> bb8::Builder<M> {
+        let pool = bb8::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
+        match size {
+            Some(n) => pool.max_size(n),
+            None => pool,
         }
-        pool = pool.max_size(n);
     }
     // Connections are opened on first use; the check below reports an unreachable database.
-    let pool = pool.build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url));
-    let mut builder = Relay::builder(pool, kafka);
+    let mut builder = if transaction_pooling {
+        Relay::builder(pool(args.pool_size).build_unchecked(outbox::pooler::Manager::new(url)), kafka)
+    } else {
+        Relay::builder(
+            pool(args.pool_size).build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url)),
+            kafka,
+        )
+    };
     if let Some(name) = args.name {
         builder = builder.name(name);
     }
@@ -107,14 +116,18 @@ pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
     let relay = builder.build()?;
 
     // Fail at start-up on a wrong URL or a missing schema; later outages are retried by the relay.
-    let mut conn = connect(url).await?;
+    let mut conn = connect(url, transaction_pooling).await?;
     #[derive(diesel::QueryableByName)]
     struct Exists {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
-    let schema: Exists = diesel::sql_query("SELECT to_regclass('outbox_messages') IS NOT NULL AS exists")
-        .get_result(&mut conn)
+    // In a transaction: behind a transaction pooler a lone statement's prepare and run may reach
+    // two server connections.
+    let schema: Exists = conn
+        .transaction::<_, diesel::result::Error, _>(async |tx| {
+            diesel::sql_query("SELECT to_regclass('outbox_messages') IS NOT NULL AS exists").get_result(tx).await
+        })
         .await
         .map_err(outbox::Error::from)?;
     if !schema.exists {
