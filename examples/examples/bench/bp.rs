@@ -26,20 +26,21 @@ async fn pooled_conn(url: &str) -> AsyncPgConnection {
     outbox::pooler::establish(url).await.expect("connect through PgBouncer")
 }
 
-/// Median latency (ms) of `n` SDK transactions through PgBouncer and `n` direct, interleaved
-/// one by one (a, b, b, a, ...) so drift hits both alike.
-async fn latency(env: &Env, url: &str, n: usize) -> (f64, f64) {
-    let (mut via, mut direct) = (pooled_conn(url).await, env.conn().await);
-    let (mut sv, mut sd) = (Vec::with_capacity(n), Vec::with_capacity(n));
+/// Median latencies (ms) of `n` SDK transactions each through PgBouncer, direct with
+/// `outbox::pooler` connections (the mode without the hop), and direct, interleaved one by one
+/// in rotating order so drift hits all alike.
+async fn latency(env: &Env, url: &str, n: usize) -> [f64; 3] {
+    let mut conns = [pooled_conn(url).await, pooled_conn(&env.db_url).await, env.conn().await];
+    let mut samples = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
     for i in 0..n {
-        for pooled in if i % 2 == 0 { [true, false] } else { [false, true] } {
+        for k in 0..3 {
+            let arm = (i + k) % 3;
             let t = Instant::now();
-            business_tx(if pooled { &mut via } else { &mut direct }, Mode::Sdk).await;
-            let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if pooled { sv.push(ms) } else { sd.push(ms) }
+            business_tx(&mut conns[arm], Mode::Sdk).await;
+            samples[arm].push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    (median(&sv), median(&sd))
+    samples.map(|s| median(&s))
 }
 
 /// Transactions per second of 8 concurrent SDK writers for `secs`, through PgBouncer or direct.
@@ -86,37 +87,45 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     let n = env.n(2000);
     let secs = (5.0 * env.scale).clamp(1.0, 5.0);
     let (e2e_secs, rate) = ((20.0 * env.scale).clamp(5.0, 20.0), 200.0);
-    let (mut lat_via, mut lat_direct, mut tps_via, mut tps_direct) = (vec![], vec![], vec![], vec![]);
-    let (mut p50_via, mut p50_direct, mut p99_via, mut p99_direct) = (vec![], vec![], vec![], vec![]);
+    // Per arm: 0 through PgBouncer, 1 direct with outbox::pooler connections, 2 direct.
+    let (mut lat, mut tps_of) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
+    let (mut p50, mut p99) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
+    let urls = [Some(url.as_str()), Some(env.db_url.as_str()), None];
     for run in 0..env.runs {
         reset(env).await;
-        let (v, d) = latency(env, &url, n).await;
-        lat_via.push(v);
-        lat_direct.push(d);
+        for (arm, ms) in latency(env, &url, n).await.into_iter().enumerate() {
+            lat[arm].push(ms);
+        }
         reset(env).await;
-        // Alternate which goes first.
-        for pooled in if run % 2 == 0 { [true, false] } else { [false, true] } {
-            let t = tps(env, pooled.then_some(url.as_str()), secs).await;
-            if pooled { tps_via.push(t) } else { tps_direct.push(t) }
+        // Rotate which goes first.
+        for k in 0..3 {
+            let arm = (run + k) % 3;
+            let t = tps(env, urls[arm], secs).await;
+            tps_of[arm].push(t);
         }
         crate::common::truncate(&mut conn).await;
-        let (mut via, mut direct) = (Vec::new(), Vec::new());
-        for pooled in if run % 2 == 0 { [true, false] } else { [false, true] } {
-            let mut l = crate::b4::sdk(env, rate, e2e_secs, pooled.then_some(url.as_str())).await;
+        let mut e2e = <[Vec<f64>; 3]>::default();
+        for k in 0..3 {
+            let arm = (run + k) % 3;
+            let mut l = crate::b4::sdk(env, rate, e2e_secs, urls[arm]).await;
             l.sort_by(f64::total_cmp);
-            if pooled { via = l } else { direct = l }
+            p50[arm].push(percentile(&l, 50.0));
+            p99[arm].push(percentile(&l, 99.0));
+            e2e[arm] = l;
         }
-        p50_via.push(percentile(&via, 50.0));
-        p50_direct.push(percentile(&direct, 50.0));
-        p99_via.push(percentile(&via, 99.0));
-        p99_direct.push(percentile(&direct, 99.0));
         eprintln!(
-            "BP run {run}: single-writer SDK tx {v:.3} ms through PgBouncer / {d:.3} ms direct; 8 writers {:.0} / {:.0} tx/s; \
-             B4 through PgBouncer {}; direct {}",
-            tps_via[run],
-            tps_direct[run],
-            crate::b4::summary(&via),
-            crate::b4::summary(&direct)
+            "BP run {run}: single-writer SDK tx {:.3} ms through PgBouncer / {:.3} ms direct with outbox::pooler / \
+             {:.3} ms direct; 8 writers {:.0} / {:.0} / {:.0} tx/s; B4 through PgBouncer {}; direct with outbox::pooler {}; \
+             direct {}",
+            lat[0][run],
+            lat[1][run],
+            lat[2][run],
+            tps_of[0][run],
+            tps_of[1][run],
+            tps_of[2][run],
+            crate::b4::summary(&e2e[0]),
+            crate::b4::summary(&e2e[1]),
+            crate::b4::summary(&e2e[2])
         );
     }
     let fig = |id, what: &str, unit, sdk: &[f64], baseline: &[f64], higher_is_better| Figure {
@@ -135,31 +144,55 @@ pub async fn run(env: &Env) -> Vec<Figure> {
             "B2p",
             "single writer: business tx + SDK event, through PgBouncer 1.18 transaction mode (outbox::pooler) vs direct",
             "ms",
-            &lat_via,
-            &lat_direct,
+            &lat[0],
+            &lat[2],
+            false,
+        ),
+        fig(
+            "B2p mode",
+            "single writer: the same, direct with outbox::pooler connections (the mode, no PgBouncer) vs direct",
+            "ms",
+            &lat[1],
+            &lat[2],
             false,
         ),
         fig(
             "B2p 8w",
             "8 writers: TPS with SDK event, through PgBouncer vs direct",
             "tx/s",
-            &tps_via,
-            &tps_direct,
+            &tps_of[0],
+            &tps_of[2],
+            true,
+        ),
+        fig(
+            "B2p 8w mode",
+            "8 writers: TPS with SDK event, direct with outbox::pooler connections vs direct",
+            "tx/s",
+            &tps_of[1],
+            &tps_of[2],
             true,
         ),
         fig(
             "B4p p50",
             "end-to-end COMMIT → handler p50 at 200 msg/s, through PgBouncer vs direct",
             "ms",
-            &p50_via,
-            &p50_direct,
+            &p50[0],
+            &p50[2],
             false,
         ),
-        fig("B4p p99", "end-to-end p99, through PgBouncer vs direct", "ms", &p99_via, &p99_direct, false),
+        fig("B4p p99", "end-to-end p99, through PgBouncer vs direct", "ms", &p99[0], &p99[2], false),
+        fig(
+            "B4p p50 mode",
+            "end-to-end p50, direct with outbox::pooler pools (claim in a transaction, no LISTEN) vs direct",
+            "ms",
+            &p50[1],
+            &p50[2],
+            false,
+        ),
     ];
     figures[0].note = "through PgBouncer the statement cache is off: each statement is prepared, run and closed in \
-                       its transaction (B2p median of runs: "
-        .to_owned()
-        + &format!("{:.3} ms vs {:.3} ms direct)", median(&lat_via), median(&lat_direct));
+                       its transaction; `mode` rows: the same connections straight to PostgreSQL, which separates the \
+                       mode's cost from PgBouncer's hop"
+        .to_owned();
     figures
 }
