@@ -47,7 +47,7 @@ pub mod startup;
 mod wakeup;
 mod writer;
 
-pub use db::Database;
+pub use db::{Database, pooler};
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError, Metadata, SPEC_VERSION};
 pub use error::{Error, ErrorKind, Result, is_transient_db_error};
 pub use event::{Event, validate_topic};

@@ -44,6 +44,7 @@ use crate::Result;
 // The rows the relay held behind a retried or discarded row go back to the pending index in the
 // same transaction, unless another row of their key has failed: the relay's own release.
 use crate::db::postgres::RELEASE_KEYS as RELEASE_HELD;
+use crate::db::postgres::in_tx;
 
 /// A snapshot of the outbox, the relay lease and the inbox dead letters. See [`status`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -317,9 +318,14 @@ LIMIT 1";
 /// health check every few seconds, not for every request. The relay publishes the same figures
 /// as `metrics` gauges (`outbox_pending`, `outbox_parked`, `outbox_oldest_pending_seconds`).
 pub async fn status(conn: &mut AsyncPgConnection) -> Result<Status> {
-    let topics: Vec<TopicRow> = diesel::sql_query(STATUS_TOPICS).load(conn).await?;
-    let totals: Totals = diesel::sql_query(STATUS_TOTALS).get_result(conn).await?;
-    let lease: Vec<LeaseRow> = diesel::sql_query(STATUS_LEASE).load(conn).await?;
+    // In a transaction, like every operation: behind a transaction pooler a statement of its own
+    // would be prepared on one server connection and run on another (`outbox::pooler`).
+    let (topics, totals, lease) = in_tx!(conn, tx => {
+        let topics: Vec<TopicRow> = diesel::sql_query(STATUS_TOPICS).load(tx).await?;
+        let totals: Totals = diesel::sql_query(STATUS_TOTALS).get_result(tx).await?;
+        let lease: Vec<LeaseRow> = diesel::sql_query(STATUS_LEASE).load(tx).await?;
+        Ok((topics, totals, lease))
+    })?;
     let per_topic: Vec<TopicStatus> = topics
         .into_iter()
         .map(|t| TopicStatus {
@@ -355,11 +361,13 @@ LIMIT $1";
 
 /// Parked messages, oldest first, at most `limit`, optionally of one topic only.
 pub async fn list_parked(conn: &mut AsyncPgConnection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
-    Ok(diesel::sql_query(LIST_PARKED)
-        .bind::<BigInt, _>(i64::from(limit))
-        .bind::<Nullable<Text>, _>(topic)
-        .load(conn)
-        .await?)
+    Ok(in_tx!(conn, tx => {
+        diesel::sql_query(LIST_PARKED)
+            .bind::<BigInt, _>(i64::from(limit))
+            .bind::<Nullable<Text>, _>(topic)
+            .load(tx)
+            .await
+    })?)
 }
 
 // The row becomes what a freshly written one is (no attempts, due now), so the next claim takes
@@ -447,11 +455,13 @@ pub async fn list_dead_letters(
     group: Option<&str>,
     limit: u32,
 ) -> Result<Vec<DeadLetter>> {
-    Ok(diesel::sql_query(LIST_DEAD_LETTERS)
-        .bind::<Nullable<Text>, _>(group)
-        .bind::<BigInt, _>(i64::from(limit))
-        .load(conn)
-        .await?)
+    Ok(in_tx!(conn, tx => {
+        diesel::sql_query(LIST_DEAD_LETTERS)
+            .bind::<Nullable<Text>, _>(group)
+            .bind::<BigInt, _>(i64::from(limit))
+            .load(tx)
+            .await
+    })?)
 }
 
 // Exactly one of $1 / $2 is non-NULL (see DeadLetterSelection), so this never deletes every row.
@@ -468,11 +478,13 @@ pub async fn discard_dead_letters(conn: &mut AsyncPgConnection, selection: DeadL
         DeadLetterSelection::Ids(ids) => (Some(ids), None),
         DeadLetterSelection::Group(group) => (None, Some(group)),
     };
-    let n = diesel::sql_query(DISCARD_DEAD_LETTERS)
-        .bind::<Nullable<Array<BigInt>>, _>(ids)
-        .bind::<Nullable<Text>, _>(group)
-        .execute(conn)
-        .await?;
+    let n = in_tx!(conn, tx => {
+        diesel::sql_query(DISCARD_DEAD_LETTERS)
+            .bind::<Nullable<Array<BigInt>>, _>(ids)
+            .bind::<Nullable<Text>, _>(group)
+            .execute(tx)
+            .await
+    })?;
     Ok(n as u64)
 }
 

@@ -1,5 +1,5 @@
 //! The benchmark program (examples/examples/bench) at a tiny scale, so it cannot rot: it must
-//! run B1–B5 against the test script's PostgreSQL and librdkafka's mock cluster, exit 0, and
+//! run B1–B5 and BP (B2 and B4 through PgBouncer) against the test script's PostgreSQL and librdkafka's mock cluster, exit 0, and
 //! write a report in which every figure has SDK and baseline samples. No timing is asserted:
 //! figures at this scale mean nothing.
 
@@ -33,7 +33,8 @@ fn bench_runs_every_figure_at_a_tiny_scale() {
         .env_remove("KAFKA_BROKERS")
         .env("BENCH_SCALE", "0.001")
         .env("BENCH_RUNS", "1")
-        .env("BENCH_ONLY", "B1,B2,B3,B4,B5")
+        // BP: B2 and B4 through the PgBouncer scripts/test starts (PGBOUNCER_URL, inherited).
+        .env("BENCH_ONLY", "B1,B2,B3,B4,B5,BP")
         .env("BENCH_OUT", out.path())
         .status()
         .expect("run the bench");
@@ -45,7 +46,7 @@ fn bench_runs_every_figure_at_a_tiny_scale() {
     let ids: Vec<&str> = figures.iter().filter_map(|f| f["id"].as_str()).collect();
     for id in [
         "B1", "B1a", "B1b", "B2a", "B2b", "B2c", "B2e", "B2f", "B2g", "B3a", "B3b", "B3c", "B3d", "B4 p50", "B4 p99",
-        "B5",
+        "B5", "B2p", "B2p 8w", "B4p p50", "B4p p99",
     ] {
         assert!(ids.contains(&id), "figure {id} missing from the report: {ids:?}");
     }

@@ -28,7 +28,7 @@ fn event() -> OrderPlaced {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     /// The business INSERT alone.
     Bare,
     /// Business INSERT + a hand-written INSERT of the same outbox row.
@@ -63,7 +63,7 @@ async fn insert_order(tx: &mut AsyncPgConnection, id: Uuid, e: &OrderPlaced) -> 
         .await
 }
 
-async fn business_tx(conn: &mut AsyncPgConnection, mode: Mode) {
+pub(crate) async fn business_tx(conn: &mut AsyncPgConnection, mode: Mode) {
     conn.transaction::<_, outbox::Error, _>(async |tx| {
         let e = event();
         insert_order(tx, e.order_id, &e).await?;
@@ -172,7 +172,7 @@ impl Phase {
     }
 }
 
-async fn reset(env: &Env) {
+pub(crate) async fn reset(env: &Env) {
     let mut conn = env.conn().await;
     diesel::sql_query("TRUNCATE bench_orders, outbox_messages").execute(&mut conn).await.expect("truncate");
 }

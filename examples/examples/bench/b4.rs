@@ -56,24 +56,42 @@ fn consumer_config(env: &Env) -> rdkafka::ClientConfig {
 }
 
 /// Latency from the moment `outbox::transaction` returns (the COMMIT is acknowledged) to the
-/// moment the handler runs, per message.
-async fn sdk(env: &Env, rate: f64, secs: f64) -> Vec<f64> {
+/// moment the handler runs, per message. `pgbouncer`: the writer, the relay and the inbox go
+/// through PgBouncer at that URL (transaction mode, `outbox::pooler` connections) instead.
+pub(crate) async fn sdk(env: &Env, rate: f64, secs: f64, pgbouncer: Option<&str>) -> Vec<f64> {
     let handled = Arc::new(Mutex::new(Vec::new()));
     let stop = CancellationToken::new();
-    let relay = outbox::relay::Relay::builder(
-        env.pool(4).await,
-        outbox::KafkaConfig::new(&env.brokers).set("linger.ms", LINGER_MS),
-    )
-    .build()
-    .expect("relay");
-    let relay_task = tokio::spawn(relay.run(stop.clone()));
-    let inbox = inbox::Inbox::builder(env.pool(4).await, consumer_config(env))
-        .group(format!("e2e-{}", uuid::Uuid::now_v7().simple()))
-        .handle(Record(handled.clone()))
-        .build()
-        .expect("inbox");
-    let inbox_task = tokio::spawn(inbox.run(stop.clone()));
-    let mut conn = env.conn().await;
+    let kafka = outbox::KafkaConfig::new(&env.brokers).set("linger.ms", LINGER_MS);
+    let group = format!("e2e-{}", uuid::Uuid::now_v7().simple());
+    let (relay_task, inbox_task, mut conn) = match pgbouncer {
+        None => {
+            let relay = outbox::relay::Relay::builder(env.pool(4).await, kafka).build().expect("relay");
+            let inbox = inbox::Inbox::builder(env.pool(4).await, consumer_config(env))
+                .group(group)
+                .handle(Record(handled.clone()))
+                .build()
+                .expect("inbox");
+            (tokio::spawn(relay.run(stop.clone())), tokio::spawn(inbox.run(stop.clone())), env.conn().await)
+        }
+        Some(url) => {
+            let pool = async || {
+                bb8::Pool::builder()
+                    .max_size(4)
+                    .queue_strategy(bb8::QueueStrategy::Lifo)
+                    .build(outbox::pooler::Manager::new(url))
+                    .await
+                    .expect("pool through PgBouncer")
+            };
+            let relay = outbox::relay::Relay::builder(pool().await, kafka).build().expect("relay");
+            let inbox = inbox::Inbox::builder(pool().await, consumer_config(env))
+                .group(group)
+                .handle(Record(handled.clone()))
+                .build()
+                .expect("inbox");
+            let conn = outbox::pooler::establish(url).await.expect("connect through PgBouncer");
+            (tokio::spawn(relay.run(stop.clone())), tokio::spawn(inbox.run(stop.clone())), conn)
+        }
+    };
     let mut publish = async |key: u32, warm_up: bool| {
         outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &Stamp { key, at_us: now_us(), warm_up }).await)
             .await
@@ -347,7 +365,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
         for step in 0..3 {
             match (run + step) % 3 {
                 0 => raw_lat = raw(env, rate, secs).await,
-                1 => sdk_lat = sdk(env, rate, secs).await,
+                1 => sdk_lat = sdk(env, rate, secs, None).await,
                 _ => hand_lat = hand(env, rate, secs).await,
             }
         }
@@ -421,7 +439,7 @@ pub async fn run(env: &Env) -> Vec<Figure> {
     figures
 }
 
-fn summary(v: &[f64]) -> String {
+pub(crate) fn summary(v: &[f64]) -> String {
     format!(
         "n={} p50 {:.2} p95 {:.2} p99 {:.2} max {:.2} ms",
         v.len(),

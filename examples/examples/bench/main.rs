@@ -3,7 +3,8 @@
 //! `scripts/bench` starts PostgreSQL (fsync on) and runs this; or set DATABASE_URL (and
 //! KAFKA_BROKERS for a real broker) and run `cargo run --release -p examples --example bench`.
 //! BENCH_SCALE (default 1) scales every size, BENCH_RUNS (default 3) the repetitions,
-//! BENCH_ONLY=B1,B2 selects figures; B6 (the soak, BENCH_SOAK_MINUTES, default 30) runs only when
+//! BENCH_ONLY=B1,B2 selects figures; BP (B2 and B4 through PgBouncer, PGBOUNCER_URL) runs in a full
+//! run when PGBOUNCER_URL is set, or when named; B6 (the soak, BENCH_SOAK_MINUTES, default 30) runs only when
 //! named. Prints a Markdown table and writes report.{md,json} to BENCH_OUT (default
 //! target/bench). tests/tests/bench_smoke.rs runs it at a tiny scale so it cannot rot.
 
@@ -13,6 +14,7 @@ mod b3;
 mod b4;
 mod b5;
 mod b6;
+mod bp;
 mod common;
 mod stats;
 
@@ -42,6 +44,12 @@ async fn main() {
     }
     if wanted("B5") {
         figures.extend(b5::run(&env).await);
+    }
+    // BP: B2 and B4 through PgBouncer (transaction mode); when named, or in a full run with
+    // PGBOUNCER_URL set (scripts/bench starts PgBouncer).
+    let pgbouncer = std::env::var("PGBOUNCER_URL").is_ok_and(|u| !u.is_empty());
+    if only.split(',').any(|o| o.trim().eq_ignore_ascii_case("BP")) || (only.is_empty() && pgbouncer) {
+        figures.extend(bp::run(&env).await);
     }
     if only.split(',').any(|o| o.trim().eq_ignore_ascii_case("B6")) {
         figures.extend(b6::run(&env).await);

@@ -17,6 +17,7 @@ use crate::Result;
 pub use pool::{ConnPool, Pooled};
 
 mod pool;
+pub mod pooler;
 pub(crate) mod postgres;
 mod prepared;
 #[cfg(feature = "sqlite")]
@@ -61,7 +62,19 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
 
     // The relay.
     #[doc(hidden)]
+    #[doc(hidden)]
     async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>>;
+    /// [`claim`](Self::claim) in a transaction of its own: behind a transaction pooler (see
+    /// [`pooler`]) the statement's prepare and its run must reach one server connection.
+    #[doc(hidden)]
+    async fn claim_in_transaction(
+        &mut self,
+        limit: i64,
+        in_flight: InFlight,
+        holder: Fence<'_>,
+    ) -> Result<Vec<Claimed>> {
+        self.claim(limit, in_flight, holder).await
+    }
     #[doc(hidden)]
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>>;
     /// The name of a relay other than `name` that holds a live lease on this outbox, if any.

@@ -39,6 +39,8 @@ struct Shared<C> {
     /// The pool tests its check-outs (its configuration, read once): otherwise nothing to save.
     tests_check_outs: bool,
     max_size: u32,
+    /// Built with [`super::pooler::Manager`]: behind a transaction pooler.
+    transaction_pooled: bool,
     slot: Mutex<Slot<C>>,
 }
 
@@ -64,7 +66,16 @@ impl<C: Database> ConnPool<C> {
         let slot = Mutex::new(Slot { conn: None, reaper: false });
         let config = pool.config();
         let (tests_check_outs, max_size) = (config.test_on_check_out, config.max_size);
-        Self { shared: Arc::new(Shared { source: Box::new(pool), tests_check_outs, max_size, slot }) }
+        let transaction_pooled = super::pooler::is_transaction_pooled::<M>();
+        Self {
+            shared: Arc::new(Shared { source: Box::new(pool), tests_check_outs, max_size, transaction_pooled, slot }),
+        }
+    }
+
+    /// The pool was built with [`outbox::pooler::Manager`](super::pooler::Manager): every
+    /// statement must run inside a transaction, and there is no session to LISTEN on.
+    pub fn transaction_pooled(&self) -> bool {
+        self.shared.transaction_pooled
     }
 
     /// A connection: the warm one if it was released less than 500 ms ago, else one from the

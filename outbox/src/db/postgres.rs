@@ -29,6 +29,19 @@ use crate::schema::{inbox_dead_letters, inbox_offsets, outbox_messages};
 
 impl super::private::Sealed for AsyncPgConnection {}
 
+/// `in_tx!(conn, tx => body)`: runs `body` (an expression using `tx`, giving a `QueryResult`)
+/// in a transaction (a savepoint when one is open). The relay's, the inbox's and the
+/// operations' statements that would otherwise run on their own do, so that behind a
+/// transaction pooler their prepare and their run reach one server connection (`pooler`). They
+/// all run seconds apart (lease, gauges, cleanup, positions on assignment, pruning): the two
+/// extra round trips do not matter. The hot one (the claim) only does behind a pooler.
+macro_rules! in_tx {
+    ($conn:expr, $tx:ident => $body:expr) => {
+        diesel_async::AsyncConnection::transaction::<_, diesel::result::Error, _>($conn, async |$tx| $body).await
+    };
+}
+pub(crate) use in_tx;
+
 #[derive(QueryableByName)]
 struct ClaimedRow {
     #[diesel(sql_type = BigInt)]
@@ -409,14 +422,20 @@ impl Database for AsyncPgConnection {
             #[diesel(sql_type = Text)]
             version: String,
         }
-        let table: Exists = diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
-            .get_result(self)
+        // In a transaction: behind a transaction pooler (outbox::pooler) a lone statement's
+        // prepare and run may reach two server connections.
+        let applied: Vec<Applied> = self
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                let table: Exists =
+                    diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
+                        .get_result(tx)
+                        .await?;
+                if !table.exists {
+                    return Ok(Vec::new());
+                }
+                diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(tx).await
+            })
             .await?;
-        let applied: Vec<Applied> = if table.exists {
-            diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(self).await?
-        } else {
-            Vec::new()
-        };
         let applied: Vec<String> = applied.into_iter().map(|a| a.version).collect();
         Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a == v)).collect())
     }
@@ -527,60 +546,49 @@ impl Database for AsyncPgConnection {
     }
 
     async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
-        let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
-            .bind::<BigInt, _>(limit)
-            .bind::<BigInt, _>(in_flight.last)
-            .bind::<BigInt, _>(in_flight.first)
-            .bind::<BigInt, _>(in_flight.rows)
-            .bind::<Text, _>(holder.lease)
-            .bind::<SqlUuid, _>(holder.owner)
-            .bind::<BigInt, _>(holder.epoch)
-            .load(self)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Claimed {
-                seq: r.seq,
-                id: r.id,
-                topic: r.topic,
-                key: r.key,
-                event_type: r.event_type,
-                event_version: r.event_version,
-                payload: r.payload,
-                headers: r.headers,
-                occurred_at: r.occurred_at,
-                attempts: r.attempts,
-                blocked: r.blocked,
-            })
-            .collect())
+        Ok(load_claim(self, limit, in_flight, holder).await?)
+    }
+
+    async fn claim_in_transaction(
+        &mut self,
+        limit: i64,
+        in_flight: InFlight,
+        holder: Fence<'_>,
+    ) -> Result<Vec<Claimed>> {
+        // Behind a transaction pooler (`pooler`); direct, the cached statement is one round trip.
+        Ok(in_tx!(self, tx => load_claim(tx, limit, in_flight, holder).await)?)
     }
 
     async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
-        let rows: Vec<Name> = prepared(RIVAL).bind::<Text, _>(name).load(self).await?;
+        let rows: Vec<Name> = in_tx!(self, tx => prepared(RIVAL).bind::<Text, _>(name).load(tx).await)?;
         Ok(rows.into_iter().next().map(|r| r.name))
     }
 
     async fn release_orphans(&mut self) -> Result<usize> {
-        Ok(prepared(RELEASE_ORPHANS).execute(self).await?)
+        Ok(in_tx!(self, tx => prepared(RELEASE_ORPHANS).execute(tx).await)?)
     }
 
     async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
-        let rows: Vec<Epoch> = prepared(ACQUIRE)
-            .bind::<Text, _>(name)
-            .bind::<SqlUuid, _>(owner)
-            .bind::<Interval, _>(interval(lease))
-            .load(self)
-            .await?;
+        let rows: Vec<Epoch> = in_tx!(self, tx => {
+            prepared(ACQUIRE)
+                .bind::<Text, _>(name)
+                .bind::<SqlUuid, _>(owner)
+                .bind::<Interval, _>(interval(lease))
+                .load(tx)
+                .await
+        })?;
         Ok(rows.into_iter().next().map(|r| r.epoch))
     }
 
     async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
-        prepared(RELEASE)
-            .bind::<Text, _>(name)
-            .bind::<SqlUuid, _>(owner)
-            .bind::<BigInt, _>(epoch)
-            .execute(self)
-            .await?;
+        in_tx!(self, tx => {
+            prepared(RELEASE)
+                .bind::<Text, _>(name)
+                .bind::<SqlUuid, _>(owner)
+                .bind::<BigInt, _>(epoch)
+                .execute(tx)
+                .await
+        })?;
         Ok(())
     }
 
@@ -637,11 +645,13 @@ impl Database for AsyncPgConnection {
     }
 
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
-        Ok(prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(self).await?)
+        Ok(in_tx!(self, tx => {
+            prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(tx).await
+        })?)
     }
 
     async fn backlog(&mut self) -> Result<Backlog> {
-        let b: BacklogRow = prepared(BACKLOG).get_result(self).await?;
+        let b: BacklogRow = in_tx!(self, tx => prepared(BACKLOG).get_result(tx).await)?;
         Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
     }
 
@@ -725,18 +735,20 @@ impl Database for AsyncPgConnection {
         topic: &str,
         partitions: &[i32],
     ) -> QueryResult<HashMap<i32, StoredPosition>> {
-        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = inbox_offsets::table
-            .filter(inbox_offsets::consumer_group.eq(group))
-            .filter(inbox_offsets::topic.eq(topic))
-            .filter(inbox_offsets::kafka_partition.eq_any(partitions))
-            .select((
-                inbox_offsets::kafka_partition,
-                inbox_offsets::next_offset,
-                inbox_offsets::cluster_id,
-                inbox_offsets::last_fingerprint,
-            ))
-            .load(self)
-            .await?;
+        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = in_tx!(self, tx => {
+            inbox_offsets::table
+                .filter(inbox_offsets::consumer_group.eq(group))
+                .filter(inbox_offsets::topic.eq(topic))
+                .filter(inbox_offsets::kafka_partition.eq_any(partitions))
+                .select((
+                    inbox_offsets::kafka_partition,
+                    inbox_offsets::next_offset,
+                    inbox_offsets::cluster_id,
+                    inbox_offsets::last_fingerprint,
+                ))
+                .load(tx)
+                .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(p, next_offset, cluster_id, fingerprint)| {
@@ -749,7 +761,7 @@ impl Database for AsyncPgConnection {
         // Bounded by LIMIT so each statement holds its locks briefly; served by the
         // (consumer_group, handled_at) index.
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        prepared(
+        let prune = prepared(
             "DELETE FROM inbox_messages WHERE consumer_group = $1 AND message_id IN ( \
                  SELECT message_id FROM inbox_messages \
                  WHERE consumer_group = $1 AND handled_at < now() - $2::float8 * interval '1 millisecond' \
@@ -757,9 +769,8 @@ impl Database for AsyncPgConnection {
         )
         .bind::<Text, _>(group)
         .bind::<BigInt, _>(window_ms)
-        .bind::<BigInt, _>(limit)
-        .execute(self)
-        .await
+        .bind::<BigInt, _>(limit);
+        in_tx!(self, tx => prune.execute(tx).await)
     }
 
     async fn transaction_token(&mut self) -> QueryResult<i64> {
@@ -798,6 +809,40 @@ struct Token {
     token: Option<i64>,
 }
 
+async fn load_claim(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    in_flight: InFlight,
+    holder: Fence<'_>,
+) -> QueryResult<Vec<Claimed>> {
+    let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(in_flight.last)
+        .bind::<BigInt, _>(in_flight.first)
+        .bind::<BigInt, _>(in_flight.rows)
+        .bind::<Text, _>(holder.lease)
+        .bind::<SqlUuid, _>(holder.owner)
+        .bind::<BigInt, _>(holder.epoch)
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Claimed {
+            seq: r.seq,
+            id: r.id,
+            topic: r.topic,
+            key: r.key,
+            event_type: r.event_type,
+            event_version: r.event_version,
+            payload: r.payload,
+            headers: r.headers,
+            occurred_at: r.occurred_at,
+            attempts: r.attempts,
+            blocked: r.blocked,
+        })
+        .collect())
+}
+
 /// Turns the insert trigger's NOTIFY on or off; see [`crate::set_notify`].
 pub(crate) async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result<()> {
     let sql = if on {
@@ -805,13 +850,13 @@ pub(crate) async fn set_notify(conn: &mut AsyncPgConnection, on: bool) -> Result
     } else {
         "ALTER TABLE outbox_messages DISABLE TRIGGER outbox_messages_notify"
     };
-    diesel::sql_query(sql).execute(conn).await?;
+    in_tx!(conn, tx => diesel::sql_query(sql).execute(tx).await)?;
     Ok(())
 }
 
 /// Whether the insert trigger sends NOTIFY, i.e. whether LISTENing can hear anything.
 async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
-    let e: Enabled = diesel::sql_query(NOTIFY_ENABLED).get_result(conn).await?;
+    let e: Enabled = in_tx!(conn, tx => diesel::sql_query(NOTIFY_ENABLED).get_result(tx).await)?;
     Ok(e.enabled)
 }
 

@@ -28,7 +28,8 @@ pub struct RelayConfig {
     pub(crate) name: String,
     pub(crate) batch_size: usize,
     pub(crate) poll_interval: Duration,
-    pub(crate) listen: bool,
+    /// `None`: not set (on, except on a transaction-pooled pool).
+    pub(crate) listen: Option<bool>,
     pub(crate) lease: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) backoff_base: Duration,
@@ -50,7 +51,7 @@ impl Default for RelayConfig {
             name: "default".into(),
             batch_size: 1000,
             poll_interval: Duration::from_millis(100),
-            listen: true,
+            listen: None,
             lease: Duration::from_secs(15),
             max_attempts: 12,
             backoff_base: Duration::from_millis(500),
@@ -100,9 +101,12 @@ impl<C: Database> RelayBuilder<C> {
     /// when another process writes. Default `true`; it only matters once the trigger is enabled
     /// with [`crate::set_notify`] (it is off by default: it halves concurrent commit
     /// throughput); while it is off the relay holds no LISTEN connection and rechecks every
-    /// 30 s. Turn off behind PgBouncer in transaction mode (LISTEN needs a session).
+    /// 30 s. LISTEN needs a session of its own: on a pool built with
+    /// [`outbox::pooler::Manager`](crate::pooler::Manager) (a transaction pooler such as
+    /// PgBouncer's transaction mode) it is off by default, and `listen(true)` is refused by
+    /// [`build`](Self::build). Behind a pooler in session mode it works.
     pub fn listen(mut self, on: bool) -> Self {
-        self.config.listen = on;
+        self.config.listen = Some(on);
         self
     }
 
@@ -210,6 +214,14 @@ impl<C: Database> RelayBuilder<C> {
         }
         if c.startup_timeout.is_zero() {
             return bad("startup_timeout must be positive".into());
+        }
+        if self.pool.transaction_pooled() && c.listen == Some(true) {
+            return bad("listen(true) needs a session of its own, and a pool built with outbox::pooler::Manager \
+                 goes through a transaction pooler, where LISTEN cannot work (PgBouncer would deliver \
+                 NOTIFY to whichever client next uses that server connection): remove listen(true); the \
+                 relay then polls every poll_interval, and relays in the writer's process are woken by \
+                 publish"
+                .into());
         }
         let mut producer_config = self.kafka.producer_config()?;
         let mut config = self.config;

@@ -141,8 +141,14 @@ impl<C: Database> Relay<C> {
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();
         let background = shutdown.child_token();
-        if self.config.listen {
-            tasks.spawn(C::listen(self.pool.clone(), wake.clone(), background.clone()));
+        match self.config.listen {
+            Some(false) => {}
+            None if self.pool.transaction_pooled() => {
+                info!(relay = %self.config.name, "relay: no LISTEN behind a transaction pooler (outbox::pooler::Manager); polling every {:?}", self.config.poll_interval);
+            }
+            _ => {
+                tasks.spawn(C::listen(self.pool.clone(), wake.clone(), background.clone()));
+            }
         }
         if let AfterSend::Keep { retention } = self.config.after_send {
             tasks.spawn(cleanup(self.pool.clone(), retention, self.config.clone(), background.clone()));
@@ -372,7 +378,12 @@ impl<C: Database> Relay<C> {
         if claim {
             let seen = wakeup::seen();
             let holder = self.fence(lease.owner, epoch);
-            let rows = conn.claim(self.config.batch_size as i64, in_flight, holder).await?;
+            let limit = self.config.batch_size as i64;
+            let rows = if self.pool.transaction_pooled() {
+                conn.claim_in_transaction(limit, in_flight, holder).await?
+            } else {
+                conn.claim(limit, in_flight, holder).await?
+            };
             pipeline.drained = (rows.len() < self.config.batch_size).then_some(seen);
             // Never hold a pooled connection while waiting for Kafka; released, it stays warm
             // for the mark or the next claim (no check-out test, see `db::ConnPool`).

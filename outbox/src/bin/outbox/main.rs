@@ -25,6 +25,11 @@ struct Cli {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true, value_name = "URL")]
     database_url: Option<String>,
+    /// DATABASE_URL is a transaction pooler (PgBouncer pool_mode=transaction before 1.21):
+    /// connect with `outbox::pooler` (no statement outlives its transaction; the relay polls,
+    /// no LISTEN). See docs/pgbouncer.md.
+    #[arg(long, env = "OUTBOX_TRANSACTION_POOLING", global = true)]
+    transaction_pooling: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -210,12 +215,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .ok_or_else(|| Failure::Usage("the database is not set: set DATABASE_URL or pass --database-url".into()))?;
     match cli.command {
         Command::Migrate => {
-            outbox::migrate(&mut connect(&url).await?).await?;
+            outbox::migrate(&mut connect(&url, cli.transaction_pooling).await?).await?;
             println!("outbox schema is up to date");
             Ok(())
         }
-        Command::Relay(args) => relay::run(&url, args).await,
-        Command::Ops(op) => operate(&mut connect(&url).await?, op).await,
+        Command::Relay(args) => relay::run(&url, cli.transaction_pooling, args).await,
+        Command::Ops(op) => operate(&mut connect(&url, cli.transaction_pooling).await?, op).await,
     }
 }
 
@@ -284,10 +289,13 @@ fn warn_unmatched(done: u64, asked: Option<usize>, what: &str) {
     }
 }
 
-async fn connect(url: &str) -> Result<AsyncPgConnection, Failure> {
-    AsyncPgConnection::establish(url)
-        .await
-        .map_err(|e| Failure::Runtime(format!("cannot connect to the database (DATABASE_URL): {}", chain(&e))))
+async fn connect(url: &str, transaction_pooling: bool) -> Result<AsyncPgConnection, Failure> {
+    let conn = if transaction_pooling {
+        outbox::pooler::establish(url).await
+    } else {
+        AsyncPgConnection::establish(url).await
+    };
+    conn.map_err(|e| Failure::Runtime(format!("cannot connect to the database (DATABASE_URL): {}", chain(&e))))
 }
 
 /// An error with its sources, each once: driver errors often keep the useful part in a source.

@@ -28,7 +28,7 @@ pub(crate) struct RelayArgs {
     /// How often to look for rows when nothing woke the relay [default: 100].
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
     poll_interval_ms: Option<u64>,
-    /// Wake on the insert trigger's NOTIFY; false behind PgBouncer in transaction mode [default: true].
+    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling [default: true, false with it].
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "BOOL", action = ArgAction::Set)]
     listen: Option<bool>,
     /// Leadership lease: a dead relay's work is taken over within it; at least 1000 [default: 15000].
@@ -62,19 +62,28 @@ pub(crate) struct RelayArgs {
 }
 
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
-pub(crate) async fn run(url: &str, args: RelayArgs) -> Result<(), Failure> {
+pub(crate) async fn run(url: &str, transaction_pooling: bool, args: RelayArgs) -> Result<(), Failure> {
     let kafka = KafkaConfig::from_env()?;
+    if args.pool_size == Some(0) {
+        return Err(Failure::Usage("pool size must be at least 1".into()));
+    }
     // LIFO: each round gets back the connection the last one used (docs/relay.md, "Pools").
-    let mut pool = outbox::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
-    if let Some(n) = args.pool_size {
-        if n == 0 {
-            return Err(Failure::Usage("pool size must be at least 1".into()));
+    fn pool<M: bb8::ManageConnection>(size: Option<u32>) -> bb8::Builder<M> {
+        let pool = bb8::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
+        match size {
+            Some(n) => pool.max_size(n),
+            None => pool,
         }
-        pool = pool.max_size(n);
     }
     // Connections are opened on first use; the check below reports an unreachable database.
-    let pool = pool.build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url));
-    let mut builder = Relay::builder(pool, kafka);
+    let mut builder = if transaction_pooling {
+        Relay::builder(pool(args.pool_size).build_unchecked(outbox::pooler::Manager::new(url)), kafka)
+    } else {
+        Relay::builder(
+            pool(args.pool_size).build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url)),
+            kafka,
+        )
+    };
     if let Some(name) = args.name {
         builder = builder.name(name);
     }
