@@ -28,15 +28,15 @@ impl super::private::Sealed for SqliteConnection {}
 
 /// The embedded SQLite migrations, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
-    ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
-    ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
+    ("00000000000001_outbox", include_str!("../../migrations/sqlite/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../migrations/sqlite/00000000000002_inbox/up.sql")),
     (
         "00000000000003_inbox_raw_headers",
-        include_str!("../../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
+        include_str!("../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
     ),
     (
         "00000000000004_relay_held_keys",
-        include_str!("../../../migrations/sqlite/00000000000004_relay_held_keys/up.sql"),
+        include_str!("../../migrations/sqlite/00000000000004_relay_held_keys/up.sql"),
     ),
 ];
 
