@@ -14,6 +14,7 @@ pub const POSTGRES_MIGRATIONS: &[(&str, &str)] = crate::db::postgres::MIGRATIONS
 
 /// The embedded SQLite migrations (`migrations/sqlite`), in order: `(version, up.sql)`.
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub const SQLITE_MIGRATIONS: &[(&str, &str)] = crate::db::sqlite::MIGRATIONS;
 
 /// Creates or upgrades the outbox and inbox tables. Applying twice is a no-op.

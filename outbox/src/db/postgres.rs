@@ -355,10 +355,7 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "00000000000003_inbox_raw_headers",
         include_str!("../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
     ),
-    (
-        "00000000000004_relay_held_keys",
-        include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql"),
-    ),
+    ("00000000000004_relay_held_keys", include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql")),
 ];
 
 // Serialises concurrent `migrate` calls (several service instances starting at once).
