@@ -45,6 +45,8 @@
 //! The tables are created by [`outbox::migrate`]. See the crate README for error semantics,
 //! every option, the dedup window trade-off, metric names and the tests behind each guarantee.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod builder;
 mod classify;
 mod context;

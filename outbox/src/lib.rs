@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod db;
 pub mod embedded;
 mod envelope;
@@ -53,6 +55,7 @@ pub use error::{Error, ErrorKind, Result, is_transient_db_error};
 pub use event::{Event, validate_topic};
 pub use kafka::KafkaConfig;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use migrate::SQLITE_MIGRATIONS;
 pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
 pub use writer::{Batch, publish, publish_all, publish_with, transaction};
@@ -63,12 +66,18 @@ pub type Pool = diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPg
 /// SQLite support (feature `sqlite`): the connection type, a pool with the right settings, and
 /// [`migrate`] / [`publish`] / the relay / the inbox work on it unchanged.
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite {
     pub use crate::db::sqlite::{Pool, SqliteConnection, connect, pool};
 }
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event) for its attributes.
 pub use outbox_macros::Event;
+
+// Keeps the crate README's example compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod __private {

@@ -7,12 +7,14 @@ use crate::db::Database;
 
 /// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
 ///
-/// The same folders (`migrations/postgres/*/{up,down}.sql`) are diesel-CLI migrations, so teams
-/// that manage their schema with `diesel migration run` can copy them instead of calling [`migrate`].
+/// The same folders (`migrations/postgres/*/{up,down}.sql`, shipped inside this crate's package and
+/// linked from the repository's top-level `migrations/`) are diesel-CLI migrations, so teams that
+/// manage their schema with `diesel migration run` can copy them instead of calling [`migrate`].
 pub const POSTGRES_MIGRATIONS: &[(&str, &str)] = crate::db::postgres::MIGRATIONS;
 
 /// The embedded SQLite migrations (`migrations/sqlite`), in order: `(version, up.sql)`.
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub const SQLITE_MIGRATIONS: &[(&str, &str)] = crate::db::sqlite::MIGRATIONS;
 
 /// Creates or upgrades the outbox and inbox tables. Applying twice is a no-op.

@@ -362,16 +362,13 @@ struct DeadLetterRow<'a> {
 
 /// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
-    ("00000000000001_outbox", include_str!("../../../migrations/postgres/00000000000001_outbox/up.sql")),
-    ("00000000000002_inbox", include_str!("../../../migrations/postgres/00000000000002_inbox/up.sql")),
+    ("00000000000001_outbox", include_str!("../../migrations/postgres/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../migrations/postgres/00000000000002_inbox/up.sql")),
     (
         "00000000000003_inbox_raw_headers",
-        include_str!("../../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
+        include_str!("../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
     ),
-    (
-        "00000000000004_relay_held_keys",
-        include_str!("../../../migrations/postgres/00000000000004_relay_held_keys/up.sql"),
-    ),
+    ("00000000000004_relay_held_keys", include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql")),
 ];
 
 /// How many embedded migrations `outbox_schema_migrations` does not list (all of them when the

@@ -28,16 +28,13 @@ impl super::private::Sealed for SqliteConnection {}
 
 /// The embedded SQLite migrations, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
-    ("00000000000001_outbox", include_str!("../../../migrations/sqlite/00000000000001_outbox/up.sql")),
-    ("00000000000002_inbox", include_str!("../../../migrations/sqlite/00000000000002_inbox/up.sql")),
+    ("00000000000001_outbox", include_str!("../../migrations/sqlite/00000000000001_outbox/up.sql")),
+    ("00000000000002_inbox", include_str!("../../migrations/sqlite/00000000000002_inbox/up.sql")),
     (
         "00000000000003_inbox_raw_headers",
-        include_str!("../../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
+        include_str!("../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
     ),
-    (
-        "00000000000004_relay_held_keys",
-        include_str!("../../../migrations/sqlite/00000000000004_relay_held_keys/up.sql"),
-    ),
+    ("00000000000004_relay_held_keys", include_str!("../../migrations/sqlite/00000000000004_relay_held_keys/up.sql")),
 ];
 
 /// Milliseconds since the Unix epoch, in SQL.
@@ -302,6 +299,7 @@ fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 }
 
 #[async_trait::async_trait]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 impl Database for SqliteConnection {
     const NAME: &'static str = "sqlite";
     const MIGRATION_COUNT: usize = MIGRATIONS.len();
