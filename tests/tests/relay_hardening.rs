@@ -19,6 +19,7 @@ tests::backends!(
     failing_keys_keep_their_order_through_relay_level_failures,
     failing_keys_keep_their_order_through_produce_errors,
     a_batch_behind_a_timed_out_one_is_not_overtaken,
+    a_relay_fenced_while_its_window_was_purged_publishes_once_it_leads_again,
     a_long_key_that_fails_does_not_stop_the_marks,
     backoff_grows_while_marks_keep_failing,
     a_blocked_keys_backlog_is_held_not_walked_by_every_claim,
@@ -139,6 +140,77 @@ async fn a_batch_behind_a_timed_out_one_is_not_overtaken<B: Backend>() {
     task.await.unwrap().unwrap();
     let report = rs::check_delivery(&records, &ids, &HashSet::new());
     println!("{CYCLES} cycles behind a timed-out batch: {report:?}");
+}
+
+/// A relay waits in a batch's delivery timeout longer than its lease: the lease runs out, another
+/// owner takes it, the timed-out batch purges the window and its mark is fenced, and the relay
+/// stands by with its window dropped. Once it leads again it must publish (the purge's stop on
+/// claims was left set and it claimed nothing, ever again).
+async fn a_relay_fenced_while_its_window_was_purged_publishes_once_it_leads_again<B: Backend>() {
+    let name = format!("fenced-purged-{}", B::NAME);
+    let events = relay_events(&name); // before TestDb installs its subscriber
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    let Some(mock) = kafka.mock() else {
+        println!("KAFKA_BROKERS is set: taking brokers down needs the mock cluster; not run");
+        return;
+    };
+    kafka.create_topic(rs::TOPIC, 1).await;
+    let mut conn = db.conn().await;
+    let written: Vec<Happened> = (0..5).map(|n| Happened::new(format!("k{n}"), 0)).collect();
+    let ids =
+        conn.transaction::<_, outbox::Error, _>(async |tx| outbox::publish_all(tx, &written).await).await.unwrap();
+    for b in 1..=3 {
+        mock.broker_down(b).unwrap();
+    }
+    let config = outbox::KafkaConfig::new(kafka.brokers())
+        .set("message.timeout.ms", "3000")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "50");
+    let relay = rs::relay_with(db.pool(3).await, config)
+        .name(&name)
+        .lease(Duration::from_secs(1))
+        .batch_size(1)
+        .max_attempts(1000)
+        .build()
+        .unwrap();
+    let (stop, task) = rs::spawn(relay);
+    // The relay waits in its first batch's 3 s timeout and cannot renew its 1 s lease: take it
+    // over as soon as it has run out.
+    let leading = format!("SELECT count(*) AS n FROM outbox_relay_leases WHERE name = '{name}' AND owner IS NOT NULL");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db.count(&leading).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the relay never took the lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let thief = Uuid::now_v7();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let epoch = loop {
+        if let Some(epoch) = conn.acquire_lease(&name, thief, Duration::from_secs(3600)).await.unwrap() {
+            break epoch;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay's lease never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The timed-out batch's mark is refused by the fence.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !events().iter().any(|(m, _)| m.starts_with("fenced")) {
+        if task.is_finished() || tokio::time::Instant::now() >= deadline {
+            stop.cancel();
+            panic!("the relay's mark was not fenced: {:?}; run: {:?}", events(), task.await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for b in 1..=3 {
+        mock.broker_up(b).unwrap();
+    }
+    conn.release_lease(&name, thief, epoch).await.unwrap();
+    rs::wait_drained(&db, Duration::from_secs(60)).await;
+    let records = rs::read_topic(&kafka, ids.len()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    println!("fenced while purged, then leading again: {report:?}");
 }
 
 /// Retriable produce errors, more than librdkafka absorbs within a short `message.timeout.ms`:
@@ -447,14 +519,20 @@ async fn pending_index_reads<B: Backend>(db: &TestDb<B>) -> Option<(i64, i64)> {
 /// The `retry_in_ms` of every "relay round failed" event of the relay named `relay`, as the
 /// relay logs them (a process-wide subscriber; both backends' tests may share the process).
 fn round_failure_delays(relay: &str) -> impl Fn() -> Vec<u64> {
-    type Seen = Mutex<Vec<(String, u64)>>;
+    let events = relay_events(relay);
+    move || events().into_iter().filter(|(m, _)| m == "relay round failed").filter_map(|(_, d)| d).collect()
+}
+
+/// Every event the relay named `relay` logs with its name: (message, `retry_in_ms`).
+fn relay_events(relay: &str) -> impl Fn() -> Vec<(String, Option<u64>)> {
+    type Seen = Mutex<Vec<(String, String, Option<u64>)>>;
     static SEEN: OnceLock<Arc<Seen>> = OnceLock::new();
     struct Capture(Arc<Seen>);
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
             #[derive(Default)]
             struct Fields {
-                failed: bool,
+                message: String,
                 relay: Option<String>,
                 delay: Option<u64>,
             }
@@ -466,7 +544,7 @@ fn round_failure_delays(relay: &str) -> impl Fn() -> Vec<u64> {
                 }
                 fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
                     match f.name() {
-                        "message" => self.failed = format!("{v:?}") == "relay round failed",
+                        "message" => self.message = format!("{v:?}"),
                         "relay" => self.relay = Some(format!("{v:?}")),
                         _ => {}
                     }
@@ -474,8 +552,8 @@ fn round_failure_delays(relay: &str) -> impl Fn() -> Vec<u64> {
             }
             let mut fields = Fields::default();
             event.record(&mut fields);
-            if let (true, Some(relay), Some(delay)) = (fields.failed, fields.relay, fields.delay) {
-                self.0.lock().unwrap().push((relay, delay));
+            if let Some(relay) = fields.relay {
+                self.0.lock().unwrap().push((relay, fields.message, fields.delay));
             }
         }
     }
@@ -485,5 +563,5 @@ fn round_failure_delays(relay: &str) -> impl Fn() -> Vec<u64> {
         seen
     });
     let relay = relay.to_owned();
-    move || seen.lock().unwrap().iter().filter(|(r, _)| *r == relay).map(|(_, d)| *d).collect()
+    move || seen.lock().unwrap().iter().filter(|(r, ..)| *r == relay).map(|(_, m, d)| (m.clone(), *d)).collect()
 }

@@ -54,7 +54,8 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     /// A batch was marked since the run loop last looked: the relay is making progress.
     marked: bool,
     /// Everything in flight was purged (a delivery failed, a batch timed out, or shutdown): no
-    /// claim until every batch of the window is marked. Set by `publish::purge_all`.
+    /// claim until every batch of the window is marked (or the window is dropped). Set by
+    /// `publish` wherever it purges.
     purged: Arc<AtomicBool>,
 }
 
@@ -365,6 +366,11 @@ impl<C: Database> Relay<C> {
         }
         // After a purge (a failed delivery or a timed-out batch) nothing more is produced
         // until the window is marked, so no later message of a failed key can follow it out.
+        // An empty window has nothing left to wait for, however it was emptied (marked,
+        // dropped on standby or after a failed round).
+        if pipeline.window.is_empty() {
+            self.purged.store(false, Ordering::Relaxed);
+        }
         let claim =
             !shutdown.is_cancelled() && pipeline.window.len() < PIPELINE_DEPTH && !self.purged.load(Ordering::Relaxed);
         let in_flight = match (pipeline.window.front(), pipeline.window.back()) {
