@@ -143,6 +143,7 @@ impl<C: Database> Inbox<C> {
         // being created consumes as soon as it exists); a probe that fails stops the inbox like
         // a shutdown would, and `run` returns its error.
         let stop = shutdown.child_token();
+        let probe_stop = stop.clone();
         let startup_failed: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
         let probe = {
             let (config, stop, failed) = (self.consumer_config.clone(), stop.clone(), startup_failed.clone());
@@ -170,6 +171,7 @@ impl<C: Database> Inbox<C> {
         }
         .instrument(span)
         .await;
+        probe_stop.cancel(); // ends the probe's thread too
         probe.abort();
         match startup_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),

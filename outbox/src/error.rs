@@ -50,6 +50,11 @@ impl Error {
         Self { kind, message: message.into(), source: None }
     }
 
+    /// The message without the kind's prefix.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn with_source(kind: ErrorKind, message: impl Into<String>, source: impl Into<Source>) -> Self {
         Self { kind, message: message.into(), source: Some(source.into()) }
     }

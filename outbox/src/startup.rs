@@ -31,7 +31,18 @@ pub async fn wait_for_schema<C: Database>(
 ) -> Result<bool> {
     let mut pause = Duration::from_millis(50);
     loop {
-        let error = match pool.get().await {
+        // bb8 itself waits up to its connection_timeout (30 s by default): bounded by ours.
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            got = tokio::time::timeout_at(deadline, pool.get()) => got,
+        };
+        let Ok(got) = got else {
+            return Err(Error::new(
+                ErrorKind::Database,
+                "start-up: no database connection before the start-up deadline (is the server up, and DATABASE_URL right?)",
+            ));
+        };
+        let error = match got {
             Ok(mut conn) => match conn.missing_migrations().await {
                 Ok(missing) if missing.is_empty() => {
                     conn.release();
@@ -55,7 +66,7 @@ pub async fn wait_for_schema<C: Database>(
         if Instant::now() + pause >= deadline {
             return Err(Error::new(
                 error.kind(),
-                format!("start-up: the database could not be used before the start-up deadline: {error}"),
+                format!("start-up: the database could not be used before the start-up deadline: {}", error.message()),
             ));
         }
         tracing::debug!(%error, "start-up: database not ready yet");
@@ -78,15 +89,21 @@ pub enum ClientKind {
     Consumer,
 }
 
-/// Keeps the last error librdkafka reported (TLS handshake, SASL authentication, name
-/// resolution, ...): a metadata request that fails says only "timed out".
+/// Keeps what librdkafka reported through the error callback (TLS handshake, SASL
+/// authentication, name resolution, ...): a metadata request that fails says only "timed out"
+/// or "transport failure". The first permanent error is kept (librdkafka follows it with
+/// "all brokers down"), otherwise the last one. The callback runs only when the client is
+/// polled, which the probe does between its requests.
 #[derive(Default)]
 struct LastError(Mutex<Option<(RDKafkaErrorCode, String)>>);
 
 impl ClientContext for LastError {
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(code) = error.rdkafka_error_code() {
-            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_owned()));
+            let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if !last.as_ref().is_some_and(|(c, _)| is_permanent(*c)) {
+                *last = Some((code, reason.to_owned()));
+            }
         }
     }
 }
@@ -104,6 +121,49 @@ impl LastError {
     }
 }
 
+/// The probe's client: a producer or a consumer made from the real client's configuration.
+enum Probe {
+    Producer(BaseProducer<LastError>),
+    Consumer(BaseConsumer<LastError>),
+}
+
+impl Probe {
+    fn new(config: &ClientConfig, kind: ClientKind) -> Result<Probe> {
+        let create = |e: KafkaError| Error::with_source(ErrorKind::Config, format!("kafka client: {e}"), e);
+        Ok(match kind {
+            ClientKind::Producer => Probe::Producer(config.create_with_context(LastError::default()).map_err(create)?),
+            ClientKind::Consumer => Probe::Consumer(config.create_with_context(LastError::default()).map_err(create)?),
+        })
+    }
+
+    /// One metadata request of all topics (so none is auto-created), then a poll that serves
+    /// the error callbacks; the topics that exist, or the request's error.
+    fn topics(&self, timeout: Duration) -> std::result::Result<Vec<String>, KafkaError> {
+        let names = |m: rdkafka::metadata::Metadata| {
+            m.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect()
+        };
+        match self {
+            Probe::Producer(p) => {
+                let r = p.client().fetch_metadata(None, timeout).map(names);
+                p.poll(Duration::ZERO);
+                r
+            }
+            Probe::Consumer(c) => {
+                let r = rdkafka::consumer::Consumer::client(c).fetch_metadata(None, timeout).map(names);
+                let _ = c.poll(Duration::ZERO);
+                r
+            }
+        }
+    }
+
+    fn reported(&self) -> Option<(RDKafkaErrorCode, String)> {
+        match self {
+            Probe::Producer(p) => p.context().get(),
+            Probe::Consumer(c) => rdkafka::consumer::Consumer::client(c).context().get(),
+        }
+    }
+}
+
 /// Errors that waiting cannot cure: wrong credentials, a certificate that is not trusted.
 fn is_permanent(code: RDKafkaErrorCode) -> bool {
     matches!(code, RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL | RDKafkaErrorCode::InvalidArgument)
@@ -113,7 +173,7 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 /// `topics` exists. Wrong credentials and an untrusted certificate fail as soon as librdkafka
 /// reports them; unreachable brokers and missing topics fail when `deadline` passes. Topics are
 /// looked up in the list of all topics, so the check never auto-creates one.
-/// Returns `Ok(false)` when `shutdown` fired first.
+/// Returns `Ok(false)` when `shutdown` fired first (the probe's thread stops within a second).
 #[doc(hidden)]
 pub async fn wait_for_brokers(
     config: &ClientConfig,
@@ -123,52 +183,44 @@ pub async fn wait_for_brokers(
     shutdown: &CancellationToken,
 ) -> Result<bool> {
     let brokers = config.get("bootstrap.servers").unwrap_or_default().to_owned();
-    let (config, topics) = (config.clone(), topics.to_vec());
-    let probe = tokio::task::spawn_blocking(move || -> Result<()> {
-        let fetch = |t: Duration| -> Result<(std::result::Result<Vec<String>, KafkaError>, Option<_>)> {
-            let create = |e: KafkaError| Error::with_source(ErrorKind::Config, format!("kafka: {e}"), e);
-            Ok(match kind {
-                ClientKind::Producer => {
-                    let p: BaseProducer<LastError> =
-                        config.create_with_context(LastError::default()).map_err(create)?;
-                    let r = p.client().fetch_metadata(None, t).map(|m| names(&m));
-                    (r, p.context().get())
-                }
-                ClientKind::Consumer => {
-                    let c: BaseConsumer<LastError> =
-                        config.create_with_context(LastError::default()).map_err(create)?;
-                    let r = rdkafka::consumer::Consumer::client(&c).fetch_metadata(None, t).map(|m| names(&m));
-                    (r, rdkafka::consumer::Consumer::client(&c).context().get())
-                }
-            })
-        };
-        let mut last = String::new();
+    let (config, topics, stop) = (config.clone(), topics.to_vec(), shutdown.clone());
+    let probe = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let client = Probe::new(&config, kind)?;
+        let mut last = "no broker answered yet".to_owned();
         loop {
+            if stop.is_cancelled() {
+                return Ok(false);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::new(
                     ErrorKind::Kafka,
-                    format!("start-up: {last} (bootstrap.servers={brokers}) before the start-up deadline"),
+                    format!("start-up: {last} before the start-up deadline (bootstrap.servers={brokers})"),
                 ));
             }
-            let (result, reported) = fetch(left.min(Duration::from_secs(5)))?;
+            // Short requests, so a shutdown is seen within a second.
+            let result = client.topics(left.min(Duration::from_secs(1)));
+            let reported = client.reported();
             if let Some((code, reason)) = &reported
                 && is_permanent(*code)
             {
-                return Err(Error::new(ErrorKind::Kafka, format!("start-up: kafka refused the connection: {reason}")));
+                return Err(Error::new(
+                    ErrorKind::Kafka,
+                    format!("start-up: the broker refused the connection ({code:?}): {reason}"),
+                ));
             }
             match result {
                 Ok(present) => {
                     let missing: Vec<&String> = topics.iter().filter(|t| !present.contains(t)).collect();
                     if missing.is_empty() {
-                        return Ok(());
+                        return Ok(true);
                     }
-                    last = format!("kafka: topics {missing:?} do not exist");
+                    last = format!("topics {missing:?} do not exist (or are not visible to this client)");
                 }
                 Err(e) => {
                     last = match reported {
-                        Some((_, reason)) => format!("kafka: no broker answered: {reason}"),
-                        None => format!("kafka: no broker answered: {e}"),
+                        Some((_, reason)) => format!("no broker answered: {reason}"),
+                        None => format!("no broker answered: {e}"),
                     };
                 }
             }
@@ -177,10 +229,6 @@ pub async fn wait_for_brokers(
     });
     tokio::select! {
         _ = shutdown.cancelled() => Ok(false),
-        r = probe => r.map_err(|e| Error::new(ErrorKind::Kafka, format!("start-up probe: {e}")))?.map(|()| true),
+        r = probe => r.map_err(|e| Error::new(ErrorKind::Kafka, format!("start-up probe: {e}")))?,
     }
-}
-
-fn names(m: &rdkafka::metadata::Metadata) -> Vec<String> {
-    m.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect()
 }

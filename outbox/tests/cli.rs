@@ -302,3 +302,56 @@ async fn relay_start_up_failures_exit_non_zero_and_say_why() {
     assert!(stderr.contains("no broker answered") && stderr.contains("127.0.0.1:9"), "{stderr}");
     db.drop_db().await;
 }
+
+/// SIGTERM while the start-up probe still waits for a broker ends the process at once, not at
+/// the probe's deadline (60 s here; the bound below only catches a process that waits for it).
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_during_the_broker_probe_ends_the_relay() {
+    let db = TestDb::new().await;
+    db.ok(&["migrate"]);
+    let mut relay = db
+        .outbox(&["relay", "--startup-timeout-secs", "60"], &[("KAFKA_BROKERS", "127.0.0.1:9")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start outbox relay");
+    // Started: it holds the lease while the probe waits beside it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db.count("SELECT count(*) AS n FROM outbox_relay_leases WHERE owner IS NOT NULL").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().expect("kill").success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = relay.try_wait().expect("poll relay") {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = relay.kill();
+            panic!("the relay was still running 30 s after SIGTERM (its probe waits up to 60 s)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("exited {status} {:?} after SIGTERM during the broker probe", asked.elapsed());
+    assert!(status.success(), "{status}");
+    db.drop_db().await;
+}
+
+/// A database that refuses connections fails start-up at our deadline, with our message (bb8
+/// alone would wait its own 30 s connection timeout per attempt).
+#[tokio::test]
+async fn an_unreachable_database_fails_at_the_startup_deadline() {
+    let db = TestDb::new().await;
+    let out = db.run(
+        &["relay", "--startup-timeout-secs", "2"],
+        &[("KAFKA_BROKERS", "127.0.0.1:9"), ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("unreachable database: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("before the start-up deadline"), "{stderr}");
+    db.drop_db().await;
+}

@@ -124,7 +124,8 @@ impl<C: Database> Relay<C> {
                 }
             })
         };
-        let result = self.run_until(stop, deadline).await;
+        let result = self.run_until(stop.clone(), deadline).await;
+        stop.cancel(); // ends the probe's thread too
         probe.abort();
         match startup_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
