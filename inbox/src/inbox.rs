@@ -206,6 +206,11 @@ enum Start {
     Stored { next: i64, fingerprint: Option<i64> },
 }
 
+/// A partition whose initial seek librdkafka refused (and no message arrived since).
+fn is_deferred(position: Position) -> bool {
+    matches!(position, Position::Start(Start::Beginning | Start::Stored { .. }))
+}
+
 struct Slot {
     position: Position,
     tx: UnboundedSender<OwnedMessage>,
@@ -237,6 +242,10 @@ impl<C: Database> Loop<C> {
                         std::panic::resume_unwind(e.into_panic());
                     }
                 }
+                // A seek librdkafka refused right after the assignment is tried again until it
+                // succeeds or the partition's first message does it: when Kafka's committed
+                // offset is at the log end (a database restored behind it), no message would come.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.has_deferred_seeks() => self.retry_seeks(),
                 received = consumer.recv() => match received {
                     Ok(m) => self.route(m.detach()),
                     Err(KafkaError::PartitionEOF(_)) => {}
@@ -388,6 +397,30 @@ impl<C: Database> Loop<C> {
             Err(e) => {
                 tracing::debug!(error = %e, topic, partition, "inbox: cannot seek yet; seeking at the first message");
                 Position::Start(start)
+            }
+        }
+    }
+
+    fn has_deferred_seeks(&self) -> bool {
+        self.slots.values().flat_map(|m| m.values()).any(|slot| is_deferred(slot.position))
+    }
+
+    fn retry_seeks(&mut self) {
+        let deferred: Vec<(String, i32, Start)> = self
+            .slots
+            .iter()
+            .flat_map(|(topic, m)| m.iter().map(move |(p, slot)| (topic, *p, slot.position)))
+            .filter_map(|(topic, p, position)| match position {
+                Position::Start(start) if is_deferred(position) => Some((topic.clone(), p, start)),
+                _ => None,
+            })
+            .collect();
+        for (topic, partition, start) in deferred {
+            let position = self.initial_seek(&topic, partition, start);
+            if let Some(slot) = self.slots.get_mut(&topic).and_then(|m| m.get_mut(&partition))
+                && matches!(slot.position, Position::Start(_))
+            {
+                slot.position = position;
             }
         }
     }
