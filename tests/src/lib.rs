@@ -16,6 +16,7 @@ pub mod relay_gen;
 pub mod relay_gen_ops;
 pub mod relay_gen_oracle;
 pub mod relay_support;
+pub mod tls;
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
