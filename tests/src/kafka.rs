@@ -165,9 +165,27 @@ impl TestKafka {
                 .set("enable.auto.commit", "false")
                 .create()
                 .expect("reader consumer");
-            consumer.subscribe(&[&topic]).expect("subscribe");
-            let mut out = Vec::new();
+            // Every partition assigned from its beginning: no consumer group to join (a real
+            // broker's first join can take seconds; tansu's about 20 s with the default timeouts).
             let deadline = Instant::now() + timeout;
+            let partitions = loop {
+                let n = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| m.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len()))
+                    .unwrap_or(0);
+                if n > 0 {
+                    break n as i32;
+                }
+                assert!(Instant::now() < deadline, "topic {topic}: no partitions in the metadata");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            for p in 0..partitions {
+                assignment.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).expect("partition");
+            }
+            consumer.assign(&assignment).expect("assign");
+            let mut out = Vec::new();
             let mut settle_until: Option<Instant> = None;
             loop {
                 let now = Instant::now();
@@ -213,6 +231,7 @@ pub struct TansuBroker {
     child: Child,
     address: String,
     dir: PathBuf,
+    bin: PathBuf,
 }
 
 impl TansuBroker {
@@ -247,7 +266,19 @@ impl TansuBroker {
     /// [`start`](Self::start), advertising `advertised` (host:port, e.g. a TLS terminator's) in
     /// the metadata instead of the address it listens on.
     pub fn start_advertising(advertised: Option<&str>, extra: &[&str]) -> Result<Self, String> {
-        let bin = Self::binary()?;
+        Self::start_with(&Self::binary()?, "memory://tansu/", None, advertised, extra)
+    }
+
+    /// The general form: binary `bin` (e.g. the crates.io build, which has SQLite storage),
+    /// `--storage-engine storage`, run in `workdir` (where a relative `sqlite://tansu.db` lives;
+    /// default: the broker's own temporary directory).
+    pub fn start_with(
+        bin: &Path,
+        storage: &str,
+        workdir: Option<&Path>,
+        advertised: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("outbox-tansu-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut last = String::new();
@@ -260,12 +291,13 @@ impl TansuBroker {
             let address = format!("127.0.0.1:{port}");
             let log = std::fs::File::create(dir.join("broker.log")).map_err(|e| format!("broker.log: {e}"))?;
             let log2 = log.try_clone().map_err(|e| format!("broker.log: {e}"))?;
-            let mut child = Command::new(&bin)
+            let mut child = Command::new(bin)
                 .arg("broker")
                 .args(["--listener-url", &format!("tcp://{address}")])
                 .args(["--advertised-listener-url", &format!("tcp://{}", advertised.unwrap_or(&address))])
-                .args(["--storage-engine", "memory://tansu/"])
+                .args(["--storage-engine", storage])
                 .args(extra)
+                .current_dir(workdir.unwrap_or(&dir))
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -281,7 +313,7 @@ impl TansuBroker {
                     break;
                 }
                 if std::net::TcpStream::connect(&address).is_ok() {
-                    return Ok(TansuBroker { child, address, dir });
+                    return Ok(TansuBroker { child, address, dir, bin: bin.to_owned() });
                 }
                 if Instant::now() >= deadline {
                     let _ = child.kill();
@@ -300,50 +332,20 @@ impl TansuBroker {
         &self.address
     }
 
-    /// Makes a SCRAM user (`mechanism`: `scram256` or `scram512`) with `tansu user create`, also
-    /// when the broker requires authentication (`--authentication`): `tansu user create` cannot
-    /// log in itself, and with in-memory storage the user cannot be made before the broker
-    /// starts, so its connections go through a local bridge that first logs each one in with
-    /// SASL PLAIN (tansu 0.6.0 accepts any PLAIN password: docs/brokers.md).
+    /// Makes a SCRAM user (`mechanism`: `scram256` or `scram512`) with `tansu user create`.
+    /// Only on a broker without `--authentication` (`tansu user create` cannot log in), whose
+    /// storage keeps users: the crates.io build's `sqlite://` (docs/brokers.md); the wheel's
+    /// in-memory storage drops them.
     pub fn create_scram_user(&self, mechanism: &str, user: &str, password: &str) -> Result<(), String> {
-        let bridge = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bridge: {e}"))?;
-        let bridge_address = bridge.local_addr().map_err(|e| format!("bridge: {e}"))?;
-        bridge.set_nonblocking(true).map_err(|e| format!("bridge: {e}"))?;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let upstream = self.address.clone();
-        let accepting = {
-            let done = done.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    match bridge.accept() {
-                        Ok((client, _)) => {
-                            client.set_nonblocking(false).map_err(|e| format!("bridge: {e}"))?;
-                            let server =
-                                std::net::TcpStream::connect(&upstream).map_err(|e| format!("{upstream}: {e}"))?;
-                            plain_login(&server)?;
-                            pipe(client, server)?;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        Err(e) => return Err(format!("bridge accept: {e}")),
-                    }
-                }
-                Ok(())
-            })
-        };
-        let out = Command::new(Self::binary()?)
-            .args(["user", "create", "--broker", &format!("tcp://{bridge_address}"), "--mechanism", mechanism, user])
+        let out = Command::new(&self.bin)
+            .args(["user", "create", "--broker", &format!("tcp://{}", self.address), "--mechanism", mechanism, user])
             .arg(password)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("run tansu user create: {e}"))?;
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let bridged = accepting.join().map_err(|_| "bridge thread panicked".to_owned())?;
-        match (out.status.success(), bridged) {
-            (true, Ok(())) => Ok(()),
-            (_, Err(e)) => Err(e),
-            (false, Ok(())) => Err(format!(
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(format!(
                 "tansu user create ({}): {}{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
@@ -356,58 +358,6 @@ impl TansuBroker {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
     }
-}
-
-/// One Kafka request (header v1: api key, version, correlation id, client id "bridge") and the
-/// body of its response (after the correlation id); the error code is its first two bytes.
-fn call(mut stream: &std::net::TcpStream, api_key: i16, version: i16, body: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::{Read, Write};
-    let mut req = Vec::new();
-    req.extend_from_slice(&api_key.to_be_bytes());
-    req.extend_from_slice(&version.to_be_bytes());
-    req.extend_from_slice(&7i32.to_be_bytes());
-    req.extend_from_slice(&6i16.to_be_bytes());
-    req.extend_from_slice(b"bridge");
-    req.extend_from_slice(body);
-    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&req);
-    stream.write_all(&framed).map_err(|e| format!("bridge write: {e}"))?;
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).map_err(|e| format!("bridge read: {e}"))?;
-    let mut resp = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-    stream.read_exact(&mut resp).map_err(|e| format!("bridge read: {e}"))?;
-    match resp.get(4..6) {
-        Some([0, 0]) => Ok(resp[4..].to_vec()),
-        Some(code) => Err(format!("api key {api_key}: error code {}", i16::from_be_bytes([code[0], code[1]]))),
-        None => Err(format!("api key {api_key}: short response")),
-    }
-}
-
-/// SaslHandshake v1 (PLAIN) and SaslAuthenticate v1 as user "bridge".
-fn plain_login(stream: &std::net::TcpStream) -> Result<(), String> {
-    let mut handshake = 5i16.to_be_bytes().to_vec();
-    handshake.extend_from_slice(b"PLAIN");
-    call(stream, 17, 1, &handshake)?;
-    let token = b"\0bridge\0bridge";
-    let mut authenticate = (token.len() as i32).to_be_bytes().to_vec();
-    authenticate.extend_from_slice(token);
-    call(stream, 36, 1, &authenticate).map(|_| ())
-}
-
-/// Copies bytes both ways until either side closes.
-fn pipe(client: std::net::TcpStream, server: std::net::TcpStream) -> Result<(), String> {
-    let (mut c_read, mut s_write) =
-        (client.try_clone().map_err(|e| e.to_string())?, server.try_clone().map_err(|e| e.to_string())?);
-    let (mut s_read, mut c_write) = (server, client);
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut c_read, &mut s_write);
-        let _ = s_write.shutdown(std::net::Shutdown::Both);
-    });
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut s_read, &mut c_write);
-        let _ = c_write.shutdown(std::net::Shutdown::Both);
-    });
-    Ok(())
 }
 
 impl Drop for TansuBroker {
