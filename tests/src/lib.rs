@@ -17,6 +17,7 @@ pub mod relay_gen;
 pub mod relay_gen_ops;
 pub mod relay_gen_oracle;
 pub mod relay_support;
+pub mod tls;
 
 // docs/*.md files with Rust code blocks, compiled as doc tests (see the top of this file).
 #[doc = include_str!("../../docs/databases.md")]

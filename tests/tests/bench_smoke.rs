@@ -6,13 +6,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Builds the bench (a no-op after `scripts/test`'s `cargo nextest run --workspace
-/// --all-features`, which builds the workspace's examples with the same features) and returns
+/// Builds the bench (a no-op after `scripts/test`'s `cargo nextest run --workspace --features
+/// $(cat scripts/features)`, which builds the workspace's examples with the same features) and returns
 /// its path: target/<profile>/examples/bench, next to this test's target/<profile>/deps.
 fn bench_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(cargo)
-        .args(["build", "--workspace", "--all-features", "--example", "bench"])
+        .args(["build", "--workspace", "--features", include_str!("../../scripts/features").trim()])
+        .args(["--example", "bench"])
         .status()
         .expect("run cargo build");
     assert!(built.success(), "cargo build --example bench failed: {built}");

@@ -101,7 +101,7 @@ async fn batch_and_one_message_modes_leave_identical_state<B: Backend>() {
     let shutdown = CancellationToken::new();
     let mut running = Vec::new();
     for (group, batch_size) in [("batch", 100), ("single", 1)] {
-        let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+        let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
             .group(group)
             .batch_size(batch_size)
             .max_attempts(3)

@@ -72,7 +72,7 @@ async fn failing_messages_are_dead_lettered<B: Backend>(batch_size: usize) {
 
     let handler = Arc::new(Ship::default());
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("shipping")
         .batch_size(batch_size)
         .max_attempts(3)

@@ -58,7 +58,7 @@ async fn same_id_five_times<B: Backend>(batch_size: usize) {
 
     let calls = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("inventory")
         .batch_size(batch_size)
         .handle(RecordOrder { calls: calls.clone() })

@@ -59,7 +59,7 @@ async fn large_records_on_a_stalled_partition_stay_within_the_byte_bound<B: Back
     TestProducer::new(&kafka).send_all(&events).await;
 
     let gate = Arc::new(Semaphore::new(0));
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("blobs")
         .max_payload_bytes(2 * RECORD_BYTES)
         .max_buffered_bytes(BOUND)

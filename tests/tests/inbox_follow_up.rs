@@ -69,7 +69,7 @@ async fn follow_up_is_published_once_per_input<B: Backend>() {
     TestProducer::new(&kafka).send_all(&input).await;
 
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("inventory")
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
         .handle(ReserveStock::default())

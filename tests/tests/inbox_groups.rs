@@ -46,7 +46,11 @@ async fn each_group_takes_effect_once<B: Backend>() {
     let shutdown = CancellationToken::new();
     let mut running = Vec::new();
     for group in ["inventory", "billing"] {
-        let inbox = Inbox::builder(db.pool(4).await, kafka.brokers()).group(group).handle(RecordOrder).build().unwrap();
+        let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
+            .group(group)
+            .handle(RecordOrder)
+            .build()
+            .unwrap();
         running.push(tokio::spawn(inbox.run(shutdown.clone())));
     }
     let consumed = wait_for_count(

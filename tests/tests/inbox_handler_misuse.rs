@@ -83,7 +83,7 @@ async fn misuse<B: Backend>(behaviour: &str, reason: Option<&str>) {
 
     let mut inboxes = Vec::new();
     for (group, batch_size) in GROUPS {
-        let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+        let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
             .group(group)
             .batch_size(batch_size)
             .max_attempts(2)

@@ -109,7 +109,7 @@ async fn each_hostile_input_is_dead_lettered<B: Backend>(batch_size: usize) {
     TestProducer::new(&kafka).send_all(&input).await;
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("inventory")
         .batch_size(batch_size)
         .max_payload_bytes(MAX_PAYLOAD)
@@ -154,7 +154,7 @@ async fn unknown_types_can_be_skipped<B: Backend>() {
     TestProducer::new(&kafka).send_all(&[unknown.clone(), next.clone()]).await;
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("inventory")
         .unknown_types(UnknownTypePolicy::Skip)
         .handle(RecordOrder { calls: calls.clone() })

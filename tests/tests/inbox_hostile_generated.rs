@@ -244,7 +244,7 @@ async fn hostile_records<B: Backend>(batch_size: usize) {
     for (i, c) in cases.iter().enumerate() {
         at.insert((c.record.partition, producer.send_raw(&c.record).await), i);
     }
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("hostile")
         .batch_size(batch_size)
         .max_payload_bytes(MAX_PAYLOAD)

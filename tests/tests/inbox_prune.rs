@@ -41,7 +41,7 @@ async fn dedup_rows_older_than_the_window_are_pruned<B: Backend>() {
     insert_rows(&db, "billing", 5, 3 * DAY).await;
 
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(2).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(&kafka))
         .group("inventory")
         .dedup_window(Duration::from_secs(2 * 24 * 60 * 60))
         .prune_interval(Duration::from_millis(100))

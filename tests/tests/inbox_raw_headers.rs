@@ -61,7 +61,7 @@ async fn setup<B: Backend>() -> (TestDb<B>, TestKafka, TestProducer) {
 }
 
 fn inbox<B: Backend>(pool: bb8::Pool<B::Manager>, kafka: &TestKafka) -> Inbox<B::Conn> {
-    Inbox::builder(pool, kafka.brokers())
+    Inbox::builder(pool, tests::produce::inbox_kafka_config(kafka))
         .group("inventory")
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
         .max_attempts(2)

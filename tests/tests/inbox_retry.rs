@@ -60,7 +60,7 @@ async fn fails_twice_then_succeeds<B: Backend>(batch_size: usize) {
 
     let handler = Arc::new(Flaky::default());
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
         .group("billing")
         .batch_size(batch_size)
         .max_attempts(3)

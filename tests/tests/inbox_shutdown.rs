@@ -74,7 +74,7 @@ async fn shutdown_commits_the_batch_in_hand<B: Backend>() {
     let (db, kafka) = setup::<B>(50).await;
     let shutdown = CancellationToken::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let inbox = Inbox::builder(db.pool(4).await, kafka.brokers())
+    let inbox = Inbox::builder(db.pool(4).await, inbox_kafka_config(&kafka))
         .group("inventory")
         .batch_size(10)
         .handle(StopsTheInbox { shutdown: shutdown.clone(), calls: calls.clone(), hang: false })

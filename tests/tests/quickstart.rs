@@ -12,17 +12,23 @@ async fn check(options: Options) {
     assert!(report.committed > 0 && report.rolled_back > 0, "{report}");
 }
 
-fn brokers() -> Option<String> {
-    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty())
+/// A real broker when the environment names one (`KAFKA_BROKERS`, or `TEST_BROKER=tansu`); else
+/// the quickstart starts its own mock cluster, as it does for a new user.
+fn real_broker() -> Option<tests::TestKafka> {
+    tests::TestKafka::real()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_on_postgres() {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run with scripts/test");
-    check(Options { database_url: Some(url), kafka_brokers: brokers(), orders: 40 }).await;
+    let kafka = real_broker();
+    let kafka_brokers = kafka.as_ref().map(|k| k.brokers().to_owned());
+    check(Options { database_url: Some(url), kafka_brokers, orders: 40 }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_on_sqlite() {
-    check(Options { database_url: None, kafka_brokers: brokers(), orders: 40 }).await;
+    let kafka = real_broker();
+    let kafka_brokers = kafka.as_ref().map(|k| k.brokers().to_owned());
+    check(Options { database_url: None, kafka_brokers, orders: 40 }).await;
 }

@@ -168,7 +168,8 @@ async fn postgres_inbox_tests_no_connection_per_message_at_a_low_rate() {
     kafka.create_topic(rs::TOPIC, 1).await;
     let (pool, tests) = counting_pool(&db, 4).await;
     let shutdown = CancellationToken::new();
-    let inbox = Inbox::builder(pool, kafka.brokers()).group("warm").handle(Count).build().unwrap();
+    let inbox =
+        Inbox::builder(pool, tests::produce::inbox_kafka_config(&kafka)).group("warm").handle(Count).build().unwrap();
     let running = tokio::spawn(inbox.run(shutdown.clone()));
 
     const MESSAGES: i64 = 20;
