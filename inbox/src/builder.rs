@@ -246,8 +246,8 @@ impl<C: Database> InboxBuilder<C> {
 
     /// How long [`Inbox::run`] waits at start-up for the database (reachable, schema migrated),
     /// a broker to answer and every subscribed topic to exist, before it returns an error
-    /// (default 30 s). A missing schema, wrong credentials and an untrusted certificate fail at
-    /// once.
+    /// (default 30 s). A missing schema fails at once; brokers refusing the TLS handshake or the
+    /// credentials fail at the deadline (librdkafka's reason is logged in the first round).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.options.startup_timeout = timeout;
         self

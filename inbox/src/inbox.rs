@@ -104,8 +104,8 @@ impl<C: Database> Inbox<C> {
     /// back and will be redelivered), commits the Kafka offset hints and leaves the group.
     ///
     /// Start-up fails with an error instead of retrying: a schema that is missing or behind
-    /// (`ErrorKind::Schema`, at once), a database that cannot be used, wrong Kafka credentials
-    /// or an untrusted certificate (as soon as librdkafka reports them), brokers none of which
+    /// (`ErrorKind::Schema`, at once), a database that cannot be used, brokers refusing the TLS
+    /// handshake or the credentials (librdkafka's reason is logged in the first round), brokers none of which
     /// answered, or a subscribed topic that does not exist, each within
     /// [`startup_timeout`](crate::InboxBuilder::startup_timeout).
     ///

@@ -95,9 +95,19 @@ pub enum ClientKind {
 /// "all brokers down"), otherwise the last one. The callback runs only when the client is
 /// polled, which the probe does between its requests.
 #[derive(Default)]
-struct LastError(Mutex<Option<(RDKafkaErrorCode, String)>>);
+struct LastError(Mutex<Option<(RDKafkaErrorCode, String)>>, Mutex<Option<String>>);
 
 impl ClientContext for LastError {
+    /// librdkafka's log lines arrive from its own threads, unpolled: the last warning or error
+    /// (e.g. "SSL handshake failed: ... certificate verify failed") is the reason a metadata
+    /// request only reports as a transport failure.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+            *self.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{fac}: {message}"));
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(code) = error.rdkafka_error_code() {
             let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,6 +128,10 @@ impl rdkafka::consumer::ConsumerContext for LastError {}
 impl LastError {
     fn get(&self) -> Option<(RDKafkaErrorCode, String)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn logged(&self) -> Option<String> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -156,11 +170,15 @@ impl Probe {
         }
     }
 
-    fn reported(&self) -> Option<(RDKafkaErrorCode, String)> {
+    fn context(&self) -> &LastError {
         match self {
-            Probe::Producer(p) => p.context().get(),
-            Probe::Consumer(c) => rdkafka::consumer::Consumer::client(c).context().get(),
+            Probe::Producer(p) => p.context(),
+            Probe::Consumer(c) => rdkafka::consumer::Consumer::client(c).context(),
         }
+    }
+
+    fn reported(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.context().get()
     }
 }
 
@@ -170,8 +188,9 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Waits until a broker answers a metadata request made with `config` and every topic in
-/// `topics` exists. Wrong credentials and an untrusted certificate fail as soon as librdkafka
-/// reports them; unreachable brokers and missing topics fail when `deadline` passes. Topics are
+/// `topics` exists. Errors librdkafka reports as permanent through the error callback
+/// (authentication, TLS) fail at once; a TLS handshake the broker refuses shows only in its log,
+/// which the deadline's error quotes; unreachable brokers and missing topics fail when `deadline` passes. Topics are
 /// looked up in the list of all topics, so the check never auto-creates one.
 /// Returns `Ok(false)` when `shutdown` fired first (the probe's thread stops within a second).
 #[doc(hidden)]
@@ -193,6 +212,9 @@ pub async fn wait_for_brokers(
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                if let (true, Some(logged)) = (last.ends_with("yet"), client.context().logged()) {
+                    last = format!("no broker answered; librdkafka said: {logged}");
+                }
                 return Err(Error::new(
                     ErrorKind::Kafka,
                     format!("start-up: {last} before the start-up deadline (bootstrap.servers={brokers})"),
@@ -218,9 +240,10 @@ pub async fn wait_for_brokers(
                     last = format!("topics {missing:?} do not exist (or are not visible to this client)");
                 }
                 Err(e) => {
-                    last = match reported {
-                        Some((_, reason)) => format!("no broker answered: {reason}"),
-                        None => format!("no broker answered: {e}"),
+                    last = match (reported, client.context().logged()) {
+                        (Some((_, reason)), _) => format!("no broker answered: {reason}"),
+                        (None, Some(logged)) => format!("no broker answered ({e}); librdkafka said: {logged}"),
+                        (None, None) => format!("no broker answered: {e}"),
                     };
                 }
             }

@@ -160,8 +160,9 @@ impl<C: Database> RelayBuilder<C> {
     }
 
     /// How long [`Relay::run`] waits at start-up for the database (reachable, schema migrated)
-    /// and for a broker to answer before it returns an error. Default 30 s. A missing schema,
-    /// wrong credentials and an untrusted certificate fail at once.
+    /// and for a broker to answer before it returns an error. Default 30 s. A missing schema or
+    /// grant fails at once; brokers refusing the TLS handshake or the credentials fail at the
+    /// deadline, with librdkafka's reason in the error.
     pub fn startup_timeout(mut self, d: Duration) -> Self {
         self.config.startup_timeout = d;
         self

@@ -93,8 +93,8 @@ impl<C: Database> Relay<C> {
     ///
     /// Start-up fails with an error instead of retrying: a schema that is missing or behind
     /// ([`ErrorKind::Schema`](crate::ErrorKind::Schema), at once), a database that cannot be
-    /// used, wrong Kafka credentials or an untrusted certificate (as soon as librdkafka reports
-    /// them), brokers none of which answered, or a first round that fails for good (a missing
+    /// used, brokers that refuse the TLS handshake or the credentials (librdkafka's reason is in
+    /// the error), brokers none of which answered, or a first round that fails for good (a missing
     /// grant) or still fails at the deadline, each within
     /// [`startup_timeout`](RelayBuilder::startup_timeout). Rows produced meanwhile stay unsent.
     ///

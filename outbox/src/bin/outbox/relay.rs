@@ -50,7 +50,7 @@ pub(crate) struct RelayArgs {
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
     /// How long start-up may wait for the database and a broker before the relay exits with
-    /// an error; a missing schema or wrong credentials fail at once [default: 30].
+    /// an error; a missing schema or grant fails at once [default: 30].
     #[arg(long, env = "OUTBOX_STARTUP_TIMEOUT_SECS", value_name = "SECS")]
     startup_timeout_secs: Option<u64>,
     /// The CloudEvents ce_source of every message, e.g. /order-service [default: outbox].
