@@ -242,7 +242,7 @@ async fn inbox_handles_and_dedups_through_pgbouncer() {
         TestProducer::new(&kafka).send_all(&input).await;
 
         let shutdown = CancellationToken::new();
-        let inbox = Inbox::builder(pooler_pool(&url, 4).await, kafka.brokers())
+        let inbox = Inbox::builder(pooler_pool(&url, 4).await, tests::produce::inbox_kafka_config(&kafka))
             .group("pgb")
             .batch_size(batch_size)
             .handle(RecordOrder)
@@ -253,7 +253,8 @@ async fn inbox_handles_and_dedups_through_pgbouncer() {
             &db,
             "SELECT coalesce(max(next_offset), 0) AS n FROM inbox_offsets",
             input.len() as i64,
-            Duration::from_secs(20),
+            // A real broker (the tansu pass) holds a new group's first join for ~20 s.
+            Duration::from_secs(60),
         )
         .await;
         shutdown.cancel();
@@ -290,7 +291,7 @@ async fn quickstart_flow_through_pgbouncer() {
         .poll_interval(Duration::from_millis(50))
         .build()
         .expect("relay");
-    let inbox = Inbox::builder(pool.clone(), kafka.brokers())
+    let inbox = Inbox::builder(pool.clone(), tests::produce::inbox_kafka_config(&kafka))
         .group("pgb-quickstart")
         .handle(RecordOrder)
         .build()
