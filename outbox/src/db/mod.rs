@@ -62,7 +62,6 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
 
     // The relay.
     #[doc(hidden)]
-    #[doc(hidden)]
     async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>>;
     /// [`claim`](Self::claim) in a transaction of its own: behind a transaction pooler (see
     /// [`pooler`]) the statement's prepare and its run must reach one server connection.

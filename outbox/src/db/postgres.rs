@@ -421,18 +421,17 @@ impl Database for AsyncPgConnection {
         }
         // In a transaction: behind a transaction pooler (outbox::pooler) a lone statement's
         // prepare and run may reach two server connections.
-        let applied: Vec<Applied> = self
-            .transaction::<_, diesel::result::Error, _>(async |tx| {
-                let table: Exists =
-                    diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
-                        .get_result(tx)
-                        .await?;
-                if !table.exists {
-                    return Ok(Vec::new());
-                }
+        let applied: Vec<Applied> = in_tx!(self, tx => {
+            let table: Exists =
+                diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
+                    .get_result(tx)
+                    .await?;
+            if table.exists {
                 diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(tx).await
-            })
-            .await?;
+            } else {
+                Ok(Vec::new())
+            }
+        })?;
         let applied: Vec<String> = applied.into_iter().map(|a| a.version).collect();
         Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a == v)).collect())
     }
