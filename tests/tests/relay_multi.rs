@@ -17,19 +17,24 @@ async fn relays_together<B: Backend>(count: usize) {
     let build =
         |pool| rs::relay(pool, &kafka).batch_size(200).lease(std::time::Duration::from_secs(2)).build().unwrap();
 
-    // The first relay takes the lease and starts draining; the others join as stand-bys.
+    // The first relay takes the lease and starts draining; the others join as stand-bys once it
+    // has published (so it leads), and it is killed while most rows are left (so a stand-by must
+    // take over to drain them; killing after a fixed pause let a fast leader finish first).
     let first = rs::spawn(build(db.pool(3).await));
-    while db.count("SELECT count(*) AS n FROM outbox_messages").await > 8_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while db.count("SELECT count(*) AS n FROM outbox_messages").await == ids.len() as i64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut others = Vec::new();
     for _ in 1..count {
         others.push(rs::spawn(build(db.pool(3).await)));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    while db.count("SELECT count(*) AS n FROM outbox_messages").await > 8_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Kill the leader mid-stream (no graceful release): a stand-by takes over within the lease.
     first.1.abort();
     let left_at_kill = db.count("SELECT count(*) AS n FROM outbox_messages").await;
+    assert!(left_at_kill > 0, "the leader drained the outbox before it was killed: nothing left to take over");
     rs::wait_drained(&db, Duration::from_secs(120)).await;
     let records = rs::read_topic(&kafka, ids.len()).await;
     for (stop, task) in others {

@@ -242,3 +242,38 @@ async fn postgres_writer_statements_are_prepared_once_per_connection() {
     assert_eq!(inserts.len(), 2, "writer INSERTs cached on this connection: {inserts:#?}");
     assert_eq!(rows(&db).await.len(), 12);
 }
+
+/// A new SQLite database opened while another connection writes to it: SQLite answers the switch
+/// to WAL with `database is locked` at once, without calling the busy handler, so `connect` failed
+/// whatever `busy_timeout` said (several instances starting on one new database, each switching
+/// it while another does; seen in CI as a failed concurrent migration). `connect` now waits.
+#[tokio::test]
+async fn sqlite_a_new_database_opened_while_another_connection_writes_waits_for_the_writer() {
+    use diesel_async::SimpleAsyncConnection;
+    let db = TestDb::<tests::Sqlite>::empty().await;
+    // A plain connection (no SDK settings: the file stays in rollback-journal mode) holding the
+    // write lock, as the connection that switches a new database to WAL does for a moment.
+    let mut writer = outbox::sqlite::SqliteConnection::establish(&db.url).await.unwrap();
+    writer.batch_execute("CREATE TABLE held (x INTEGER); BEGIN IMMEDIATE;").await.unwrap();
+
+    let url = db.url.clone();
+    let opening = tokio::spawn(async move { outbox::sqlite::connect(&url).await });
+    let held = std::time::Duration::from_millis(300);
+    tokio::time::sleep(held).await;
+    assert!(
+        !opening.is_finished(),
+        "connect returned while the write lock was held: {:?}",
+        opening.await.unwrap().map(|_| ())
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    let mut conn = opening.await.unwrap().expect("connect waits for the lock instead of failing");
+
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        journal_mode: String,
+    }
+    let mode: Mode =
+        diesel_async::RunQueryDsl::get_result(diesel::sql_query("PRAGMA journal_mode"), &mut conn).await.unwrap();
+    assert_eq!(mode.journal_mode, "wal");
+}

@@ -622,14 +622,42 @@ pub async fn connect(url: &str) -> Result<SqliteConnection> {
     let mut conn = SqliteConnection::establish(&path)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Database, format!("sqlite: cannot open `{path}`"), e))?;
-    conn.batch_execute(SETUP).await?;
+    setup(&mut conn).await?;
     Ok(conn)
 }
 
-// busy_timeout first: switching a fresh database to WAL takes a lock, and connections opened at
-// the same time (a pool filling up, several instances starting) must wait for it, not fail.
-const SETUP: &str =
-    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// How long a connection waits for a lock: `busy_timeout`, and the retries of the switch to WAL.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applies the settings [`connect`] documents.
+///
+/// Switching a database to WAL needs an exclusive lock, and SQLite asks for it without calling
+/// the busy handler: while any other connection holds even a read lock (a pool filling up,
+/// several instances opening a new database at once) `PRAGMA journal_mode = WAL` fails at once
+/// with `database is locked`, whatever `busy_timeout` says. So the switch is retried here, for
+/// as long as `busy_timeout` would have waited (the mode is stored in the file: only a new
+/// database is switched).
+async fn setup(conn: &mut SqliteConnection) -> QueryResult<()> {
+    conn.batch_execute(&format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis())).await?;
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.batch_execute("PRAGMA journal_mode = WAL").await {
+            Ok(()) => break,
+            Err(e) if is_locked(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    conn.batch_execute("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").await
+}
+
+/// SQLite's `SQLITE_BUSY` as diesel reports it (diesel has no kind of its own for it).
+fn is_locked(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(_, info) if info.message().contains("database is locked"))
+}
 
 fn normalize(url: &str) -> Result<String> {
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
@@ -664,7 +692,7 @@ pub async fn pool(url: &str, max_size: u32) -> Result<Pool> {
         let url = url.to_owned();
         async move {
             let mut conn = SqliteConnection::establish(&url).await?;
-            conn.batch_execute(SETUP).await.map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            setup(&mut conn).await.map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         }
         .boxed()
