@@ -69,6 +69,14 @@ const CREATE_TABLES: [&str; 2] = [
      (order_id TEXT NOT NULL, run_id TEXT NOT NULL, sku TEXT NOT NULL, quantity INTEGER NOT NULL)",
 ];
 
+/// Creates the application's tables (idempotent); the SDK's come from [`outbox::migrate`].
+pub async fn create_tables<C: Shop>(conn: &mut C) -> QueryResult<()> {
+    for sql in CREATE_TABLES {
+        diesel_async::SimpleAsyncConnection::batch_execute(conn, sql).await?;
+    }
+    Ok(())
+}
+
 /// The application's own SQL. Written once with diesel's DSL and implemented for both
 /// connection types, so the same handler runs on PostgreSQL and SQLite.
 #[async_trait::async_trait]
@@ -281,9 +289,7 @@ where
 {
     // 1. Schema: the SDK's tables, then the application's.
     outbox::migrate(conn).await?;
-    for sql in CREATE_TABLES {
-        diesel_async::SimpleAsyncConnection::batch_execute(conn, sql).await?;
-    }
+    create_tables(conn).await?;
     let group = format!("quickstart-inventory-{run_id}");
 
     // 2. The relay (publishes the outbox) and the inventory consumer, until `shutdown`.

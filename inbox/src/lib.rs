@@ -61,6 +61,9 @@ mod prune;
 mod raw_headers;
 mod rebalance;
 mod registry;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use builder::{InboxBuilder, UnknownTypePolicy};
 pub use context::Context;

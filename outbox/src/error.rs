@@ -22,6 +22,8 @@ pub enum ErrorKind {
     InvalidMessage,
     /// The database schema is missing or behind this build: run the migrations.
     Schema,
+    /// A wait did not see what it waited for before its deadline (the inbox's test harness).
+    Timeout,
 }
 
 impl fmt::Display for ErrorKind {
@@ -34,6 +36,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "invalid configuration",
             ErrorKind::InvalidMessage => "invalid message",
             ErrorKind::Schema => "database schema not migrated",
+            ErrorKind::Timeout => "timed out",
         })
     }
 }

@@ -93,3 +93,29 @@ async fn every_committed_order_is_reserved_exactly_once() {
         assert_eq!(dead_letters, 0, "nothing dead-lettered");
     }
 }
+
+/// The inventory service's handler tested the way its authors would, with the SDK's harness
+/// (`inbox::testing`): a duplicate delivery and a hostile record among real orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_stock_tested_with_the_harness() {
+    use inbox::testing::Harness;
+    let db = TestDb::new().await;
+    let mut h = Harness::postgres(&db.url).await.unwrap();
+    inventory::prepare(&mut h.pool().get().await.unwrap()).await.unwrap();
+    h.create_topic::<OrderPlaced>(3).unwrap();
+    h.start(h.inbox_builder().group(inventory::GROUP).handle(inventory::ReserveStock).build().unwrap()).unwrap();
+
+    let order =
+        |n| OrderPlaced { order_id: uuid::Uuid::now_v7(), sku: format!("sku-{n}"), quantity: n, total_cents: 100 };
+    let first = h.publish(&order(1)).await.unwrap();
+    h.publish(&order(2)).await.unwrap();
+    h.until_handled(inventory::GROUP, 2, Duration::from_secs(60)).await.unwrap();
+    h.redeliver(first).await.unwrap(); // at-least-once: the same record again
+    h.deliver_raw(OrderPlaced::TOPIC, None, Some(b"\xff not json"), &[]).await.unwrap();
+    h.until_quiet(Duration::from_secs(60)).await.unwrap();
+
+    assert_eq!(inventory::reservations(&mut h.pool().get().await.unwrap()).await.unwrap(), 2);
+    let dead = h.dead_letters(inventory::GROUP).await.unwrap();
+    assert_eq!(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["missing_specversion"], "{dead:?}");
+    h.shutdown().await.unwrap();
+}
