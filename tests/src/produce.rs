@@ -187,9 +187,14 @@ pub async fn wait_for_count<B: Backend>(db: &TestDb<B>, sql: &str, expected: i64
 /// Kafka settings for an inbox under test: the test cluster with a short session timeout.
 /// The mock cluster holds a group's rebalance open for `session.timeout.ms - 1 s` after a
 /// member leaves or dies (a real broker empties the group at once), so tests that stop and
-/// restart consumers would otherwise wait 44 s.
+/// restart consumers would otherwise wait 44 s. `max.poll.interval.ms` is the rebalance timeout
+/// a member sends in JoinGroup: tansu held a restarted group's rejoin for a member that died
+/// without leaving (an aborted inbox) for longer than 60 s, up to that timeout (300 s by default).
 pub fn inbox_kafka_config(kafka: &TestKafka) -> ClientConfig {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", kafka.brokers()).set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "500");
+    cfg.set("bootstrap.servers", kafka.brokers())
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("max.poll.interval.ms", "10000");
     cfg
 }
