@@ -13,6 +13,7 @@
 //! Ordering: the partition moved past the message when it was dead-lettered, so a replayed
 //! message runs after every later message of its key. See docs/dead-letters.md.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,15 +130,17 @@ enum Outcome {
 
 /// Why a replay did not handle its message.
 struct Failure {
-    reason: &'static str,
+    /// The dead-letter reason: one of the handler's, or the classification's (whose envelope
+    /// reasons, e.g. `missing_type`, are built from the header name).
+    reason: Cow<'static, str>,
     error: String,
     /// The handler was abandoned mid-call (timeout): its connection is dropped, not reused.
     abandoned: bool,
 }
 
 impl Failure {
-    fn new(reason: &'static str, error: impl Into<String>) -> Self {
-        Failure { reason, error: error.into(), abandoned: false }
+    fn new(reason: impl Into<Cow<'static, str>>, error: impl Into<String>) -> Self {
+        Failure { reason: reason.into(), error: error.into(), abandoned: false }
     }
 }
 
@@ -227,9 +230,7 @@ async fn handle<C: Database>(
                  a handler)",
             ));
         }
-        Plan::DeadLetter { reason, error, .. } => {
-            return Err(Failure::new(known_reason(reason), error.clone()));
-        }
+        Plan::DeadLetter { reason, error, .. } => return Err(Failure::new(reason.clone(), error.clone())),
     }
     let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
     call_handler(shared, conn, &mut plan, msg, row.id, attempt, token).await?;
@@ -275,7 +276,7 @@ async fn record_failure<C: Database>(shared: &Shared<C>, row: &StoredDeadLetter,
     // Free of NUL and other control characters, whatever the record quoted into it.
     let error = sanitize_text(&f.error);
     let mut conn = shared.pool.get().await?;
-    conn.record_replay_failure(row.id, row.attempts, f.reason, &error).await?;
+    conn.record_replay_failure(row.id, row.attempts, &f.reason, &error).await?;
     conn.release();
     tracing::warn!(
         group = %shared.options.group,
@@ -283,7 +284,7 @@ async fn record_failure<C: Database>(shared: &Shared<C>, row: &StoredDeadLetter,
         topic = %row.topic,
         partition = row.kafka_partition,
         offset = row.kafka_offset,
-        reason = f.reason,
+        reason = %f.reason,
         error = %error,
         "inbox: dead letter replay failed; it stays a dead letter"
     );
@@ -321,20 +322,6 @@ fn stored_record(row: &StoredDeadLetter) -> Result<OwnedMessage, Failure> {
         row.kafka_offset,
         Some(owned),
     ))
-}
-
-/// The classification reasons, as static strings (anything else is `invalid_message`).
-fn known_reason(reason: &str) -> &'static str {
-    const REASONS: &[&str] = &[
-        "unknown_type",
-        "unsupported_version",
-        "malformed_headers",
-        "malformed_payload",
-        "payload_too_large",
-        "payload_too_deep",
-        "invalid_message",
-    ];
-    REASONS.iter().copied().find(|r| *r == reason).unwrap_or("invalid_message")
 }
 
 /// Runs the handler of `plan` in the open transaction `token` names, bounded by the handler
