@@ -159,6 +159,7 @@ const REJECT: u8 = 0;
 const OFFLINE: u8 = 1;
 const PANIC: u8 = 2;
 const ACCEPT: u8 = 3;
+const HANG: u8 = 4;
 
 /// Writes its effect, then fails or not as `mode` says: the failed attempts must leave nothing.
 struct Ship {
@@ -184,6 +185,7 @@ impl<C: outbox::Database + TestConn> Handler<ShipmentRequested, C> for Arc<Ship>
             REJECT => Err(HandlerError::permanent("carrier rejected the address")),
             OFFLINE => Err(HandlerError::transient("label printer offline")),
             PANIC => panic!("carrier returned an impossible state"),
+            HANG => std::future::pending().await,
             _ => Ok(()),
         }
     }
@@ -201,6 +203,7 @@ fn ship_inbox<B: Backend>(
     Inbox::builder(pool, inbox_kafka_config(kafka))
         .group("shipping")
         .max_attempts(1)
+        .handler_timeout(Duration::from_millis(500))
         .replay_poll_interval(Duration::from_millis(100))
         .handle(handler.clone())
 }
@@ -238,6 +241,9 @@ async fn a_replay_that_fails_again_stays_a_dead_letter_with_the_new_error<B: Bac
     let expect = [
         (OFFLINE, "handler_failed", "label printer offline", 2),
         (PANIC, "handler_panicked", "carrier returned an impossible state", 3),
+        // Abandoned at the handler timeout: its connection (and transaction) dropped, the
+        // failure recorded on another.
+        (HANG, "handler_timed_out", "did not finish within 500ms", 4),
     ];
     for (mode, reason, error, attempts) in expect {
         handler.set(mode);
