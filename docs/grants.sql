@@ -33,17 +33,22 @@ GRANT SELECT, INSERT, UPDATE ON outbox_relay_leases TO outbox_relay;
 
 -- The consumer (inbox): dedup rows (insert; read back the inserted ids; delete old ones when
 -- pruning), its stored positions (read on assignment, upsert on commit), and dead letters
--- (insert only). It cannot read the outbox. A handler that publishes follow-up events also
--- needs the writer's grant: GRANT outbox_writer TO inbox_consumer.
+-- (insert; read back, lock, and delete or record a failed attempt when replaying; delete past
+-- their retention: docs/dead-letters.md). It cannot read the outbox, nor rewrite a dead
+-- letter's record. A handler that publishes follow-up events also needs the writer's grant:
+-- GRANT outbox_writer TO inbox_consumer.
 GRANT SELECT, INSERT, DELETE ON inbox_messages TO inbox_consumer;
 GRANT SELECT, INSERT, UPDATE ON inbox_offsets TO inbox_consumer;
-GRANT INSERT ON inbox_dead_letters TO inbox_consumer;
+GRANT SELECT, INSERT, DELETE ON inbox_dead_letters TO inbox_consumer;
+GRANT UPDATE (reason, error, attempts, replay_requested_at) ON inbox_dead_letters TO inbox_consumer;
 
 -- The operator (`outbox ops ...`, `outbox::ops`): status (reads the outbox, the lease and the
 -- dead-letter count), lists, retries and discards parked messages (UPDATE of the retry columns,
--- DELETE of parked rows; releases the rows they held), lists and discards dead letters.
+-- DELETE of parked rows; releases the rows they held), lists, discards and requests replays of
+-- dead letters (UPDATE of replay_requested_at only).
 -- It cannot insert events, take the lease, or read the inbox's dedup rows and positions.
 GRANT SELECT, DELETE ON outbox_messages TO outbox_operator;
 GRANT UPDATE (parked_at, attempts, next_attempt_at, held) ON outbox_messages TO outbox_operator;
 GRANT SELECT ON outbox_relay_leases TO outbox_operator;
 GRANT SELECT, DELETE ON inbox_dead_letters TO outbox_operator;
+GRANT UPDATE (replay_requested_at) ON inbox_dead_letters TO outbox_operator;

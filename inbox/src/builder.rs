@@ -50,6 +50,10 @@ pub(crate) struct Options {
     pub max_buffered_bytes: usize,
     pub trust_committed_offsets: bool,
     pub startup_timeout: Duration,
+    /// How often a running inbox looks for dead letters whose replay an operator requested.
+    pub replay_poll_interval: Duration,
+    /// Dead letters older than this are deleted by the pruning task; `None`: kept.
+    pub dead_letter_retention: Option<Duration>,
 }
 
 impl Default for Options {
@@ -71,6 +75,8 @@ impl Default for Options {
             max_buffered_bytes: 16 * 1024 * 1024,
             trust_committed_offsets: false,
             startup_timeout: outbox::startup::DEFAULT_STARTUP_TIMEOUT,
+            replay_poll_interval: Duration::from_secs(5),
+            dead_letter_retention: None,
         }
     }
 }
@@ -297,6 +303,25 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// How often a running inbox looks for dead letters of its group whose replay was requested
+    /// with `outbox dead-letters replay` or [`outbox::ops::request_replay`] (default 5 s): one
+    /// indexed query per interval while there are none. Each requested dead letter is replayed
+    /// once by one instance of the group (see [`Inbox::replayer`] and docs/dead-letters.md).
+    pub fn replay_poll_interval(mut self, interval: Duration) -> Self {
+        self.options.replay_poll_interval = interval;
+        self
+    }
+
+    /// How long dead letters are kept (default: forever). With a retention set, the pruning
+    /// task (every [`prune_interval`](Self::prune_interval), [`prune_batch_size`](Self::prune_batch_size)
+    /// rows per DELETE) also deletes the group's dead letters stored longer ago than this,
+    /// except those waiting for a requested replay. Choose it longer than the time you need to
+    /// notice, fix and replay a failure.
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.options.dead_letter_retention = Some(retention);
+        self
+    }
+
     /// Checks the configuration and builds the inbox. Fails with
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) when the group or the handlers are
     /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
@@ -351,6 +376,14 @@ impl<C: Database> InboxBuilder<C> {
         }
         if options.shutdown_timeout.is_zero() {
             return Err(config_error("inbox: shutdown_timeout must be longer than zero"));
+        }
+        if options.replay_poll_interval.is_zero() {
+            return Err(config_error("inbox: replay_poll_interval must be longer than zero"));
+        }
+        if options.dead_letter_retention.is_some_and(|r| r.is_zero()) {
+            return Err(config_error(
+                "inbox: dead_letter_retention must be longer than zero (every dead letter would be deleted at once)",
+            ));
         }
         let consumer_config = self.kafka.consumer_config(&options.group)?;
         Ok(Inbox::new(self.pool, consumer_config, registry, options))

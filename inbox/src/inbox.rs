@@ -87,6 +87,15 @@ impl<C: Database> Inbox<C> {
         BufferWatermark(self.shared.high_water.clone())
     }
 
+    /// A handle that replays this group's dead letters with this inbox's handlers, now (see
+    /// [`Replayer`](crate::Replayer)). Take it before [`run`](Self::run) consumes the inbox; it
+    /// works whether or not the inbox runs. Replays an operator requests with
+    /// `outbox dead-letters replay` are picked up by [`run`](Self::run) without it (see
+    /// [`InboxBuilder::replay_poll_interval`](crate::InboxBuilder::replay_poll_interval)).
+    pub fn replayer(&self) -> crate::Replayer<C> {
+        crate::Replayer::new(self.shared.clone())
+    }
+
     /// The consumer group.
     pub fn group(&self) -> &str {
         &self.shared.options.group
@@ -161,6 +170,7 @@ impl<C: Database> Inbox<C> {
             tracing::info!(?topics, "inbox: started");
             let mut background = JoinSet::new();
             background.spawn(crate::prune::run(shared.clone(), stop.clone()));
+            background.spawn(crate::dead_letters::run_requested(shared.clone(), stop.clone()));
             let mut lp = Loop { shared, consumer, slots: HashMap::new(), workers: JoinSet::new(), stop };
             let result = lp.run(events).await;
             lp.finish().await;

@@ -50,6 +50,7 @@
 mod builder;
 mod classify;
 mod context;
+mod dead_letters;
 mod error;
 mod handler;
 mod inbox;
@@ -67,9 +68,11 @@ pub mod testing;
 
 pub use builder::{InboxBuilder, UnknownTypePolicy};
 pub use context::Context;
+pub use dead_letters::{ReplayReport, Replayer};
 pub use handler::{Handler, HandlerError};
 pub use inbox::{BufferWatermark, Inbox};
 pub use kafka::KafkaSettings;
+pub use outbox::ops::ReplaySelection;
 pub use outbox::{Error, ErrorKind};
 
 /// Re-exported so handlers can be written as `#[inbox::async_trait] impl Handler<E> for H`.

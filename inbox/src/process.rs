@@ -635,13 +635,13 @@ impl<C: Database> Processor<'_, C> {
     }
 }
 
-fn transaction_depth<C: Database>(conn: &mut C) -> Option<u32> {
+pub(crate) fn transaction_depth<C: Database>(conn: &mut C) -> Option<u32> {
     outbox::db::transaction_depth(conn).ok().flatten()
 }
 
 /// Rolls back every open level (the handler may have left savepoints behind). A failure here
 /// leaves the transaction manager broken, and the pool then discards the connection.
-async fn rollback_all<C: Database>(conn: &mut C) {
+pub(crate) async fn rollback_all<C: Database>(conn: &mut C) {
     while transaction_depth(conn).is_some() {
         if let Err(e) = C::TransactionManager::rollback_transaction(conn).await {
             tracing::debug!(error = %e, "inbox: rollback failed; the connection will be discarded");
@@ -655,13 +655,13 @@ async fn rollback_all<C: Database>(conn: &mut C) {
 /// (`in_failed_sql_transaction`) to `DatabaseErrorKind::Unknown` without exposing the code, so
 /// the inbox goes by this shape, never by the (localised) message text. Connection failures
 /// are not the handler's.
-fn server_rejected(e: &diesel::result::Error) -> bool {
+pub(crate) fn server_rejected(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     matches!(e, Error::DatabaseError(kind, _)
         if !matches!(kind, DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection))
 }
 
-fn error_chain(e: &crate::HandlerError) -> String {
+pub(crate) fn error_chain(e: &crate::HandlerError) -> String {
     use std::error::Error as _;
     let mut out = e.to_string();
     // HandlerError displays its source; start the chain below it.
@@ -674,7 +674,7 @@ fn error_chain(e: &crate::HandlerError) -> String {
     out
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

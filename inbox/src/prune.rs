@@ -1,4 +1,5 @@
-//! Retention: deletes the group's dedup rows older than the dedup window, in small batches.
+//! Retention: deletes the group's dedup rows older than the dedup window, in small batches, and
+//! (with `dead_letter_retention` set) its dead letters older than that (`dead_letters::prune`).
 
 use std::sync::Arc;
 
@@ -12,6 +13,9 @@ pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationT
     let o = &shared.options;
     loop {
         prune_once(&shared, &stop).await;
+        if let Some(retention) = o.dead_letter_retention {
+            crate::dead_letters::prune(&shared, &stop, retention).await;
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,

@@ -26,10 +26,14 @@
 //!
 //! # Inbox dead letters
 //! Messages the inbox refused or whose handler kept failing. A dead letter keeps the record's
-//! key, payload and headers, so it can be replayed; replaying (running the handler again on the
-//! stored record) is the `inbox` crate's job. Producing the record to its topic again would not
-//! replay it: the inbox recorded the message id when it dead-lettered it, and skips it as a
-//! duplicate. [`discard_dead_letters`] deletes dead letters that need no replay.
+//! key, payload and headers, so it can be replayed: the handler runs again on the stored record,
+//! inside the consumer process that has the handlers, and the dead letter is deleted in the
+//! handler's transaction. Producing the record to its topic again would not replay it: the inbox
+//! recorded the message id when it dead-lettered it, and skips it as a duplicate.
+//! [`request_replay`] marks dead letters for replay; a running inbox of their consumer group
+//! picks them up (`InboxBuilder::replay_poll_interval`, 5 s by default), or the application
+//! replays them at once with the `inbox` crate's `Inbox::replayer`. [`discard_dead_letters`]
+//! deletes dead letters that need no replay. See docs/dead-letters.md.
 
 use std::time::Duration;
 
@@ -188,6 +192,10 @@ pub struct DeadLetter {
     /// migration 3).
     #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>, column_name = raw_headers, deserialize_as = RawHeadersColumn)]
     pub headers: DisplayHeaders,
+    /// When a replay was requested ([`request_replay`]) that no inbox has run yet; `None`
+    /// without a pending request (a replay that failed again clears it).
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub replay_requested_at: Option<DateTime<Utc>>,
 }
 
 /// Kafka headers for display: `(key, value)` pairs, each escaped with
@@ -251,6 +259,63 @@ pub enum DeadLetterSelection {
     Ids(Vec<i64>),
     /// Every dead letter of this consumer group.
     Group(String),
+}
+
+/// Which dead letters a replay acts on: every condition given holds. Built from
+/// [`all`](Self::all) or [`ids`](Self::ids), narrowed with [`in_group`](Self::in_group) and
+/// [`with_reason`](Self::with_reason).
+///
+/// ```
+/// use outbox::ops::ReplaySelection;
+/// // Everything the `inventory` group refused as a version it did not know yet.
+/// let after_upgrade = ReplaySelection::all().in_group("inventory").with_reason("unsupported_version");
+/// let two = ReplaySelection::ids([17, 18]);
+/// # let _ = (after_upgrade, two);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplaySelection {
+    /// Only these dead-letter ids ([`DeadLetter::id`]); `None`: any. An empty list matches nothing.
+    pub ids: Option<Vec<i64>>,
+    /// Only this consumer group; `None`: any.
+    pub group: Option<String>,
+    /// Only this reason (e.g. `unsupported_version`); `None`: any.
+    pub reason: Option<String>,
+}
+
+impl ReplaySelection {
+    /// Every dead letter (of every group, until narrowed).
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// These dead-letter ids.
+    pub fn ids(ids: impl IntoIterator<Item = i64>) -> Self {
+        Self { ids: Some(ids.into_iter().collect()), ..Self::default() }
+    }
+
+    /// Only dead letters of this consumer group.
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Only dead letters with this reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The storage filter (`requested`: only rows with a pending request).
+    #[doc(hidden)]
+    pub fn filter(&self, requested: bool) -> crate::db::DeadLetterFilter<'_> {
+        crate::db::DeadLetterFilter {
+            group: self.group.as_deref(),
+            ids: self.ids.as_deref(),
+            reason: self.reason.as_deref(),
+            requested,
+        }
+    }
 }
 
 #[derive(QueryableByName)]
@@ -443,7 +508,7 @@ async fn update_parked(conn: &mut AsyncPgConnection, sql: &str, selection: Selec
 // Newest first, served by the index inbox_dead_letters_group when a group is given.
 const LIST_DEAD_LETTERS: &str = "
 SELECT id, consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts, created_at,
-       raw_headers
+       raw_headers, replay_requested_at
 FROM inbox_dead_letters
 WHERE ($1::text IS NULL OR consumer_group = $1)
 ORDER BY created_at DESC, id DESC
@@ -485,6 +550,24 @@ pub async fn discard_dead_letters(conn: &mut AsyncPgConnection, selection: DeadL
             .execute(tx)
             .await
     })?;
+    Ok(n as u64)
+}
+
+/// Asks for a replay of the selected dead letters: marks them (`replay_requested_at`), and a
+/// running inbox of each one's consumer group replays them within its
+/// `replay_poll_interval` (5 s by default). Returns how many were marked. PostgreSQL and SQLite.
+///
+/// The replay runs the group's handler on the stored record, in a transaction that also deletes
+/// the dead letter, so each one takes effect once however many inboxes run and however often it
+/// is requested. One that fails again (handler error, panic, still an unknown type or version)
+/// stays a dead letter with the new reason and error, one more attempt, and no request, so it is
+/// not retried in a loop; request it again after the next fix. Request replays once every
+/// instance of the group runs the fixed handlers: an instance still on the old version picks
+/// requests up too and records them as failed again. A replayed message runs after the later
+/// messages of its key, which the inbox handled while it was a dead letter. See
+/// docs/dead-letters.md.
+pub async fn request_replay<C: crate::Database>(conn: &mut C, selection: &ReplaySelection) -> Result<u64> {
+    let n = conn.request_replay(&selection.filter(false)).await?;
     Ok(n as u64)
 }
 

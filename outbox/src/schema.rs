@@ -74,5 +74,6 @@ diesel::table! {
         attempts -> Integer,
         created_at -> Timestamptz,
         raw_headers -> Nullable<Binary>,
+        replay_requested_at -> Nullable<Timestamptz>,
     }
 }

@@ -149,6 +149,25 @@ async fn migrate_status_and_repairs() {
     assert_eq!(dead[0]["reason"], "handler_failed", "{dead}");
     assert_eq!(dead[0]["partition"], 2, "{dead}");
     assert_eq!(dead[0]["offset"], 41, "{dead}");
+    assert!(dead[0]["replay_requested_at"].is_null(), "{dead}");
+    // Replay requests mark the rows a running inbox of the group replays.
+    let id = dead[0]["id"].to_string();
+    let requested = "SELECT count(*) AS n FROM inbox_dead_letters WHERE replay_requested_at IS NOT NULL";
+    assert!(db.ok(&["dead-letters", "replay", "--all", "--group", "other"]).contains("replay of 0"));
+    assert!(db.ok(&["dead-letters", "replay", "--all", "--reason", "unknown_type"]).contains("replay of 0"));
+    assert_eq!(db.count(requested).await, 0);
+    let out = db.run(&["dead-letters", "replay", "--id", &id, "999999"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("requested a replay of 1 dead letter"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of the 2 given ids are not dead letters"));
+    assert_eq!(db.count(requested).await, 1);
+    let dead = db.json(&["dead-letters", "list", "--json"]);
+    assert!(dead[0]["replay_requested_at"].is_string(), "{dead}");
+    assert!(db.ok(&["dead-letters", "list"]).contains("REPLAY REQUESTED"));
+    db.sql("UPDATE inbox_dead_letters SET replay_requested_at = NULL").await;
+    let by_reason = ["dead-letters", "replay", "--all", "--group", "inventory", "--reason", "handler_failed"];
+    assert!(db.ok(&by_reason).contains("replay of 1"));
+    assert_eq!(db.count(requested).await, 1);
     assert!(db.ok(&["dead-letters", "discard", "--all", "--group", "other"]).contains("discarded 0"));
     assert!(db.ok(&["dead-letters", "discard", "--all", "--group", "inventory"]).contains("discarded 1"));
     assert_eq!(db.json(&["status", "--json"])["dead_letters"], 0);
@@ -220,6 +239,8 @@ async fn invalid_options_exit_with_code_2_and_say_why() {
     assert_usage_error(&db.run(&["parked", "retry"], &[]), &["--id"]);
     assert_usage_error(&db.run(&["parked", "discard", "--id", "not-a-uuid"], &[]), &["not-a-uuid"]);
     assert_usage_error(&db.run(&["dead-letters", "discard", "--all"], &[]), &["--group"]);
+    assert_usage_error(&db.run(&["dead-letters", "replay"], &[]), &["--id"]);
+    assert_usage_error(&db.run(&["dead-letters", "replay", "--group", "inventory"], &[]), &["--all"]);
     let mut no_db = db.outbox(&["status"], &[]);
     no_db.env_remove("DATABASE_URL");
     assert_usage_error(&no_db.output().expect("run"), &["DATABASE_URL"]);

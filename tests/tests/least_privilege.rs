@@ -18,7 +18,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use inbox::{Context, Handler, HandlerError, Inbox};
-use outbox::ops::{self, DeadLetterSelection, Selection};
+use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
 use outbox::relay::AfterSend;
 use tests::inbox_support::run_until_positions;
 use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config};
@@ -333,9 +333,22 @@ async fn each_component_does_its_whole_job_as_its_own_role() {
         distinct.len()
     );
 
-    // The operator lists and discards the dead letter.
+    // The operator lists the dead letter and asks for a replay; the consumer's replay fails again
+    // (still no handler for its type) and records that on the row; the operator discards it.
     let dead = ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
     assert_eq!(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), vec!["unknown_type"]);
+    let requested = ops::request_replay(&mut operator, &ReplaySelection::all().in_group(group)).await;
+    assert_eq!(requested.expect("request a replay"), 1);
+    let replayer = Inbox::builder(roles.pool("inbox_consumer", 2).await, inbox_kafka_config(&kafka))
+        .group(group)
+        .handle(Seen(Arc::new(Mutex::new(Vec::new()))))
+        .build()
+        .unwrap()
+        .replayer();
+    let report = replayer.replay(&ReplaySelection::all()).await.expect("replay as inbox_consumer");
+    assert_eq!((report.handled, report.failed), (0, 1));
+    let dead = ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
+    assert_eq!((dead[0].attempts, dead[0].replay_requested_at), (1, None), "the failed replay was recorded");
     assert_eq!(ops::discard_dead_letters(&mut operator, DeadLetterSelection::Group(group.into())).await.unwrap(), 1);
 
     // The consumer prunes its dedup rows once they are older than its window.
@@ -402,6 +415,10 @@ async fn a_component_cannot_touch_another_components_tables() {
                 "UPDATE inbox_offsets SET next_offset = next_offset WHERE false",
                 "INSERT INTO inbox_dead_letters (consumer_group, topic, kafka_partition, kafka_offset, reason, error, \
                  attempts) VALUES ('g', 't', 0, 1, 'r', 'e', 0)",
+                "SELECT * FROM inbox_dead_letters WHERE false FOR UPDATE SKIP LOCKED",
+                "UPDATE inbox_dead_letters SET reason = 'r', error = 'e', attempts = attempts + 1, \
+                 replay_requested_at = NULL WHERE false",
+                "DELETE FROM inbox_dead_letters WHERE false",
             ],
         ),
         (
@@ -412,6 +429,7 @@ async fn a_component_cannot_touch_another_components_tables() {
                 "SELECT * FROM outbox_relay_leases",
                 "SELECT * FROM inbox_dead_letters",
                 "DELETE FROM inbox_dead_letters WHERE false",
+                "UPDATE inbox_dead_letters SET replay_requested_at = now() WHERE false",
             ],
         ),
     ];
@@ -457,8 +475,8 @@ async fn a_component_cannot_touch_another_components_tables() {
                 "SELECT * FROM outbox_messages",
                 EVENT,
                 "SELECT * FROM outbox_relay_leases",
-                "SELECT * FROM inbox_dead_letters",
-                "DELETE FROM inbox_dead_letters",
+                "UPDATE inbox_dead_letters SET payload = 'forged'",
+                "UPDATE inbox_dead_letters SET consumer_group = 'elsewhere'",
                 "UPDATE inbox_messages SET kafka_offset = 0",
                 "DELETE FROM inbox_offsets",
             ],
@@ -474,6 +492,8 @@ async fn a_component_cannot_touch_another_components_tables() {
                 "SELECT * FROM inbox_offsets",
                 "INSERT INTO inbox_dead_letters (consumer_group, topic, kafka_partition, kafka_offset, reason, error, \
                  attempts) VALUES ('g', 't', 0, 2, 'r', 'e', 0)",
+                "UPDATE inbox_dead_letters SET payload = 'forged'",
+                "UPDATE inbox_dead_letters SET reason = 'forged'",
             ],
         ),
     ];

@@ -119,6 +119,38 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
     #[doc(hidden)]
     async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize>;
 
+    // Dead-letter replay and retention (docs/dead-letters.md).
+    /// The ids of the dead letters `filter` matches, above `after`, in id order, at most `limit`.
+    #[doc(hidden)]
+    async fn dead_letter_ids(&mut self, filter: &DeadLetterFilter<'_>, after: i64, limit: i64)
+    -> QueryResult<Vec<i64>>;
+    /// In the open transaction: dead letter `id` of `group` (with a replay request, if
+    /// `requested`), locked for this transaction. `None` when it is gone, belongs to another
+    /// group, has no request (when asked for one), or (PostgreSQL) another transaction holds it
+    /// (`FOR UPDATE SKIP LOCKED`); SQLite's `BEGIN IMMEDIATE` already excludes every other writer.
+    #[doc(hidden)]
+    async fn claim_dead_letter(
+        &mut self,
+        group: &str,
+        id: i64,
+        requested: bool,
+    ) -> QueryResult<Option<StoredDeadLetter>>;
+    /// Deletes dead letter `id` (in the replay's transaction). Returns how many rows went.
+    #[doc(hidden)]
+    async fn delete_dead_letter(&mut self, id: i64) -> QueryResult<usize>;
+    /// Records a failed replay of dead letter `id`, if its attempt count is still `seen` (no
+    /// other replay recorded one meanwhile): the new reason and error, one more attempt, and
+    /// the replay request cleared. Returns how many rows changed.
+    #[doc(hidden)]
+    async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize>;
+    /// Sets `replay_requested_at` on the dead letters `filter` matches. Returns how many.
+    #[doc(hidden)]
+    async fn request_replay(&mut self, filter: &DeadLetterFilter<'_>) -> QueryResult<usize>;
+    /// Deletes at most `limit` of `group`'s dead letters older than `retention` that have no
+    /// replay request. Returns how many.
+    #[doc(hidden)]
+    async fn prune_dead_letters(&mut self, group: &str, retention: Duration, limit: i64) -> QueryResult<usize>;
+
     /// A token naming the open transaction, taken right after BEGIN, for
     /// [`same_transaction`](Self::same_transaction). PostgreSQL: `txid_current()` (assigns the
     /// transaction id). SQLite: nothing to take (0).
@@ -278,6 +310,37 @@ pub struct NewDeadLetter<'a> {
     pub raw_headers: Vec<u8>,
     pub reason: &'a str,
     pub error: String,
+    pub attempts: i32,
+}
+
+/// Which dead letters a replay, a replay request or a listing acts on: every given condition
+/// holds (`None`: any).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadLetterFilter<'a> {
+    pub group: Option<&'a str>,
+    pub ids: Option<&'a [i64]>,
+    pub reason: Option<&'a str>,
+    /// Only rows with a replay request.
+    pub requested: bool,
+}
+
+/// A dead letter as a replay reads it back: the stored record and its bookkeeping.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub message_id: Option<Uuid>,
+    pub topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The display form (rows written before migration 3 have only this).
+    pub headers: serde_json::Value,
+    /// The lossless headers ([`crate::raw_headers::encode`]); `None` before migration 3.
+    pub raw_headers: Option<Vec<u8>>,
+    pub reason: String,
     pub attempts: i32,
 }
 

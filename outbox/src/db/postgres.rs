@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::prepared::prepared;
 use super::{
-    Backlog, Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
-    NewPosition, StoredPosition,
+    Backlog, Claimed, ConnPool, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup,
+    NewMessage, NewPosition, StoredDeadLetter, StoredPosition,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;
@@ -369,6 +369,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
     ),
     ("00000000000004_relay_held_keys", include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql")),
+    (
+        "00000000000005_inbox_dead_letter_replay",
+        include_str!("../../migrations/postgres/00000000000005_inbox_dead_letter_replay/up.sql"),
+    ),
 ];
 
 /// How many embedded migrations `outbox_schema_migrations` does not list (all of them when the
@@ -769,6 +773,88 @@ impl Database for AsyncPgConnection {
         in_tx!(self, tx => prune.execute(tx).await)
     }
 
+    async fn dead_letter_ids(&mut self, f: &DeadLetterFilter<'_>, after: i64, limit: i64) -> QueryResult<Vec<i64>> {
+        // The inboxes' poll names the partial index's condition literally, so it is used.
+        let sql = if f.requested { DEAD_LETTER_IDS_REQUESTED } else { DEAD_LETTER_IDS };
+        let rows: Vec<DeadLetterId> = in_tx!(self, tx => {
+            diesel::sql_query(sql)
+                .bind::<Nullable<Text>, _>(f.group)
+                .bind::<Nullable<Array<BigInt>>, _>(f.ids)
+                .bind::<Nullable<Text>, _>(f.reason)
+                .bind::<BigInt, _>(after)
+                .bind::<BigInt, _>(limit)
+                .load(tx)
+                .await
+        })?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    async fn claim_dead_letter(
+        &mut self,
+        group: &str,
+        id: i64,
+        requested: bool,
+    ) -> QueryResult<Option<StoredDeadLetter>> {
+        let rows: Vec<StoredDeadLetterRow> = diesel::sql_query(CLAIM_DEAD_LETTER)
+            .bind::<BigInt, _>(id)
+            .bind::<Text, _>(group)
+            .bind::<Bool, _>(requested)
+            .load(self)
+            .await?;
+        Ok(rows.into_iter().next().map(|r| StoredDeadLetter {
+            id: r.id,
+            message_id: r.message_id,
+            topic: r.topic,
+            kafka_partition: r.kafka_partition,
+            kafka_offset: r.kafka_offset,
+            key: r.key,
+            payload: r.payload,
+            headers: r.headers,
+            raw_headers: r.raw_headers,
+            reason: r.reason,
+            attempts: r.attempts,
+        }))
+    }
+
+    async fn delete_dead_letter(&mut self, id: i64) -> QueryResult<usize> {
+        diesel::sql_query("DELETE FROM inbox_dead_letters WHERE id = $1").bind::<BigInt, _>(id).execute(self).await
+    }
+
+    async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize> {
+        in_tx!(self, tx => {
+            diesel::sql_query(RECORD_REPLAY_FAILURE)
+                .bind::<BigInt, _>(id)
+                .bind::<Integer, _>(seen)
+                .bind::<Text, _>(reason)
+                .bind::<Text, _>(error)
+                .execute(tx)
+                .await
+        })
+    }
+
+    async fn request_replay(&mut self, f: &DeadLetterFilter<'_>) -> QueryResult<usize> {
+        in_tx!(self, tx => {
+            diesel::sql_query(REQUEST_REPLAY)
+                .bind::<Nullable<Text>, _>(f.group)
+                .bind::<Nullable<Array<BigInt>>, _>(f.ids)
+                .bind::<Nullable<Text>, _>(f.reason)
+                .execute(tx)
+                .await
+        })
+    }
+
+    async fn prune_dead_letters(&mut self, group: &str, retention: Duration, limit: i64) -> QueryResult<usize> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        in_tx!(self, tx => {
+            diesel::sql_query(PRUNE_DEAD_LETTERS)
+                .bind::<Text, _>(group)
+                .bind::<BigInt, _>(retention_ms)
+                .bind::<BigInt, _>(limit)
+                .execute(tx)
+                .await
+        })
+    }
+
     async fn transaction_token(&mut self) -> QueryResult<i64> {
         let row: Token = prepared("SELECT txid_current() AS token").get_result(self).await?;
         Ok(row.token.unwrap_or(-1))
@@ -797,6 +883,79 @@ impl Database for AsyncPgConnection {
         let row: Token = prepared("SELECT txid_current_if_assigned() AS token").get_result(self).await?;
         Ok(row.token == Some(token))
     }
+}
+
+// Dead-letter replay and retention (docs/dead-letters.md). Unset filters ($1..$3 NULL) match any row.
+const DEAD_LETTER_IDS: &str = "
+SELECT id FROM inbox_dead_letters
+WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
+  AND ($3::text IS NULL OR reason = $3) AND id > $4
+ORDER BY id LIMIT $5";
+
+const DEAD_LETTER_IDS_REQUESTED: &str = "
+SELECT id FROM inbox_dead_letters
+WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
+  AND ($3::text IS NULL OR reason = $3) AND id > $4 AND replay_requested_at IS NOT NULL
+ORDER BY id LIMIT $5";
+
+// SKIP LOCKED: a row another inbox is replaying right now is left to it (it deletes the row or
+// records the failure); this one moves on instead of waiting and then running it a second time.
+const CLAIM_DEAD_LETTER: &str = "
+SELECT id, message_id, topic, kafka_partition, kafka_offset, key, payload, headers, raw_headers, reason, attempts
+FROM inbox_dead_letters
+WHERE id = $1 AND consumer_group = $2 AND (NOT $3 OR replay_requested_at IS NOT NULL)
+FOR UPDATE SKIP LOCKED";
+
+// `attempts = $2`: the failure is recorded once even if another inbox replayed the row between
+// this one's rollback and this statement.
+const RECORD_REPLAY_FAILURE: &str = "
+UPDATE inbox_dead_letters SET reason = $3, error = $4, attempts = attempts + 1, replay_requested_at = NULL
+WHERE id = $1 AND attempts = $2";
+
+const REQUEST_REPLAY: &str = "
+UPDATE inbox_dead_letters SET replay_requested_at = now()
+WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
+  AND ($3::text IS NULL OR reason = $3)";
+
+// Bounded like the dedup pruning; served by (consumer_group, created_at). Rows waiting for a
+// requested replay are kept.
+const PRUNE_DEAD_LETTERS: &str = "
+DELETE FROM inbox_dead_letters WHERE id IN (
+    SELECT id FROM inbox_dead_letters
+    WHERE consumer_group = $1 AND created_at < now() - $2::float8 * interval '1 millisecond'
+      AND replay_requested_at IS NULL
+    ORDER BY created_at LIMIT $3)";
+
+#[derive(QueryableByName)]
+struct DeadLetterId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct StoredDeadLetterRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    message_id: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Integer)]
+    kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    kafka_offset: i64,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    key: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    payload: Option<Vec<u8>>,
+    #[diesel(sql_type = Jsonb)]
+    headers: serde_json::Value,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    raw_headers: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
 }
 
 #[derive(QueryableByName)]

@@ -16,8 +16,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
 use super::{
-    Backlog, Claimed, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage, NewPosition,
-    StoredPosition,
+    Backlog, Claimed, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
+    NewPosition, StoredDeadLetter, StoredPosition,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -35,6 +35,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
     ),
     ("00000000000004_relay_held_keys", include_str!("../../migrations/sqlite/00000000000004_relay_held_keys/up.sql")),
+    (
+        "00000000000005_inbox_dead_letter_replay",
+        include_str!("../../migrations/sqlite/00000000000005_inbox_dead_letter_replay/up.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch, in SQL.
@@ -288,6 +292,47 @@ struct Position {
     cluster_id: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     last_fingerprint: Option<i64>,
+}
+
+// Dead-letter replay (see db/postgres.rs). Unset filters (?1..?3 NULL) match any row.
+const DEAD_LETTER_IDS: &str = "SELECT id FROM inbox_dead_letters WHERE (?1 IS NULL OR consumer_group = ?1) \
+    AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) AND (?3 IS NULL OR reason = ?3) AND id > ?4 \
+    ORDER BY id LIMIT ?5";
+
+const DEAD_LETTER_IDS_REQUESTED: &str = "SELECT id FROM inbox_dead_letters \
+    WHERE (?1 IS NULL OR consumer_group = ?1) AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) \
+    AND (?3 IS NULL OR reason = ?3) AND id > ?4 AND replay_requested_at IS NOT NULL ORDER BY id LIMIT ?5";
+
+#[derive(QueryableByName)]
+struct DeadLetterId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct StoredDeadLetterRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    message_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Integer)]
+    kafka_partition: i32,
+    #[diesel(sql_type = BigInt)]
+    kafka_offset: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    key: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    payload: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    headers: String,
+    #[diesel(sql_type = Nullable<Binary>)]
+    raw_headers: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -592,6 +637,105 @@ impl Database for SqliteConnection {
         ))
         .bind::<Text, _>(group.to_owned())
         .bind::<BigInt, _>(millis(window))
+        .bind::<BigInt, _>(limit)
+        .execute(self)
+        .await
+    }
+
+    async fn dead_letter_ids(&mut self, f: &DeadLetterFilter<'_>, after: i64, limit: i64) -> QueryResult<Vec<i64>> {
+        let sql = if f.requested { DEAD_LETTER_IDS_REQUESTED } else { DEAD_LETTER_IDS };
+        let rows: Vec<DeadLetterId> = diesel::sql_query(sql)
+            .bind::<Nullable<Text>, _>(f.group.map(str::to_owned))
+            .bind::<Nullable<Text>, _>(f.ids.map(json_array))
+            .bind::<Nullable<Text>, _>(f.reason.map(str::to_owned))
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .load(self)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    async fn claim_dead_letter(
+        &mut self,
+        group: &str,
+        id: i64,
+        requested: bool,
+    ) -> QueryResult<Option<StoredDeadLetter>> {
+        // Inside BEGIN IMMEDIATE: no other writer until this transaction ends.
+        let rows: Vec<StoredDeadLetterRow> = diesel::sql_query(
+            "SELECT id, message_id, topic, kafka_partition, kafka_offset, key, payload, headers, raw_headers, reason, \
+             attempts FROM inbox_dead_letters \
+             WHERE id = ?1 AND consumer_group = ?2 AND (NOT ?3 OR replay_requested_at IS NOT NULL)",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<Text, _>(group.to_owned())
+        .bind::<Bool, _>(requested)
+        .load(self)
+        .await?;
+        let Some(r) = rows.into_iter().next() else { return Ok(None) };
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            diesel::result::Error::DeserializationError(format!("dead letter {}: invalid {what}: {e}", r.id).into())
+        };
+        let message_id = match r.message_id.as_deref() {
+            Some(text) => Some(Uuid::parse_str(text).map_err(|e| corrupt("message_id", &e))?),
+            None => None,
+        };
+        let headers = serde_json::from_str(&r.headers).map_err(|e| corrupt("headers", &e))?;
+        Ok(Some(StoredDeadLetter {
+            id: r.id,
+            message_id,
+            topic: r.topic,
+            kafka_partition: r.kafka_partition,
+            kafka_offset: r.kafka_offset,
+            key: r.key,
+            payload: r.payload,
+            headers,
+            raw_headers: r.raw_headers,
+            reason: r.reason,
+            attempts: r.attempts,
+        }))
+    }
+
+    async fn delete_dead_letter(&mut self, id: i64) -> QueryResult<usize> {
+        diesel::sql_query("DELETE FROM inbox_dead_letters WHERE id = ?1").bind::<BigInt, _>(id).execute(self).await
+    }
+
+    async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize> {
+        diesel::sql_query(
+            "UPDATE inbox_dead_letters SET reason = ?3, error = ?4, attempts = attempts + 1, \
+             replay_requested_at = NULL WHERE id = ?1 AND attempts = ?2",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<Integer, _>(seen)
+        .bind::<Text, _>(reason.to_owned())
+        .bind::<Text, _>(error.to_owned())
+        .execute(self)
+        .await
+    }
+
+    async fn request_replay(&mut self, f: &DeadLetterFilter<'_>) -> QueryResult<usize> {
+        diesel::sql_query(concat!(
+            "UPDATE inbox_dead_letters SET replay_requested_at = ",
+            now_ms!(),
+            " WHERE (?1 IS NULL OR consumer_group = ?1) ",
+            "AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) AND (?3 IS NULL OR reason = ?3)"
+        ))
+        .bind::<Nullable<Text>, _>(f.group.map(str::to_owned))
+        .bind::<Nullable<Text>, _>(f.ids.map(json_array))
+        .bind::<Nullable<Text>, _>(f.reason.map(str::to_owned))
+        .execute(self)
+        .await
+    }
+
+    async fn prune_dead_letters(&mut self, group: &str, retention: Duration, limit: i64) -> QueryResult<usize> {
+        diesel::sql_query(concat!(
+            "DELETE FROM inbox_dead_letters WHERE id IN (SELECT id FROM inbox_dead_letters ",
+            "WHERE consumer_group = ?1 AND created_at < ",
+            now_ms!(),
+            " - ?2 AND replay_requested_at IS NULL ORDER BY created_at LIMIT ?3)"
+        ))
+        .bind::<Text, _>(group.to_owned())
+        .bind::<BigInt, _>(millis(retention))
         .bind::<BigInt, _>(limit)
         .execute(self)
         .await

@@ -1,5 +1,5 @@
 //! The `outbox` command-line binary (feature `cli`): migrate, run the relay, inspect the outbox,
-//! retry or discard parked messages, list or discard inbox dead letters. See `outbox/CLI.md`.
+//! retry or discard parked messages, list, replay or discard inbox dead letters. See `outbox/CLI.md`.
 //!
 //! Exit codes: 0 success, 1 runtime failure (database, Kafka), 2 invalid usage or configuration.
 
@@ -12,7 +12,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind as ClapErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use outbox::ErrorKind;
-use outbox::ops::{self, DeadLetterSelection, Selection};
+use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
 use uuid::Uuid;
 
 use crate::output::{print_dead_letters, print_json, print_parked, print_status};
@@ -111,6 +111,23 @@ enum DeadLetterCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the running inboxes to replay dead letters: each is handled again from its stored
+    /// record by an inbox of its group (within its replay poll interval, 5 s by default), exactly
+    /// once; one that fails again stays with its new error. See docs/dead-letters.md.
+    Replay {
+        /// These dead-letter ids (the ID column of `list`).
+        #[arg(long = "id", value_name = "ID", num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter (of --group and with --reason, when given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this consumer group.
+        #[arg(long, requires = "all")]
+        group: Option<String>,
+        /// With --all: only this reason (e.g. unsupported_version).
+        #[arg(long, requires = "all")]
+        reason: Option<String>,
     },
     /// Delete dead letters (they will not be replayed).
     Discard {
@@ -249,6 +266,22 @@ async fn operate(conn: &mut AsyncPgConnection, op: OpsCommand) -> Result<(), Fai
         OpsCommand::DeadLetters(DeadLetterCommand::List { group, limit, json }) => {
             let dead = ops::list_dead_letters(conn, group.as_deref(), limit).await?;
             if json { print_json(&dead)? } else { print_dead_letters(&dead) }
+        }
+        OpsCommand::DeadLetters(DeadLetterCommand::Replay { ids, group, reason, .. }) => {
+            let asked = (!ids.is_empty()).then(|| distinct(&ids));
+            let mut selection = if ids.is_empty() { ReplaySelection::all() } else { ReplaySelection::ids(ids) };
+            if let Some(group) = group {
+                selection = selection.in_group(group);
+            }
+            if let Some(reason) = reason {
+                selection = selection.with_reason(reason);
+            }
+            let n = ops::request_replay(conn, &selection).await?;
+            println!(
+                "requested a replay of {n} dead letter(s); a running inbox of each one's group replays it within its \
+                 replay poll interval (5 s by default)"
+            );
+            warn_unmatched(n, asked, "dead letters");
         }
         OpsCommand::DeadLetters(DeadLetterCommand::Discard { ids, group, .. }) => {
             let asked = (!ids.is_empty()).then(|| distinct(&ids));

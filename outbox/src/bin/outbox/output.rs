@@ -92,6 +92,7 @@ pub(crate) fn print_dead_letters(dead: &[ops::DeadLetter]) {
             d.reason.clone(),
             d.attempts.to_string(),
             time(d.created_at),
+            d.replay_requested_at.map(time).unwrap_or_else(|| "-".into()),
             short(&d.headers.to_string(), 120),
             d.error.clone(),
         ]
@@ -105,6 +106,7 @@ pub(crate) fn print_dead_letters(dead: &[ops::DeadLetter]) {
             "REASON",
             "ATTEMPTS",
             "CREATED AT",
+            "REPLAY REQUESTED",
             "HEADERS",
             "ERROR",
         ],
