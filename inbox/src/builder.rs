@@ -50,6 +50,7 @@ pub(crate) struct Options {
     pub max_buffered_bytes: usize,
     pub trust_committed_offsets: bool,
     pub startup_timeout: Duration,
+    pub metrics_interval: Duration,
 }
 
 impl Default for Options {
@@ -71,6 +72,7 @@ impl Default for Options {
             max_buffered_bytes: 16 * 1024 * 1024,
             trust_committed_offsets: false,
             startup_timeout: outbox::startup::DEFAULT_STARTUP_TIMEOUT,
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -297,6 +299,13 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// How often the `inbox_dead_letters` gauge is read from the database (one count over the
+    /// group's dead letters). Default 10 s.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.options.metrics_interval = interval;
+        self
+    }
+
     /// Checks the configuration and builds the inbox. Fails with
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) when the group or the handlers are
     /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
@@ -352,6 +361,10 @@ impl<C: Database> InboxBuilder<C> {
         if options.shutdown_timeout.is_zero() {
             return Err(config_error("inbox: shutdown_timeout must be longer than zero"));
         }
+        if options.metrics_interval.is_zero() {
+            return Err(config_error("inbox: metrics_interval must be longer than zero"));
+        }
+        crate::metrics::describe();
         let consumer_config = self.kafka.consumer_config(&options.group)?;
         Ok(Inbox::new(self.pool, consumer_config, registry, options))
     }

@@ -35,10 +35,12 @@
 
 pub mod db;
 pub mod embedded;
+pub mod health;
 mod envelope;
 mod error;
 mod event;
 mod kafka;
+pub mod metrics;
 mod migrate;
 pub mod ops;
 pub mod raw_headers;
