@@ -240,3 +240,71 @@ impl RelayHealth {
 pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
+
+/// When the outbox as a whole counts as degraded: what `outbox status --check` applies to an
+/// [`ops::status`](crate::ops::status) snapshot. See [`check_outbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxThresholds {
+    /// Degraded when the oldest pending message is older than this. Default 60 s.
+    pub max_pending_age: Duration,
+    /// Degraded while any message is parked. Default `false`.
+    pub fail_on_parked: bool,
+    /// Degraded when no relay holds a live lease (none has run, or the last one stopped or
+    /// died). Default `true`.
+    pub require_lease: bool,
+}
+
+impl Default for OutboxThresholds {
+    fn default() -> Self {
+        Self { max_pending_age: Duration::from_secs(60), fail_on_parked: false, require_lease: true }
+    }
+}
+
+impl OutboxThresholds {
+    /// Sets [`max_pending_age`](Self::max_pending_age).
+    pub fn max_pending_age(mut self, d: Duration) -> Self {
+        self.max_pending_age = d;
+        self
+    }
+
+    /// Sets [`fail_on_parked`](Self::fail_on_parked).
+    pub fn fail_on_parked(mut self, on: bool) -> Self {
+        self.fail_on_parked = on;
+        self
+    }
+
+    /// Sets [`require_lease`](Self::require_lease).
+    pub fn require_lease(mut self, on: bool) -> Self {
+        self.require_lease = on;
+        self
+    }
+}
+
+/// `Ok(())` when the outbox `status` is within `thresholds`, otherwise every reason it is not.
+pub fn check_outbox(status: &crate::ops::Status, thresholds: &OutboxThresholds) -> Result<(), Unhealthy> {
+    let mut reasons = Vec::new();
+    if let Some(age) = status.oldest_pending_age
+        && age > thresholds.max_pending_age
+    {
+        reasons.push(format!(
+            "the oldest pending message is {} old (threshold {}), {} pending",
+            secs(age),
+            secs(thresholds.max_pending_age),
+            status.pending
+        ));
+    }
+    if thresholds.fail_on_parked && status.parked > 0 {
+        reasons.push(format!("{} parked message(s) (see `outbox parked list`)", status.parked));
+    }
+    if thresholds.require_lease {
+        match &status.lease {
+            None => reasons.push("no relay holds a live lease: none has run on this database".to_owned()),
+            Some(l) if l.owner.is_none() || l.expires_in.is_none() => {
+                reasons.push(format!("no relay holds a live lease (relay \"{}\" is stopped or dead)", l.name))
+            }
+            Some(_) => {}
+        }
+    }
+    Unhealthy::from_reasons(reasons)
+}
