@@ -162,6 +162,7 @@ async fn inbox_reports_a_partition_stuck_retrying<B: Backend>() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(inbox.run(shutdown.clone()));
 
+    until("the inbox runs", || (health.status().state == InboxState::Running).then_some(())).await;
     // Any retrying at all is stuck for this test.
     let thresholds = InboxThresholds::default().max_retrying(Duration::from_millis(1));
     let unhealthy = until("the partition is reported stuck", || health.check(&thresholds).err()).await;
