@@ -169,7 +169,8 @@ impl InboxHealth {
             last_error: String::new(),
         });
         if r.offset != offset {
-            *r = Retrying { offset, since: (Instant::now(), SystemTime::now()), failures: 0, last_error: String::new() };
+            *r =
+                Retrying { offset, since: (Instant::now(), SystemTime::now()), failures: 0, last_error: String::new() };
         }
         r.failures += 1;
         r.last_error = error.to_owned();

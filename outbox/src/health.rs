@@ -104,7 +104,11 @@ pub struct RelayThresholds {
 
 impl Default for RelayThresholds {
     fn default() -> Self {
-        Self { max_since_success: Duration::from_secs(30), max_pending_age: Duration::from_secs(60), fail_on_parked: false }
+        Self {
+            max_since_success: Duration::from_secs(30),
+            max_pending_age: Duration::from_secs(60),
+            fail_on_parked: false,
+        }
     }
 }
 
@@ -143,7 +147,8 @@ struct State {
 
 impl RelayHealth {
     pub(crate) fn new(name: &str, owner: Uuid) -> Self {
-        let state = State { name: name.to_owned(), owner, role: RelayRole::Starting, last_success: None, backlog: None };
+        let state =
+            State { name: name.to_owned(), owner, role: RelayRole::Starting, last_success: None, backlog: None };
         Self(Arc::new(Mutex::new(state)))
     }
 

@@ -35,10 +35,10 @@
 
 pub mod db;
 pub mod embedded;
-pub mod health;
 mod envelope;
 mod error;
 mod event;
+pub mod health;
 mod kafka;
 pub mod metrics;
 mod migrate;

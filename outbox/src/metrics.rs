@@ -109,8 +109,11 @@ impl Gauges {
 }
 
 pub(crate) fn lease_held(relay: &str, owner: Uuid, held: bool) {
-    metrics::gauge!(LEASE_HELD, "relay" => relay.to_owned(), "owner" => owner.to_string())
-        .set(if held { 1.0 } else { 0.0 });
+    metrics::gauge!(LEASE_HELD, "relay" => relay.to_owned(), "owner" => owner.to_string()).set(if held {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 pub(crate) fn last_success(relay: &str, at: SystemTime) {

@@ -374,9 +374,11 @@ async fn status_check_exit_codes() {
     assert_eq!(check(&["--no-lease-ok"]).0, Some(0), "healthy once the lease is not required");
 
     // A live lease, nothing pending: healthy.
-    db.sql("INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) \
-            VALUES ('default', gen_random_uuid(), 1, now() + interval '1 hour')")
-        .await;
+    db.sql(
+        "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) \
+            VALUES ('default', gen_random_uuid(), 1, now() + interval '1 hour')",
+    )
+    .await;
     let (code, stdout) = check(&[]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("check: ok"), "{stdout}");

@@ -15,9 +15,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use inbox::{Context, Handler, HandlerError, Inbox, UnknownTypePolicy};
-use outbox::Event as _;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use outbox::Event as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::produce::{CloudEvent, TestProducer};
@@ -167,9 +167,7 @@ fn described() -> BTreeSet<(String, &'static str)> {
 /// The series of `name` whose labels include every pair of `labels`.
 fn find<'a>(all: &'a BTreeMap<Series, Value>, name: &str, labels: &[(&str, &str)]) -> Vec<(&'a Series, &'a Value)> {
     all.iter()
-        .filter(|((n, ls), _)| {
-            n == name && labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
+        .filter(|((n, ls), _)| n == name && labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v)))
         .collect()
 }
 
@@ -292,9 +290,7 @@ async fn relay_and_inbox_record_every_described_metric<B: Backend>() {
     let expectations = [
         expect("outbox_pending", &[("relay", r), ("topic", topic)], ">= 0", |v| gauge(v, |g| g >= 0.0)),
         expect("outbox_parked", &[("relay", r), ("topic", topic)], "the one parked event", |v| gauge(v, |g| g == 1.0)),
-        expect("outbox_oldest_pending_seconds", &[("relay", r), ("topic", topic)], ">= 0", |v| {
-            gauge(v, |g| g >= 0.0)
-        }),
+        expect("outbox_oldest_pending_seconds", &[("relay", r), ("topic", topic)], ">= 0", |v| gauge(v, |g| g >= 0.0)),
         expect("outbox_batch_size", &[("relay", r)], "1 to 20 rows", |v| observed(v, |x| (1.0..=20.0).contains(&x))),
         expect("outbox_publish_seconds", &[("relay", r)], "non-negative", |v| observed(v, |x| x >= 0.0)),
         expect("outbox_published_total", &[("relay", r), ("topic", topic)], "20", |v| matches!(v, Value::Counter(20))),
@@ -308,9 +304,12 @@ async fn relay_and_inbox_record_every_described_metric<B: Backend>() {
             matches!(v, Value::Counter(20))
         }),
         expect("inbox_duplicates_total", &[("group", g), ("topic", topic)], ">= 1", |v| counter_at_least(v, 1)),
-        expect("inbox_dead_lettered_total", &[("group", g), ("topic", topic), ("reason", "malformed_payload")], "1", |v| {
-            counter_at_least(v, 1)
-        }),
+        expect(
+            "inbox_dead_lettered_total",
+            &[("group", g), ("topic", topic), ("reason", "malformed_payload")],
+            "1",
+            |v| counter_at_least(v, 1),
+        ),
         expect("inbox_skipped_total", &[("group", g), ("topic", topic)], ">= 1", |v| counter_at_least(v, 1)),
         expect("inbox_handler_seconds", &[("group", g), ("type", "order.placed")], "non-negative", |v| {
             observed(v, |x| x >= 0.0)

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::prepared::prepared;
 use super::{
-    Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
-    NewPosition, StoredPosition, TopicBacklog,
+    Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage, NewPosition,
+    StoredPosition, TopicBacklog,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;

@@ -268,7 +268,11 @@ async fn operate(conn: &mut AsyncPgConnection, op: OpsCommand) -> Result<(), Fai
     match op {
         OpsCommand::Status { json, check } => {
             let status = ops::status(conn).await?;
-            if json { print_json(&status)? } else { print_status(&status) }
+            if json {
+                print_json(&status)?
+            } else {
+                print_status(&status)
+            }
             if check.check {
                 let thresholds = outbox::health::OutboxThresholds::default()
                     .max_pending_age(std::time::Duration::from_secs(check.max_pending_age_secs))
