@@ -122,7 +122,7 @@ impl InboxHealth {
                 last_error: r.last_error.clone(),
             })
             .collect();
-        retrying.sort_by(|a, b| b.retrying_for.cmp(&a.retrying_for));
+        retrying.sort_by_key(|p| std::cmp::Reverse(p.retrying_for));
         InboxStatus { group: s.group.clone(), state: s.state, retrying }
     }
 
