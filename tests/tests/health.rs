@@ -58,6 +58,7 @@ async fn leader_and_standby_are_healthy_and_a_stopped_relay_is_not<B: Backend>()
     let status = second_health.status();
     println!("leader: {:?}\nstandby: {status:?}", first_health.status());
     assert_ne!(status.owner, first_health.status().owner, "two instances, two owners");
+    assert!(status.backlog.is_some(), "a standby reads the backlog too: {status:?}");
     first_health.check(&thresholds).expect("the leader is healthy");
     second_health.check(&thresholds).expect("a standby whose rounds succeed is healthy");
 
