@@ -241,7 +241,8 @@ impl RelayHealth {
     }
 }
 
-/// A duration in seconds with one decimal, for reasons.
+/// A duration in seconds with one decimal, for reasons (shared with the `inbox` crate).
+#[doc(hidden)]
 pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
