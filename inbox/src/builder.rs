@@ -54,6 +54,7 @@ pub(crate) struct Options {
     pub replay_poll_interval: Duration,
     /// Dead letters older than this are deleted by the pruning task; `None`: kept.
     pub dead_letter_retention: Option<Duration>,
+    pub metrics_interval: Duration,
 }
 
 impl Default for Options {
@@ -77,6 +78,7 @@ impl Default for Options {
             startup_timeout: outbox::startup::DEFAULT_STARTUP_TIMEOUT,
             replay_poll_interval: Duration::from_secs(5),
             dead_letter_retention: None,
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -322,6 +324,13 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// How often the `inbox_dead_letters` gauge is read from the database (one count over the
+    /// group's dead letters). Default 10 s.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.options.metrics_interval = interval;
+        self
+    }
+
     /// Checks the configuration and builds the inbox. Fails with
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) when the group or the handlers are
     /// missing, a (topic, event type) has two handlers, an option is out of range, or a Kafka
@@ -385,6 +394,10 @@ impl<C: Database> InboxBuilder<C> {
                 "inbox: dead_letter_retention must be longer than zero (every dead letter would be deleted at once)",
             ));
         }
+        if options.metrics_interval.is_zero() {
+            return Err(config_error("inbox: metrics_interval must be longer than zero"));
+        }
+        crate::metrics::describe();
         let consumer_config = self.kafka.consumer_config(&options.group)?;
         Ok(Inbox::new(self.pool, consumer_config, registry, options))
     }

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::builder::Options;
 use crate::error::kafka_error;
+use crate::health::{InboxHealth, InboxState};
 use crate::partition::{Flow, PartitionWorker};
 use crate::rebalance::{InboxContext, RebalanceEvent, TopicPartition};
 use crate::registry::Registry;
@@ -35,6 +36,8 @@ pub(crate) struct Shared<C: Database> {
     pub cluster_id: OnceLock<Option<String>>,
     /// The most bytes one partition has held buffered (see [`BufferWatermark`]).
     pub high_water: Arc<AtomicUsize>,
+    /// What [`Inbox::health`] reports.
+    pub health: InboxHealth,
 }
 
 /// The most bytes (keys, payloads, headers) one partition of an [`Inbox`] has held in its
@@ -76,8 +79,15 @@ impl<C: Database> Inbox<C> {
         registry: Registry<C>,
         options: Options,
     ) -> Self {
-        let shared =
-            Shared { pool, registry, options, cluster_id: OnceLock::new(), high_water: Arc::new(AtomicUsize::new(0)) };
+        let health = InboxHealth::new(&options.group);
+        let shared = Shared {
+            pool,
+            registry,
+            options,
+            cluster_id: OnceLock::new(),
+            high_water: Arc::new(AtomicUsize::new(0)),
+            health,
+        };
         Self { shared: Arc::new(shared), consumer_config }
     }
 
@@ -94,6 +104,12 @@ impl<C: Database> Inbox<C> {
     /// [`InboxBuilder::replay_poll_interval`](crate::InboxBuilder::replay_poll_interval)).
     pub fn replayer(&self) -> crate::Replayer<C> {
         crate::Replayer::new(self.shared.clone())
+    }
+
+    /// A cheap, cloneable handle on this inbox's health (running, stuck partitions), for a
+    /// readiness endpoint; take it before [`run`](Self::run) consumes the inbox.
+    pub fn health(&self) -> InboxHealth {
+        self.shared.health.clone()
     }
 
     /// The consumer group.
@@ -122,6 +138,13 @@ impl<C: Database> Inbox<C> {
     /// retry with backoff. It returns an error only when the Kafka consumer cannot be created
     /// or subscribed, or librdkafka reports a fatal error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let health = self.shared.health.clone();
+        let result = self.run_inner(shutdown).await;
+        health.set_state(InboxState::Stopped);
+        result
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> Result<(), Error> {
         let shared = self.shared;
         let deadline = tokio::time::Instant::now() + shared.options.startup_timeout;
         if !outbox::startup::wait_for_schema(&shared.pool, deadline, &shutdown).await? {
@@ -168,9 +191,11 @@ impl<C: Database> Inbox<C> {
         };
         let result = async move {
             tracing::info!(?topics, "inbox: started");
+            shared.health.set_state(InboxState::Running);
             let mut background = JoinSet::new();
             background.spawn(crate::prune::run(shared.clone(), stop.clone()));
             background.spawn(crate::dead_letters::run_requested(shared.clone(), stop.clone()));
+            background.spawn(crate::metrics::dead_letter_depth(shared.clone(), stop.clone()));
             let mut lp = Loop { shared, consumer, slots: HashMap::new(), workers: JoinSet::new(), stop };
             let result = lp.run(events).await;
             lp.finish().await;
@@ -275,6 +300,7 @@ impl<C: Database> Loop<C> {
                     if let Some(slot) = self.slots.get_mut(&topic).and_then(|m| m.remove(&partition)) {
                         close(slot);
                     }
+                    self.shared.health.cleared(&topic, partition);
                 }
             }
             RebalanceEvent::Assigned(partitions) => {

@@ -1,15 +1,15 @@
 //! Metric names, reported through the [`metrics`] facade: install any recorder (Prometheus,
 //! StatsD, ...) in the application to collect them; without one they cost next to nothing.
-//!
-//! | name | kind | labels | meaning |
-//! |---|---|---|---|
-//! | `inbox_handled_total` | counter | `group`, `topic`, `type` | messages whose handler succeeded and committed |
-//! | `inbox_duplicates_total` | counter | `group`, `topic` | messages skipped because their id was already handled by the group |
-//! | `inbox_dead_lettered_total` | counter | `group`, `topic`, `reason` | dead-letter rows committed |
-//! | `inbox_skipped_total` | counter | `group`, `topic` | unknown types recorded as handled under [`UnknownTypePolicy::Skip`](crate::UnknownTypePolicy::Skip) |
-//! | `inbox_handler_seconds` | histogram | `group`, `topic`, `type` | time spent in one handler call (every attempt) |
-//! | `inbox_lag` | gauge | `group`, `topic`, `partition` | messages in the partition after the inbox's last committed position (from librdkafka statistics, every `statistics.interval.ms`, 5 s by default) |
-//! | `inbox_pruned_total` | counter | `group` | dedup rows deleted by the retention task |
+//! What each metric means, its labels and unit: the metrics table in `docs/operations.md`
+//! (a test checks that table against [`describe`]).
+
+use std::sync::Arc;
+
+use metrics::Unit;
+use outbox::Database;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::Shared;
 
 /// Counter: messages whose handler succeeded and whose transaction committed.
 pub const HANDLED_TOTAL: &str = "inbox_handled_total";
@@ -25,6 +25,51 @@ pub const HANDLER_SECONDS: &str = "inbox_handler_seconds";
 pub const LAG: &str = "inbox_lag";
 /// Counter: dedup rows deleted by the retention task.
 pub const PRUNED_TOTAL: &str = "inbox_pruned_total";
+/// Gauge: dead letters stored for the group (read every `metrics_interval`).
+pub const DEAD_LETTERS: &str = "inbox_dead_letters";
+
+/// Describes every inbox metric (kind, unit, help text) to the installed recorder.
+///
+/// [`InboxBuilder::build`](crate::InboxBuilder::build) calls it; call it yourself when the
+/// recorder is installed after the inbox is built. Calling it again is harmless.
+pub fn describe() {
+    metrics::describe_counter!(HANDLED_TOTAL, Unit::Count, "messages whose handler succeeded and committed");
+    metrics::describe_counter!(
+        DUPLICATES_TOTAL,
+        Unit::Count,
+        "messages skipped because the group had handled their id already"
+    );
+    metrics::describe_counter!(DEAD_LETTERED_TOTAL, Unit::Count, "dead-letter rows committed, by reason");
+    metrics::describe_counter!(SKIPPED_TOTAL, Unit::Count, "unknown event types recorded as handled (skip policy)");
+    metrics::describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "time spent in one handler call (every attempt)");
+    metrics::describe_gauge!(
+        LAG,
+        Unit::Count,
+        "messages in the partition after the inbox's last committed position (librdkafka statistics)"
+    );
+    metrics::describe_counter!(PRUNED_TOTAL, Unit::Count, "dedup rows deleted by the retention task");
+    metrics::describe_gauge!(DEAD_LETTERS, Unit::Count, "dead letters stored for the group");
+}
+
+/// Refreshes the group's dead-letter gauge every `metrics_interval` until `stop`.
+pub(crate) async fn dead_letter_depth<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {
+    let o = &shared.options;
+    loop {
+        let count = match shared.pool.get().await {
+            Ok(mut conn) => conn.dead_letter_count(&o.group).await,
+            Err(e) => Err(e),
+        };
+        match count {
+            Ok(n) => metrics::gauge!(DEAD_LETTERS, "group" => o.group.clone()).set(n as f64),
+            Err(e) => tracing::debug!(error = %e, "inbox: cannot count dead letters"),
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(o.metrics_interval) => {}
+        }
+    }
+}
 
 /// What one committed transaction did, reported only after the commit so rolled-back work is
 /// never counted.

@@ -231,6 +231,8 @@ impl<C: Database> PartitionWorker<C> {
             let progress = processor.process(batch).await;
             self.flow.finished(bytes);
             if progress == Progress::Interrupted {
+                // No longer retrying here (revoked or shutting down).
+                self.shared.health.cleared(&self.topic, self.partition);
                 return;
             }
         }

@@ -311,6 +311,7 @@ impl<C: Database> Processor<'_, C> {
                     match self.dead_letter_tx(item, f, attempt).await {
                         Ok(()) => return Progress::Done,
                         Err(e) => {
+                            self.retrying(item, &e);
                             tracing::warn!(error = %e, "inbox: cannot write the dead letter; retrying");
                             if !self.pause(infra_delays.next()).await {
                                 return Progress::Interrupted;
@@ -327,6 +328,7 @@ impl<C: Database> Processor<'_, C> {
                     error = %f.error,
                     "inbox: handler failed; retrying"
                 );
+                self.retrying(item, &f.error);
                 if !self.pause(retry_delays.next()).await {
                     return Progress::Interrupted;
                 }
@@ -339,6 +341,7 @@ impl<C: Database> Processor<'_, C> {
                     failure = Some(f);
                 }
                 Err(StepError::Infra(e)) => {
+                    self.retrying(item, &e);
                     tracing::warn!(error = %e, offset = item.msg.offset(), "inbox: database error; retrying");
                     if !self.pause(infra_delays.next()).await {
                         return Progress::Interrupted;
@@ -603,6 +606,7 @@ impl<C: Database> Processor<'_, C> {
     /// longer assigned to this consumer, which is exactly when it must not be stored.
     fn committed(&self, next_offset: i64, tally: &Tally) {
         self.flow.replaced();
+        self.shared.health.cleared(self.topic, self.partition);
         tally.report(&self.shared.options.group, self.topic);
         let mut tpl = TopicPartitionList::new();
         if tpl.add_partition_offset(self.topic, self.partition, Offset::Offset(next_offset)).is_ok()
@@ -610,6 +614,11 @@ impl<C: Database> Processor<'_, C> {
         {
             tracing::debug!(error = %e, topic = self.topic, partition = self.partition, "inbox: offset hint not stored");
         }
+    }
+
+    /// For [`crate::InboxHealth`]: the partition is retrying this message.
+    fn retrying(&self, item: &Item<C>, error: &str) {
+        self.shared.health.failed(self.topic, self.partition, item.msg.offset(), error);
     }
 
     fn delays(&self) -> impl Iterator<Item = Duration> + use<C> {

@@ -376,3 +376,71 @@ async fn an_unreachable_database_fails_at_the_startup_deadline() {
     assert!(stderr.contains("before the start-up deadline"), "{stderr}");
     db.drop_db().await;
 }
+
+/// `status --check` for probes: 0 healthy, 1 degraded with the reasons printed, 2 cannot tell.
+#[tokio::test]
+async fn status_check_exit_codes() {
+    let db = TestDb::new().await;
+    db.ok(&["migrate"]);
+    let check = |args: &[&str]| {
+        let out = db.run(&[&["status", "--check"][..], args].concat(), &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("status --check {args:?}: exit {:?}\n{stdout}", out.status.code());
+        (out.status.code(), stdout)
+    };
+    // No relay has ever run: degraded.
+    let (code, stdout) = check(&[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("check: degraded: no relay holds a live lease"), "{stdout}");
+    assert_eq!(check(&["--no-lease-ok"]).0, Some(0), "healthy once the lease is not required");
+
+    // A live lease, nothing pending: healthy.
+    db.sql(
+        "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) \
+            VALUES ('default', gen_random_uuid(), 1, now() + interval '1 hour')",
+    )
+    .await;
+    let (code, stdout) = check(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("check: ok"), "{stdout}");
+
+    // A pending message two minutes old and a parked one.
+    db.sql(FIXTURE).await;
+    db.sql("UPDATE outbox_messages SET created_at = now() - interval '2 minutes' WHERE parked_at IS NULL").await;
+    let (code, stdout) = check(&[]);
+    assert_eq!(code, Some(1), "older than the default 60 s: {stdout}");
+    assert!(stdout.contains("the oldest pending message is 120") && stdout.contains("threshold 60.0s"), "{stdout}");
+    assert_eq!(check(&["--max-pending-age-secs", "3600"]).0, Some(0), "within a longer threshold");
+    let (code, stdout) = check(&["--max-pending-age-secs", "3600", "--fail-on-parked"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("1 parked message(s)"), "{stdout}");
+
+    // --json keeps stdout one JSON document; the verdict goes to stderr.
+    let out = db.run(&["status", "--check", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(json["parked"], 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("check: degraded: the oldest pending message"));
+
+    // An expired lease: no relay is publishing.
+    db.sql("UPDATE outbox_relay_leases SET expires_at = now() - interval '1 second'").await;
+    let (code, stdout) = check(&["--max-pending-age-secs", "3600"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("relay \"default\" is stopped or dead"), "{stdout}");
+
+    // The database cannot be reached: cannot tell.
+    let unreachable = db
+        .outbox(&["status", "--check"], &[])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to the database"), "{stderr}");
+    // Without --check a connection failure stays exit code 1.
+    let plain = db.outbox(&["status"], &[]).env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none").output();
+    assert_eq!(plain.expect("run").status.code(), Some(1));
+    // Thresholds need --check.
+    assert_usage_error(&db.run(&["status", "--fail-on-parked"], &[]), &["--check"]);
+    db.drop_db().await;
+}

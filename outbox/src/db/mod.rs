@@ -89,8 +89,12 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
     async fn release_orphans(&mut self) -> Result<usize>;
     #[doc(hidden)]
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize>;
+    /// Pending and parked rows per topic, for the relay's gauges and health.
     #[doc(hidden)]
-    async fn backlog(&mut self) -> Result<Backlog>;
+    async fn backlog(&mut self) -> Result<Vec<TopicBacklog>>;
+    /// Dead letters of one consumer group, for the inbox's `inbox_dead_letters` gauge.
+    #[doc(hidden)]
+    async fn dead_letter_count(&mut self, group: &str) -> Result<i64>;
 
     /// Wakes `wake` whenever another process commits outbox rows (PostgreSQL LISTEN/NOTIFY when
     /// the trigger is enabled). Returns when `shutdown` fires or when the backend has no such
@@ -273,10 +277,11 @@ pub struct Marked {
     pub released: usize,
 }
 
-/// For the relay's gauges.
+/// For the relay's gauges: the unsent rows of one topic.
 #[doc(hidden)]
-#[derive(Debug)]
-pub struct Backlog {
+#[derive(Debug, Clone)]
+pub struct TopicBacklog {
+    pub topic: String,
     pub pending: i64,
     pub parked: i64,
     pub oldest_pending_secs: Option<f64>,

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::prepared::prepared;
 use super::{
-    Backlog, Claimed, ConnPool, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup,
-    NewMessage, NewPosition, StoredDeadLetter, StoredPosition,
+    Claimed, ConnPool, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
+    NewPosition, StoredDeadLetter, StoredPosition, TopicBacklog,
 };
 use crate::Result;
 use crate::relay::sleep_or_cancel;
@@ -275,10 +275,13 @@ DELETE FROM outbox_messages WHERE seq IN (
 
 // For the gauges; uses the partial indexes, so it stays cheap while the backlog is small.
 const BACKLOG: &str = "
-SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+SELECT topic,
+       count(*) FILTER (WHERE parked_at IS NULL) AS pending,
        count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8 AS oldest_pending_secs
-FROM outbox_messages WHERE sent_at IS NULL";
+FROM outbox_messages WHERE sent_at IS NULL GROUP BY topic";
+
+const DEAD_LETTER_COUNT: &str = "SELECT count(*) AS n FROM inbox_dead_letters WHERE consumer_group = $1";
 
 // 'D' = disabled (outbox::set_notify(conn, false), the default after migrate).
 const NOTIFY_ENABLED: &str = "
@@ -308,6 +311,8 @@ struct ParkedRow {
 
 #[derive(QueryableByName)]
 struct BacklogRow {
+    #[diesel(sql_type = Text)]
+    topic: String,
     #[diesel(sql_type = BigInt)]
     pending: i64,
     #[diesel(sql_type = BigInt)]
@@ -650,9 +655,27 @@ impl Database for AsyncPgConnection {
         })?)
     }
 
-    async fn backlog(&mut self) -> Result<Backlog> {
-        let b: BacklogRow = in_tx!(self, tx => prepared(BACKLOG).get_result(tx).await)?;
-        Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
+    async fn backlog(&mut self) -> Result<Vec<TopicBacklog>> {
+        let rows: Vec<BacklogRow> = in_tx!(self, tx => prepared(BACKLOG).load(tx).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|b| TopicBacklog {
+                topic: b.topic,
+                pending: b.pending,
+                parked: b.parked,
+                oldest_pending_secs: b.oldest_pending_secs,
+            })
+            .collect())
+    }
+
+    async fn dead_letter_count(&mut self, group: &str) -> Result<i64> {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let row: N = in_tx!(self, tx => prepared(DEAD_LETTER_COUNT).bind::<Text, _>(group).get_result(tx).await)?;
+        Ok(row.n)
     }
 
     async fn listen(pool: ConnPool<Self>, wake: Arc<Notify>, shutdown: CancellationToken) {

@@ -16,8 +16,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
 use super::{
-    Backlog, Claimed, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
-    NewPosition, StoredDeadLetter, StoredPosition,
+    Claimed, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
+    NewPosition, StoredDeadLetter, StoredPosition, TopicBacklog,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -254,11 +254,13 @@ const CLEANUP: &str = concat!(
 );
 
 const BACKLOG: &str = concat!(
-    "SELECT COALESCE(SUM(parked_at IS NULL), 0) AS pending, COALESCE(SUM(parked_at IS NOT NULL), 0) AS parked, (",
+    "SELECT topic, COALESCE(SUM(parked_at IS NULL), 0) AS pending, COALESCE(SUM(parked_at IS NOT NULL), 0) AS parked, (",
     now_ms!(),
     " - MIN(CASE WHEN parked_at IS NULL THEN created_at END)) / 1000.0 AS oldest_pending_secs ",
-    "FROM outbox_messages WHERE sent_at IS NULL"
+    "FROM outbox_messages WHERE sent_at IS NULL GROUP BY topic"
 );
+
+const DEAD_LETTER_COUNT: &str = "SELECT count(*) AS n FROM inbox_dead_letters WHERE consumer_group = ?1";
 
 #[derive(QueryableByName)]
 struct Epoch {
@@ -274,6 +276,8 @@ struct ParkedRow {
 
 #[derive(QueryableByName)]
 struct BacklogRow {
+    #[diesel(sql_type = Text)]
+    topic: String,
     #[diesel(sql_type = BigInt)]
     pending: i64,
     #[diesel(sql_type = BigInt)]
@@ -520,9 +524,27 @@ impl Database for SqliteConnection {
             .await?)
     }
 
-    async fn backlog(&mut self) -> Result<Backlog> {
-        let b: BacklogRow = diesel::sql_query(BACKLOG).get_result(self).await?;
-        Ok(Backlog { pending: b.pending, parked: b.parked, oldest_pending_secs: b.oldest_pending_secs })
+    async fn backlog(&mut self) -> Result<Vec<TopicBacklog>> {
+        let rows: Vec<BacklogRow> = diesel::sql_query(BACKLOG).load(self).await?;
+        Ok(rows
+            .into_iter()
+            .map(|b| TopicBacklog {
+                topic: b.topic,
+                pending: b.pending,
+                parked: b.parked,
+                oldest_pending_secs: b.oldest_pending_secs,
+            })
+            .collect())
+    }
+
+    async fn dead_letter_count(&mut self, group: &str) -> Result<i64> {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let row: N = diesel::sql_query(DEAD_LETTER_COUNT).bind::<Text, _>(group).get_result(self).await?;
+        Ok(row.n)
     }
 
     async fn insert_dedup(&mut self, rows: &[NewDedup<'_>]) -> QueryResult<Vec<Uuid>> {

@@ -235,6 +235,19 @@ impl<C: Database> RelayBuilder<C> {
         let producer = producer_config
             .create()
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
-        Ok(Relay { pool: self.pool, producer, producer_config, config, marked: false, purged: Default::default() })
+        crate::metrics::describe();
+        let owner = uuid::Uuid::now_v7();
+        let health = crate::health::RelayHealth::new(&config.name, owner);
+        Ok(Relay {
+            pool: self.pool,
+            producer,
+            producer_config,
+            config,
+            marked: false,
+            purged: Default::default(),
+            owner,
+            health,
+            delivery_failed: false,
+        })
     }
 }

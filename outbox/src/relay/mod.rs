@@ -43,6 +43,7 @@ use uuid::Uuid;
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
 use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
+use crate::health::{RelayHealth, RelayRole};
 use crate::{Error, KafkaConfig, Result, startup, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
@@ -57,6 +58,11 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     /// claim until every batch of the window is marked (or the window is dropped). Set by
     /// `publish` wherever it purges.
     purged: Arc<AtomicBool>,
+    /// This instance's lease owner id, and what it reports about itself (see [`Relay::health`]).
+    owner: Uuid,
+    health: RelayHealth,
+    /// A delivery failed in the current round: it does not count as a successful one.
+    delivery_failed: bool,
 }
 
 impl<C: Database> std::fmt::Debug for Relay<C> {
@@ -87,6 +93,13 @@ impl<C: Database> Relay<C> {
         M::Error: std::error::Error,
     {
         RelayBuilder { pool: ConnPool::new(pool), kafka, config: RelayConfig::default() }
+    }
+
+    /// A cheap, cloneable handle on this relay's health (leader or standby, last successful
+    /// round, backlog), for a readiness endpoint; take it before [`run`](Self::run) consumes
+    /// the relay. See [`crate::health`].
+    pub fn health(&self) -> RelayHealth {
+        self.health.clone()
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -139,7 +152,7 @@ impl<C: Database> Relay<C> {
     async fn run_until(&mut self, shutdown: CancellationToken, startup_deadline: tokio::time::Instant) -> Result<()> {
         let mut started = false;
         let mut startup_error: Option<Error> = None;
-        let mut lease = Lease { owner: Uuid::now_v7(), epoch: None, renewed: Instant::now(), rival: None };
+        let mut lease = Lease { owner: self.owner, epoch: None, renewed: Instant::now(), rival: None };
         let wake = Arc::new(Notify::new());
         let tasks = tokio_util::task::TaskTracker::new();
         let background = shutdown.child_token();
@@ -160,11 +173,12 @@ impl<C: Database> Relay<C> {
         let mut pipeline = Pipeline::default();
         let mut published = wakeup::seen().published;
         let mut burst: Option<usize> = None;
-        let mut last_gauges = Instant::now() - self.config.metrics_interval;
+        let mut gauges = crate::metrics::Gauges::new(&self.config.name);
         while !shutdown.is_cancelled() {
             let before = wakeup::seen();
-            let round = self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut last_gauges).await;
+            let round = self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut gauges).await;
             started |= round.is_ok();
+            self.report_round(round.is_ok(), &lease);
             match round {
                 Ok(Round::Busy) => {
                     // Only a batch marked is progress: a claim that succeeds before every mark
@@ -241,8 +255,29 @@ impl<C: Database> Relay<C> {
         background.cancel();
         tasks.close();
         tasks.wait().await;
+        self.health.set_role(RelayRole::Stopped);
+        crate::metrics::lease_held(&self.config.name, lease.owner, false);
         info!(relay = %self.config.name, "relay stopped");
         startup_error.map_or(Ok(()), Err)
+    }
+
+    /// After each round: the health handle, the lease and last-success gauges.
+    fn report_round(&mut self, ok: bool, lease: &Lease) {
+        let failed = std::mem::take(&mut self.delivery_failed);
+        let role = match lease.epoch {
+            Some(epoch) => RelayRole::Leader { epoch },
+            None => RelayRole::Standby,
+        };
+        let before = self.health.status().role;
+        if ok && !failed {
+            let at = self.health.succeeded(role);
+            crate::metrics::last_success(&self.config.name, at);
+        } else if before != RelayRole::Starting {
+            self.health.set_role(role);
+        }
+        if before != role {
+            crate::metrics::lease_held(&self.config.name, lease.owner, lease.epoch.is_some());
+        }
     }
 
     /// Waits for shutdown, a NOTIFY, a signal of this process's writers (since `seen`) or `d`.
@@ -267,7 +302,7 @@ impl<C: Database> Relay<C> {
         pipeline: &mut Pipeline,
         wake: &Notify,
         shutdown: &CancellationToken,
-        last_gauges: &mut Instant,
+        gauges: &mut crate::metrics::Gauges,
     ) -> Result<Round> {
         if pipeline.quiet() {
             // The last claim found nothing more to publish and nothing was committed here
@@ -345,6 +380,13 @@ impl<C: Database> Relay<C> {
                 lease.rival = rival;
             }
         }
+        if gauges.due(self.config.metrics_interval) {
+            // Stand-bys too: the backlog stays visible while no instance can publish.
+            let backlog = conn.backlog().await?;
+            gauges.report(&backlog);
+            self.health.backlog(&backlog);
+            crate::metrics::lease_held(&self.config.name, lease.owner, lease.epoch.is_some());
+        }
         let Some(epoch) = lease.epoch else {
             // Whatever is still in flight stays unmarked ("maybe sent"); the new leader resends it.
             pipeline.window.clear();
@@ -357,13 +399,6 @@ impl<C: Database> Relay<C> {
             if released > 0 {
                 debug!(released, "relay: released held rows with no failing row ahead of them");
             }
-        }
-        if last_gauges.elapsed() >= self.config.metrics_interval {
-            *last_gauges = Instant::now();
-            let b = conn.backlog().await?;
-            metrics::gauge!("outbox_pending").set(b.pending as f64);
-            metrics::gauge!("outbox_parked").set(b.parked as f64);
-            metrics::gauge!("outbox_oldest_pending_seconds").set(b.oldest_pending_secs.unwrap_or(0.0));
         }
         // After a purge (a failed delivery or a timed-out batch) nothing more is produced
         // until the window is marked, so no later message of a failed key can follow it out.
@@ -434,10 +469,10 @@ impl<C: Database> Relay<C> {
         let n = batch.rows.len();
         let span = info_span!("outbox.relay.batch", relay = %self.config.name, epoch, size = n);
         async {
-            let started = Instant::now();
+            let produced_at = batch.produced_at();
+            let topics = crate::metrics::TopicsOf::new(&batch.rows);
             let outcome = publish::collect(batch, &self.config, shutdown).await;
-            metrics::histogram!("outbox_batch_size").record(n as f64);
-            metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
+            crate::metrics::batch(&self.config.name, n, produced_at.elapsed().as_secs_f64());
             let mut conn = self.pool.get().await?;
             let marks = Marks {
                 sent: &outcome.sent,
@@ -458,10 +493,14 @@ impl<C: Database> Relay<C> {
                     if m.held > 0 || m.released > 0 {
                         debug!(held = m.held, released = m.released, "rows held behind a failing row of their key");
                     }
-                    metrics::counter!("outbox_published_total").increment(m.sent as u64);
-                    metrics::counter!("outbox_publish_failures_total").increment(m.failed as u64);
-                    metrics::counter!("outbox_parked_total").increment(m.parked as u64);
+                    crate::metrics::marked(
+                        &self.config.name,
+                        outcome.sent.iter().map(|&seq| topics.topic(seq)),
+                        outcome.failures.iter().map(|f| topics.topic(f.seq)),
+                        m.parked,
+                    );
                     if m.failed > 0 {
+                        self.delivery_failed = true;
                         warn!(sent = m.sent, failed = m.failed, parked = m.parked, "batch had delivery failures");
                     } else {
                         debug!(sent = m.sent, "batch published");

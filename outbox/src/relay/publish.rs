@@ -114,6 +114,11 @@ impl Produced {
         }
     }
 
+    /// When the batch was handed to the producer.
+    pub fn produced_at(&self) -> Instant {
+        self.produced_at
+    }
+
     pub fn first_seq(&self) -> i64 {
         self.rows.first().map_or(i64::MAX, |r| r.seq)
     }

@@ -2,6 +2,8 @@
 //! retry or discard parked messages, list, replay or discard inbox dead letters. See `outbox/CLI.md`.
 //!
 //! Exit codes: 0 success, 1 runtime failure (database, Kafka), 2 invalid usage or configuration.
+//! `status --check` (for probes): 0 healthy, 1 degraded (the reasons are printed), 2 cannot
+//! tell (the database cannot be reached or queried, or invalid usage).
 
 mod output;
 mod relay;
@@ -56,6 +58,8 @@ enum OpsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        check: CheckArgs,
     },
     /// Messages the relay parked after repeated or permanent delivery failures.
     #[command(subcommand)]
@@ -143,12 +147,35 @@ enum DeadLetterCommand {
     },
 }
 
+/// `status --check`: a probe's verdict on the outbox.
+#[derive(Args)]
+struct CheckArgs {
+    /// Exit 1 when the outbox is degraded: the oldest pending message is older than
+    /// --max-pending-age-secs, no relay holds a live lease, or (with --fail-on-parked) a message
+    /// is parked; exit 2 when the database cannot be reached.
+    #[arg(long)]
+    check: bool,
+    /// With --check: the oldest pending message may be this old.
+    #[arg(long, default_value_t = 60, requires = "check", value_name = "SECS")]
+    max_pending_age_secs: u64,
+    /// With --check: any parked message is degraded.
+    #[arg(long, requires = "check")]
+    fail_on_parked: bool,
+    /// With --check: no live relay lease is not degraded (the relay runs only now and then).
+    #[arg(long, requires = "check")]
+    no_lease_ok: bool,
+}
+
 /// A failure, and the exit code it maps to.
 enum Failure {
     /// Invalid usage or configuration: exit code 2.
     Usage(String),
     /// A failure at run time: exit code 1.
     Runtime(String),
+    /// `status --check` found the outbox degraded (the reasons are printed already): exit code 1.
+    Degraded,
+    /// `status --check` could not tell: exit code 2.
+    CannotCheck(String),
 }
 
 impl From<outbox::Error> for Failure {
@@ -194,6 +221,11 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Degraded) => ExitCode::FAILURE,
+        Err(Failure::CannotCheck(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -237,15 +269,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Relay(args) => relay::run(&url, cli.transaction_pooling, args).await,
+        Command::Ops(op @ OpsCommand::Status { check: CheckArgs { check: true, .. }, .. }) => {
+            // A probe: whatever stops the check is "cannot tell", never "degraded".
+            let checked = async { operate(&mut connect(&url, cli.transaction_pooling).await?, op).await };
+            checked.await.map_err(|f| match f {
+                Failure::Runtime(m) => Failure::CannotCheck(m),
+                other => other,
+            })
+        }
         Command::Ops(op) => operate(&mut connect(&url, cli.transaction_pooling).await?, op).await,
     }
 }
 
 async fn operate(conn: &mut AsyncPgConnection, op: OpsCommand) -> Result<(), Failure> {
     match op {
-        OpsCommand::Status { json } => {
+        OpsCommand::Status { json, check } => {
             let status = ops::status(conn).await?;
-            if json { print_json(&status)? } else { print_status(&status) }
+            if json {
+                print_json(&status)?
+            } else {
+                print_status(&status)
+            }
+            if check.check {
+                let thresholds = outbox::health::OutboxThresholds::default()
+                    .max_pending_age(std::time::Duration::from_secs(check.max_pending_age_secs))
+                    .fail_on_parked(check.fail_on_parked)
+                    .require_lease(!check.no_lease_ok);
+                // After --json the verdict goes to stderr, so stdout stays one JSON document.
+                let verdict = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
+                match outbox::health::check_outbox(&status, &thresholds) {
+                    Ok(()) => verdict("check: ok".into()),
+                    Err(unhealthy) => {
+                        for reason in unhealthy.reasons {
+                            verdict(format!("check: degraded: {reason}"));
+                        }
+                        return Err(Failure::Degraded);
+                    }
+                }
+            }
         }
         OpsCommand::Parked(ParkedCommand::List { topic, limit, json }) => {
             let parked = ops::list_parked(conn, limit, topic.as_deref()).await?;
