@@ -55,6 +55,7 @@ mod handler;
 mod inbox;
 mod kafka;
 pub mod metrics;
+mod otel;
 mod partition;
 mod process;
 mod prune;
