@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use inbox::{Context, Handler, HandlerError, Inbox};
-use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry::Value;
+use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,11 @@ async fn spans_of(trace: TraceId, timeout: Duration, done: impl Fn(&[SpanData]) 
         if done(&spans) {
             return spans;
         }
-        assert!(tokio::time::Instant::now() < deadline, "spans of trace {trace} after {timeout:?}:\n{}", describe(&spans));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans of trace {trace} after {timeout:?}:\n{}",
+            describe(&spans)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -277,7 +281,13 @@ async fn one_order_is_one_trace_from_writer_to_the_second_inbox<B: Backend>() {
         let about = spans_about(id);
         assert!(about.len() >= 3, "create, send and process spans of {id}:\n{}", describe(&about));
         for s in &about {
-            assert_eq!(s.span_context.trace_id(), trace, "`{}` of {id} is in another trace:\n{}", s.name, describe(&about));
+            assert_eq!(
+                s.span_context.trace_id(),
+                trace,
+                "`{}` of {id} is in another trace:\n{}",
+                s.name,
+                describe(&about)
+            );
         }
     }
 
@@ -347,11 +357,10 @@ async fn explicit_or_missing_context<B: Backend>() {
     // 2. Written with no OpenTelemetry layer (a writer without one, scoped to this thread):
     //    stored without trace context, so the relay's send span is the creation context.
     let no_layer = tracing::dispatcher::set_default(&tracing::Dispatch::none());
-    let bare_msg = outbox::transaction(&mut conn, async |tx| {
-        outbox::publish(tx, &OrderPlaced { order_id: Uuid::now_v7() }).await
-    })
-    .await
-    .expect("publish");
+    let bare_msg =
+        outbox::transaction(&mut conn, async |tx| outbox::publish(tx, &OrderPlaced { order_id: Uuid::now_v7() }).await)
+            .await
+            .expect("publish");
     drop(no_layer);
     drop(conn);
 
