@@ -133,16 +133,12 @@ mod imp {
     impl SendSpan {
         /// Starts the span of `row`, a child of its creation context when it has one.
         pub(crate) fn start(row: &Claimed, ambient: &Context) -> Self {
-            let creation = TraceContextPropagator::new().extract(&JsonExtractor(&row.headers));
-            let has_creation = valid(&creation);
             let name = format!("send {}", row.topic);
             let span = tracing::info_span!(
-                target: "outbox::relay",
+                target: "outbox::otel",
                 "outbox.send",
                 otel.name = name.as_str(),
-                // Semantic conventions: PRODUCER when this span's context is the creation
-                // context the record carries, CLIENT when the writer's is.
-                otel.kind = if has_creation { "client" } else { "producer" },
+                otel.kind = Empty,
                 messaging.system = "kafka",
                 messaging.operation.type = "send",
                 messaging.operation.name = "send",
@@ -153,9 +149,17 @@ mod imp {
                 messaging.kafka.offset = Empty,
                 error.type = Empty,
             );
-            if !has_creation {
+            if span.is_disabled() {
+                return SendSpan { span, inject: None }; // no subscriber wants it: nothing to parse
+            }
+            let creation = TraceContextPropagator::new().extract(&JsonExtractor(&row.headers));
+            // Semantic conventions: PRODUCER when this span's context is the creation context
+            // the record carries, CLIENT when the writer's is.
+            if !valid(&creation) {
+                span.record("otel.kind", "producer");
                 return SendSpan { inject: Some(span.context()).filter(valid), span };
             }
+            span.record("otel.kind", "client");
             let link = creation.span().span_context().clone();
             if span.set_parent(creation).is_ok() {
                 span.add_link(link);
