@@ -151,6 +151,10 @@ impl<'a, C: Database> Context<'a, C> {
     /// over (or, when this message has none, this message's id, which starts the flow); the
     /// trace context carried over. Add headers to it and pass it to [`publish_with`](Self::publish_with).
     ///
+    /// With the `otel` feature and an OpenTelemetry layer in the subscriber, the incoming
+    /// `traceparent` is not copied: `publish` then stores a child of the handler's span (the
+    /// `create` span, see docs/tracing.md), so the follow-up continues this message's trace.
+    ///
     /// Incoming ids are copied only when they are valid header text: at most 1,024 bytes and
     /// no control characters (0x00 included, which PostgreSQL cannot store). An invalid
     /// correlation id is dropped as if absent (the flow restarts at this message's id), an
@@ -160,6 +164,9 @@ impl<'a, C: Database> Context<'a, C> {
         let correlation = valid_id(env.id, "ce_correlationid", env.correlation_id.as_deref())
             .map_or_else(|| env.id.to_string(), str::to_owned);
         let meta = Metadata::new().causation_id(env.id.to_string()).correlation_id(correlation);
+        if crate::otel::continues_trace() {
+            return meta; // feature `otel`: `publish` stores a child of the handler's span instead
+        }
         match valid_id(env.id, "traceparent", env.traceparent.as_deref()) {
             Some(tp) => meta.traceparent(tp),
             None => meta,

@@ -57,6 +57,7 @@ pub mod health;
 mod inbox;
 mod kafka;
 pub mod metrics;
+mod otel;
 mod partition;
 mod process;
 mod prune;

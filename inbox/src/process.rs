@@ -507,15 +507,20 @@ impl<C: Database> Processor<'_, C> {
             offset = item.msg.offset(),
             message_id = %envelope.id,
             event_type = %envelope.event_type,
-            attempt
+            attempt,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
         );
+        // Feature `otel`: continue the producer's trace (docs/tracing.md).
+        crate::otel::process(&span, &meta);
         let started = Instant::now();
         let timeout = self.shared.options.handler_timeout;
         let result = {
             let mut cx = Context::new(conn, &meta);
-            let call = AssertUnwindSafe(route.call(event, &mut cx)).catch_unwind().instrument(span);
+            let call = AssertUnwindSafe(route.call(event, &mut cx)).catch_unwind().instrument(span.clone());
             tokio::time::timeout(timeout, call).await
         };
+        crate::otel::handled(&span, &result);
         handler_seconds(&self.shared.options.group, self.topic, route.event_type(), started.elapsed().as_secs_f64());
         let result = match result {
             Ok(result) => result,

@@ -14,7 +14,8 @@
 //! | `ce_typeversion` | [`Event::VERSION`](crate::Event::VERSION) |
 //! | `ce_correlationid` | correlation id, when set |
 //! | `ce_causationid` | id of the message that caused this one, when set |
-//! | `traceparent` | W3C trace context, when set |
+//! | `traceparent` | W3C trace context, when set (feature `otel`: captured by `publish`) |
+//! | `tracestate` | W3C trace state, when the captured context has one (an ordinary header otherwise) |
 //! | anything else | extra headers given to [`Metadata::header`] |
 
 use std::collections::BTreeMap;
@@ -94,6 +95,9 @@ impl Metadata {
     }
 
     /// W3C `traceparent` of the writer's span, restored around the consumer's handler.
+    ///
+    /// With the `otel` feature, `publish` captures it (and `tracestate`) from the current
+    /// span when it is not set here; a value set here wins and is sent unchanged.
     pub fn traceparent(mut self, value: impl Into<String>) -> Self {
         self.traceparent = Some(value.into());
         self

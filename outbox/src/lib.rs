@@ -43,6 +43,11 @@ mod kafka;
 pub mod metrics;
 mod migrate;
 pub mod ops;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
+#[cfg(not(feature = "otel"))]
+mod otel;
 pub mod raw_headers;
 pub mod relay;
 pub mod schema;

@@ -78,14 +78,18 @@ fn new_message<E: Event>(event: &E, meta: &Metadata) -> Result<NewMessage> {
         .map_err(|e| Error::with_source(ErrorKind::Serialize, format!("cannot serialise `{}`", E::NAME), e))?;
     let event_version = i32::try_from(E::VERSION)
         .map_err(|_| Error::config(format!("version {} of `{}` is too large", E::VERSION, E::NAME)))?;
+    let id = meta.message_id.unwrap_or_else(Uuid::now_v7);
+    let mut headers = meta.to_stored_headers();
+    // Feature `otel`: the current trace context, unless the caller set one (docs/tracing.md).
+    crate::otel::capture(&mut headers, E::TOPIC, id);
     Ok(NewMessage {
-        id: meta.message_id.unwrap_or_else(Uuid::now_v7),
+        id,
         topic: E::TOPIC,
         key: event.key(),
         event_type: E::NAME,
         event_version,
         payload,
-        headers: meta.to_stored_headers(),
+        headers,
         occurred_at: Utc::now(),
     })
 }

@@ -24,6 +24,9 @@ pub mod tls;
 mod docs_databases {}
 #[doc = include_str!("../../docs/embedded-kafka-and-examples.md")]
 mod docs_embedded_kafka_and_examples {}
+#[cfg(feature = "otel")]
+#[doc = include_str!("../../docs/tracing.md")]
+mod docs_tracing {}
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;

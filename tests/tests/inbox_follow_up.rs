@@ -55,7 +55,10 @@ async fn follow_up_is_published_once_per_input<B: Backend>() {
     let order = |fail: bool| {
         CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), fail_once_after_publishing: fail }).partition(0)
     };
-    let correlated = order(false).header("ce_correlationid", "checkout-42");
+    // A traceparent set by the producer is copied to the follow-up as it is (no OpenTelemetry
+    // layer here; with one, `tests/otel.rs` checks the follow-up gets a child span instead).
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let correlated = order(false).header("ce_correlationid", "checkout-42").header("traceparent", traceparent);
     let uncorrelated = order(false);
     let flaky = order(true);
     let input = [
@@ -96,5 +99,7 @@ async fn follow_up_is_published_once_per_input<B: Backend>() {
         assert_eq!(rows[0].0, "stock");
         assert_eq!(rows[0].1, "stock.reserved");
         assert_eq!(rows[0].2["ce_correlationid"], correlation.as_str());
+        let expected_traceparent = if id == correlated.id().unwrap() { Some(traceparent) } else { None };
+        assert_eq!(rows[0].2["traceparent"].as_str(), expected_traceparent, "the follow-up of {id}");
     }
 }

@@ -18,6 +18,7 @@ use tracing::warn;
 use super::RelayConfig;
 use crate::db::{Claimed, Failure};
 use crate::envelope::{self, format_time};
+use crate::otel;
 
 /// The result of producing a batch.
 #[derive(Debug, Default)]
@@ -164,6 +165,9 @@ pub(crate) async fn produce(
     let mut deliveries = Vec::with_capacity(rows.len());
     let mut indexes = Vec::with_capacity(rows.len());
     let mut rejected = Vec::new();
+    // Feature `otel`: a span per record, ended by its delivery report (docs/tracing.md).
+    let mut spans = Vec::with_capacity(rows.len());
+    let ambient = otel::ambient();
     for (index, row) in rows.iter().enumerate() {
         if row.blocked {
             continue; // held by the mark, never produced
@@ -173,7 +177,9 @@ pub(crate) async fn produce(
         {
             continue;
         }
-        let mut record = FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(headers(row, source));
+        let span = otel::SendSpan::start(row, &ambient);
+        let mut record =
+            FutureRecord::to(&row.topic).payload(&row.payload[..]).headers(span.headers(headers(row, source)));
         if let Some(key) = row.key.as_deref() {
             record = record.key(key);
         }
@@ -182,6 +188,7 @@ pub(crate) async fn produce(
                 Ok(delivery) => {
                     indexes.push(index);
                     deliveries.push(delivery);
+                    spans.push(span);
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -190,6 +197,7 @@ pub(crate) async fn produce(
                 }
                 Err((e, _)) => {
                     warn!(seq = row.seq, id = %row.id, error = %e, "produce failed");
+                    span.failed(&e);
                     rejected.push((index, e));
                     if let Some(key) = row.key.as_deref() {
                         held.insert((row.topic.clone(), key.to_owned()));
@@ -201,13 +209,18 @@ pub(crate) async fn produce(
     }
     // The first failed report purges everything in flight: the key's later messages, in this
     // batch or in the one pipelined behind it, must not be acknowledged after it.
-    let deliveries = deliveries.into_iter().map(|delivery| {
+    let deliveries = deliveries.into_iter().zip(spans).map(|(delivery, span)| {
         let (producer, purged) = (producer.clone(), purged.clone());
         delivery.inspect(move |report| {
             if let Ok(Err((e, _))) = report
                 && !is_purged(e.rdkafka_error_code())
             {
                 purge_all(&producer, &purged);
+            }
+            match report {
+                Ok(Ok(d)) => span.delivered(d.partition, d.offset),
+                Ok(Err((e, _))) => span.failed(e),
+                Err(_canceled) => span.canceled(),
             }
         })
     });
