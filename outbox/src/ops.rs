@@ -51,6 +51,7 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as Sq
 use serde::Serialize;
 use uuid::Uuid;
 
+use self::sql::Sql as _;
 use crate::{Database, Result};
 
 mod postgres;
@@ -264,6 +265,37 @@ pub enum DeadLetterSelection {
     Group(String),
 }
 
+/// What the operations take: a [`Database`] connection (`&mut AsyncPgConnection`, `&mut
+/// SqliteConnection`, `&mut C` in code generic over `C: Database`), or a connection checked out
+/// of a bb8 pool of them (`&mut pool.get().await?`, which a function taking `&mut
+/// AsyncPgConnection` accepts through deref, and a generic one would not).
+///
+/// Implement it for a wrapper of your own that holds a connection.
+pub trait Connection: Send {
+    /// The connection's type.
+    type Database: Database;
+    /// The connection to run the statements on.
+    fn database(&mut self) -> &mut Self::Database;
+}
+
+impl<C: Database> Connection for C {
+    type Database = C;
+    fn database(&mut self) -> &mut C {
+        self
+    }
+}
+
+impl<M> Connection for bb8::PooledConnection<'_, M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: Database,
+{
+    type Database = M::Connection;
+    fn database(&mut self) -> &mut M::Connection {
+        self
+    }
+}
+
 /// Pending and parked counts (in total and per topic), the oldest pending message's age, the
 /// relay lease and the number of inbox dead letters.
 ///
@@ -273,7 +305,8 @@ pub enum DeadLetterSelection {
 ///
 /// Ages are computed by the database, against its own clock and the rows' `created_at`, so a
 /// skewed client clock does not distort them.
-pub async fn status<C: Database>(conn: &mut C) -> Result<Status> {
+pub async fn status(conn: &mut impl Connection) -> Result<Status> {
+    let conn = conn.database();
     // One read transaction: the three queries see one snapshot. On PostgreSQL it also keeps a
     // transaction pooler from preparing a statement on one server connection and running it on
     // another (`outbox::pooler`).
@@ -312,8 +345,8 @@ pub async fn status<C: Database>(conn: &mut C) -> Result<Status> {
 
 /// Parked messages, oldest first (in `seq` order: the order they block their keys in and the
 /// order a retry sends them), at most `limit`, optionally of one topic only.
-pub async fn list_parked<C: Database>(conn: &mut C, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
-    read(conn, async |tx| tx.ops_list_parked(i64::from(limit), topic).await).await
+pub async fn list_parked(conn: &mut impl Connection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
+    read(conn.database(), async |tx| tx.ops_list_parked(i64::from(limit), topic).await).await
 }
 
 /// Un-parks the selected messages: the relay publishes them again with a fresh set of
@@ -324,8 +357,8 @@ pub async fn list_parked<C: Database>(conn: &mut C, limit: u32, topic: Option<&s
 /// claim takes it at its place in `seq` order, ahead of its key's held messages. Retry after
 /// fixing the cause (raised the broker's size limit, created the topic, ...); otherwise the
 /// message fails and parks again. The last error is kept until it is sent.
-pub async fn retry_parked<C: Database>(conn: &mut C, selection: Selection) -> Result<u64> {
-    update_parked(conn, ParkedAction::Retry, selection).await
+pub async fn retry_parked(conn: &mut impl Connection, selection: Selection) -> Result<u64> {
+    update_parked(conn.database(), ParkedAction::Retry, selection).await
 }
 
 /// Deletes the selected parked messages: they are never published. Returns how many were deleted.
@@ -334,8 +367,8 @@ pub async fn retry_parked<C: Database>(conn: &mut C, selection: Selection) -> Re
 /// so consumers see that key's stream without the discarded event; nothing else changes. Only
 /// parked messages are deleted: a pending message selected by id is left alone (a parked row is
 /// never in a relay's batch, so deleting it cannot race a delivery).
-pub async fn discard_parked<C: Database>(conn: &mut C, selection: Selection) -> Result<u64> {
-    update_parked(conn, ParkedAction::Discard, selection).await
+pub async fn discard_parked(conn: &mut impl Connection, selection: Selection) -> Result<u64> {
+    update_parked(conn.database(), ParkedAction::Discard, selection).await
 }
 
 /// Retry or discard: change the selected parked rows, then, in the same transaction, give the
@@ -359,14 +392,15 @@ async fn update_parked<C: Database>(conn: &mut C, action: ParkedAction, selectio
 }
 
 /// Inbox dead letters, newest first, at most `limit`, of one consumer group or of all.
-pub async fn list_dead_letters<C: Database>(conn: &mut C, group: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
-    read(conn, async |tx| tx.ops_list_dead_letters(group, i64::from(limit)).await).await
+pub async fn list_dead_letters(conn: &mut impl Connection, group: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
+    read(conn.database(), async |tx| tx.ops_list_dead_letters(group, i64::from(limit)).await).await
 }
 
 /// Deletes the selected dead letters (they will not be replayed). Returns how many were deleted.
 ///
 /// The consumer is unaffected: it moved past these messages when it dead-lettered them.
-pub async fn discard_dead_letters<C: Database>(conn: &mut C, selection: DeadLetterSelection) -> Result<u64> {
+pub async fn discard_dead_letters(conn: &mut impl Connection, selection: DeadLetterSelection) -> Result<u64> {
+    let conn = conn.database();
     // Exactly one of the two is set (see DeadLetterSelection), so this never deletes every row.
     let (ids, group) = match selection {
         DeadLetterSelection::Ids(ids) => (Some(ids), None),
