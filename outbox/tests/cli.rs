@@ -533,9 +533,17 @@ async fn sqlite_refuses_postgres_only_options_and_missing_files() {
     // The relay's own checks, as on PostgreSQL.
     let out = db.run(&["relay"], &[("KAFKA_BROKERS", "127.0.0.1:9"), ("OUTBOX_BATCH_SIZE", "0")]);
     assert_usage_error(&out, &["batch_size 0 is out of range"]);
-    // An in-memory database and a `sqlite:` URL without `//`.
-    assert_usage_error(&command("sqlite://:memory:", &["migrate"], &[]).output().expect("run"), &["in-memory"]);
-    assert_usage_error(&command("sqlite:app.db", &["migrate"], &[]).output().expect("run"), &["sqlite://PATH"]);
+    // An in-memory database and a `sqlite:` URL without `//` (run in the test's directory, so a
+    // wrongly created `sqlite:app.db` file would land there).
+    for (url, says) in [("sqlite://:memory:", "in-memory"), ("sqlite:app.db", "sqlite://PATH")] {
+        let out = command(url, &["migrate"], &[]).current_dir(&db.dir).output().expect("run");
+        assert_usage_error(&out, &[says]);
+    }
+    let files: Vec<String> = std::fs::read_dir(&db.dir)
+        .expect("list the test directory")
+        .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().all(|f| f.starts_with("app.sqlite")), "only the test's database: {files:?}");
 }
 
 /// `outbox relay` on SQLite publishes the outbox, holds the lease while it runs and releases it

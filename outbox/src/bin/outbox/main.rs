@@ -263,12 +263,12 @@ impl Target {
     fn of(url: &str) -> Result<Self, Failure> {
         let path_like = !url.contains("://") && !url.contains('=');
         let sqlite_ext = [".db", ".sqlite", ".sqlite3"].iter().any(|ext| url.ends_with(ext));
-        if url.starts_with("sqlite://") || url.starts_with("file:") || (path_like && sqlite_ext) {
-            Ok(Target::Sqlite(url.to_owned()))
-        } else if url.starts_with("sqlite:") {
+        if url.starts_with("sqlite:") && !url.starts_with("sqlite://") {
             Err(Failure::Usage(format!(
                 "DATABASE_URL `{url}`: write a SQLite database as sqlite://PATH (sqlite:///abs/path.db, sqlite://app.db)"
             )))
+        } else if url.starts_with("sqlite://") || url.starts_with("file:") || (path_like && sqlite_ext) {
+            Ok(Target::Sqlite(url.to_owned()))
         } else {
             Ok(Target::Postgres(url.to_owned()))
         }
