@@ -270,7 +270,16 @@ pub enum DeadLetterSelection {
 /// of a bb8 pool of them (`&mut pool.get().await?`, which a function taking `&mut
 /// AsyncPgConnection` accepts through deref, and a generic one would not).
 ///
-/// Implement it for a wrapper of your own that holds a connection.
+/// Holding a `&mut` to a connection already (a transaction's `tx`, a function's `conn: &mut C`
+/// parameter), pass it as it is: `ops::status(tx)` (`&mut tx` works too for the concrete
+/// `AsyncPgConnection` and `SqliteConnection`, not in code generic over `C`). Implement the trait
+/// for a wrapper of your own that holds a connection.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a connection `outbox::ops` can run on",
+    note = "pass a Database connection (`&mut AsyncPgConnection`, `&mut SqliteConnection`) or a pooled one \
+            (`&mut pool.get().await?`); when you hold a `&mut` to the connection already, pass it as it is \
+            (`ops::status(conn)`, not `ops::status(&mut conn)`)"
+)]
 pub trait Connection: Send {
     /// The connection's type.
     type Database: Database;
@@ -281,6 +290,23 @@ pub trait Connection: Send {
 impl<C: Database> Connection for C {
     type Database = C;
     fn database(&mut self) -> &mut C {
+        self
+    }
+}
+
+// `&mut conn` where `conn` is a `&mut` already (what a function taking `&mut AsyncPgConnection`
+// accepted through deref). Concrete types only: a generic `&mut T` would overlap the impl above.
+impl Connection for &mut diesel_async::AsyncPgConnection {
+    type Database = diesel_async::AsyncPgConnection;
+    fn database(&mut self) -> &mut Self::Database {
+        self
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Connection for &mut crate::sqlite::SqliteConnection {
+    type Database = crate::sqlite::SqliteConnection;
+    fn database(&mut self) -> &mut Self::Database {
         self
     }
 }
