@@ -1,8 +1,12 @@
 //! Operations: what an operator asks of a running outbox, and the repairs they make.
 //!
 //! The `outbox` command-line binary (feature `cli`) is a thin shell over these functions; call
-//! them directly to build an admin endpoint or a health check. Each one is a few statements
-//! on any connection (no transaction needed, none opened), and none of them stops a relay.
+//! them directly to build an admin endpoint or a health check. They take any [`Database`]
+//! connection: PostgreSQL's `AsyncPgConnection` (also one from [`outbox::pooler`](crate::pooler))
+//! or, with the `sqlite` feature, [`outbox::sqlite::SqliteConnection`](crate::sqlite::SqliteConnection),
+//! with the same results on both. Each one is a few statements in a transaction of its own (a
+//! savepoint inside one you opened; on SQLite the repairs start with `BEGIN IMMEDIATE`, the
+//! reads with a plain `BEGIN`), and none of them stops a relay.
 //!
 //! ```no_run
 //! # async fn run(conn: &mut diesel_async::AsyncPgConnection) -> outbox::Result<()> {
@@ -16,6 +20,14 @@
 //! // The broker's size limit was raised: let every parked `orders` message go again.
 //! let retried = ops::retry_parked(conn, Selection::All { topic: Some("orders".into()) }).await?;
 //! # Ok(()) }
+//! ```
+//!
+//! Generic code takes `C: outbox::Database` and works on either backend:
+//!
+//! ```no_run
+//! async fn parked_count<C: outbox::Database>(conn: &mut C) -> outbox::Result<i64> {
+//!     Ok(outbox::ops::status(conn).await?.parked)
+//! }
 //! ```
 //!
 //! # Parked messages
@@ -39,16 +51,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::Result;
-// The rows the relay held behind a retried or discarded row go back to the pending index in the
-// same transaction, unless another row of their key has failed: the relay's own release.
-use crate::db::postgres::RELEASE_KEYS as RELEASE_HELD;
-use crate::db::postgres::in_tx;
+use self::sql::Sql as _;
+use crate::{Database, Result};
+
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 /// A snapshot of the outbox, the relay lease and the inbox dead letters. See [`status`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -318,63 +330,62 @@ impl ReplaySelection {
     }
 }
 
-#[derive(QueryableByName)]
-struct TopicRow {
-    #[diesel(sql_type = Text)]
-    topic: String,
-    #[diesel(sql_type = BigInt)]
-    pending: i64,
-    #[diesel(sql_type = BigInt)]
-    parked: i64,
-    #[diesel(sql_type = Nullable<Double>)]
-    oldest_pending_secs: Option<f64>,
+/// What the operations take: a [`Database`] connection (`&mut AsyncPgConnection`, `&mut
+/// SqliteConnection`, `&mut C` in code generic over `C: Database`), or a connection checked out
+/// of a bb8 pool of them (`&mut pool.get().await?`, which a function taking `&mut
+/// AsyncPgConnection` accepts through deref, and a generic one would not).
+///
+/// Holding a `&mut` to a connection already (a transaction's `tx`, a function's `conn: &mut C`
+/// parameter), pass it as it is: `ops::status(tx)` (`&mut tx` works too for the concrete
+/// `AsyncPgConnection` and `SqliteConnection`, not in code generic over `C`). Implement the trait
+/// for a wrapper of your own that holds a connection.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a connection `outbox::ops` can run on",
+    note = "pass a Database connection (`&mut AsyncPgConnection`, `&mut SqliteConnection`) or a pooled one \
+            (`&mut pool.get().await?`); when you hold a `&mut` to the connection already, pass it as it is \
+            (`ops::status(conn)`, not `ops::status(&mut conn)`)"
+)]
+pub trait Connection: Send {
+    /// The connection's type.
+    type Database: Database;
+    /// The connection to run the statements on.
+    fn database(&mut self) -> &mut Self::Database;
 }
 
-// Unsent rows only, per topic; the totals are summed from these rows so they always agree with
-// the per-topic figures (one snapshot). Ages are computed by the server, against the server's
-// created_at, so client clock skew does not distort them.
-const STATUS_TOPICS: &str = "
-SELECT topic,
-       count(*) FILTER (WHERE parked_at IS NULL) AS pending,
-       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
-       extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8 AS oldest_pending_secs
-FROM outbox_messages WHERE sent_at IS NULL
-GROUP BY topic ORDER BY topic";
-
-#[derive(QueryableByName)]
-struct Totals {
-    #[diesel(sql_type = BigInt)]
-    sent_kept: i64,
-    #[diesel(sql_type = BigInt)]
-    dead_letters: i64,
+impl<C: Database> Connection for C {
+    type Database = C;
+    fn database(&mut self) -> &mut C {
+        self
+    }
 }
 
-// Kept sent rows are counted through the partial index outbox_messages_sent; one round trip for both.
-const STATUS_TOTALS: &str = "
-SELECT (SELECT count(*) FROM outbox_messages WHERE sent_at IS NOT NULL) AS sent_kept,
-       (SELECT count(*) FROM inbox_dead_letters) AS dead_letters";
-
-#[derive(QueryableByName)]
-struct LeaseRow {
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    owner: Option<Uuid>,
-    #[diesel(sql_type = BigInt)]
-    epoch: i64,
-    #[diesel(sql_type = Nullable<Double>)]
-    expires_in_secs: Option<f64>,
+// `&mut conn` where `conn` is a `&mut` already (what a function taking `&mut AsyncPgConnection`
+// accepted through deref). Concrete types only: a generic `&mut T` would overlap the impl above.
+impl Connection for &mut diesel_async::AsyncPgConnection {
+    type Database = diesel_async::AsyncPgConnection;
+    fn database(&mut self) -> &mut Self::Database {
+        self
+    }
 }
 
-// Relays normally share one name, so one row; should there be several, a live one comes first.
-// The CASE computes the remaining time only for a future expiry: a released lease expires at
-// '-infinity', and subtracting from an infinite timestamp is an error before PostgreSQL 17.
-const STATUS_LEASE: &str = "
-SELECT name, owner, epoch,
-       CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END AS expires_in_secs
-FROM outbox_relay_leases
-ORDER BY (owner IS NOT NULL AND expires_at > now()) DESC, expires_at DESC, name
-LIMIT 1";
+#[cfg(feature = "sqlite")]
+impl Connection for &mut crate::sqlite::SqliteConnection {
+    type Database = crate::sqlite::SqliteConnection;
+    fn database(&mut self) -> &mut Self::Database {
+        self
+    }
+}
+
+impl<M> Connection for bb8::PooledConnection<'_, M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: Database,
+{
+    type Database = M::Connection;
+    fn database(&mut self) -> &mut M::Connection {
+        self
+    }
+}
 
 /// Pending and parked counts (in total and per topic), the oldest pending message's age, the
 /// relay lease and the number of inbox dead letters.
@@ -382,15 +393,22 @@ LIMIT 1";
 /// Counts every unsent row, so it costs a scan of the backlog: fine for a status command or a
 /// health check every few seconds, not for every request. The relay publishes the same figures
 /// as `metrics` gauges (`outbox_pending`, `outbox_parked`, `outbox_oldest_pending_seconds`).
-pub async fn status(conn: &mut AsyncPgConnection) -> Result<Status> {
-    // In a transaction, like every operation: behind a transaction pooler a statement of its own
-    // would be prepared on one server connection and run on another (`outbox::pooler`).
-    let (topics, totals, lease) = in_tx!(conn, tx => {
-        let topics: Vec<TopicRow> = diesel::sql_query(STATUS_TOPICS).load(tx).await?;
-        let totals: Totals = diesel::sql_query(STATUS_TOTALS).get_result(tx).await?;
-        let lease: Vec<LeaseRow> = diesel::sql_query(STATUS_LEASE).load(tx).await?;
+///
+/// Ages are computed by the database, against its own clock and the rows' `created_at`, so a
+/// skewed client clock does not distort them.
+pub async fn status(conn: &mut impl Connection) -> Result<Status> {
+    let conn = conn.database();
+    // One read transaction: the three queries see one snapshot. On PostgreSQL it also keeps a
+    // transaction pooler from preparing a statement on one server connection and running it on
+    // another (`outbox::pooler`).
+    let (topics, totals, lease) = read(conn, async |tx| {
+        let topics = tx.ops_status_topics().await?;
+        let totals = tx.ops_status_totals().await?;
+        let lease = tx.ops_status_lease().await?;
         Ok((topics, totals, lease))
-    })?;
+    })
+    .await?;
+    // The totals are summed from the per-topic rows so they always agree with them.
     let per_topic: Vec<TopicStatus> = topics
         .into_iter()
         .map(|t| TopicStatus {
@@ -406,7 +424,7 @@ pub async fn status(conn: &mut AsyncPgConnection) -> Result<Status> {
         sent_kept: totals.sent_kept,
         oldest_pending_age: per_topic.iter().filter_map(|t| t.oldest_pending_age).max(),
         per_topic,
-        lease: lease.into_iter().next().map(|l| LeaseInfo {
+        lease: lease.map(|l| LeaseInfo {
             name: l.name,
             owner: l.owner,
             epoch: l.epoch,
@@ -416,140 +434,73 @@ pub async fn status(conn: &mut AsyncPgConnection) -> Result<Status> {
     })
 }
 
-// In seq order, which is the order they block their keys in and the order a retry sends them.
-const LIST_PARKED: &str = "
-SELECT seq, id, topic, key, event_type, event_version, attempts, last_error, parked_at, created_at
-FROM outbox_messages
-WHERE parked_at IS NOT NULL AND ($2::text IS NULL OR topic = $2)
-ORDER BY seq
-LIMIT $1";
-
-/// Parked messages, oldest first, at most `limit`, optionally of one topic only.
-pub async fn list_parked(conn: &mut AsyncPgConnection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
-    Ok(in_tx!(conn, tx => {
-        diesel::sql_query(LIST_PARKED)
-            .bind::<BigInt, _>(i64::from(limit))
-            .bind::<Nullable<Text>, _>(topic)
-            .load(tx)
-            .await
-    })?)
+/// Parked messages, oldest first (in `seq` order: the order they block their keys in and the
+/// order a retry sends them), at most `limit`, optionally of one topic only.
+pub async fn list_parked(conn: &mut impl Connection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
+    read(conn.database(), async |tx| tx.ops_list_parked(i64::from(limit), topic).await).await
 }
-
-// The row becomes what a freshly written one is (no attempts, due now), so the next claim takes
-// it at its place in seq order, ahead of its key's held messages, and it gets a full set of
-// attempts. last_error stays as the record of what happened. `parked_at IS NOT NULL` guarantees
-// a pending row (possibly in a relay's current batch) is never touched.
-const RETRY_PARKED: &str = "
-UPDATE outbox_messages SET parked_at = NULL, attempts = 0, next_attempt_at = '-infinity'
-WHERE parked_at IS NOT NULL
-  AND ($1::uuid[] IS NULL OR id = ANY($1))
-  AND ($2::text IS NULL OR topic = $2)
-RETURNING topic, key";
 
 /// Un-parks the selected messages: the relay publishes them again with a fresh set of
 /// attempts, and once a key's head is sent, the messages it held back follow in their order.
 /// Returns how many messages were un-parked.
 ///
-/// Retry after fixing the cause (raised the broker's size limit, created the topic, ...);
-/// otherwise the message fails and parks again. The last error is kept until it is sent.
-pub async fn retry_parked(conn: &mut AsyncPgConnection, selection: Selection) -> Result<u64> {
-    update_parked(conn, RETRY_PARKED, selection).await
+/// A retried message becomes what a freshly written one is (no attempts, due now), so the next
+/// claim takes it at its place in `seq` order, ahead of its key's held messages. Retry after
+/// fixing the cause (raised the broker's size limit, created the topic, ...); otherwise the
+/// message fails and parks again. The last error is kept until it is sent.
+pub async fn retry_parked(conn: &mut impl Connection, selection: Selection) -> Result<u64> {
+    update_parked(conn.database(), ParkedAction::Retry, selection).await
 }
-
-// Parked rows only: a parked row is never in a relay's batch, so deleting it cannot race a delivery.
-const DISCARD_PARKED: &str = "
-DELETE FROM outbox_messages
-WHERE parked_at IS NOT NULL
-  AND ($1::uuid[] IS NULL OR id = ANY($1))
-  AND ($2::text IS NULL OR topic = $2)
-RETURNING topic, key";
 
 /// Deletes the selected parked messages: they are never published. Returns how many were deleted.
 ///
 /// The later messages of a discarded message's key are released and published in their order,
 /// so consumers see that key's stream without the discarded event; nothing else changes. Only
-/// parked messages are deleted: a pending message selected by id is left alone.
-pub async fn discard_parked(conn: &mut AsyncPgConnection, selection: Selection) -> Result<u64> {
-    update_parked(conn, DISCARD_PARKED, selection).await
+/// parked messages are deleted: a pending message selected by id is left alone (a parked row is
+/// never in a relay's batch, so deleting it cannot race a delivery).
+pub async fn discard_parked(conn: &mut impl Connection, selection: Selection) -> Result<u64> {
+    update_parked(conn.database(), ParkedAction::Discard, selection).await
 }
 
-async fn update_parked(conn: &mut AsyncPgConnection, sql: &str, selection: Selection) -> Result<u64> {
-    #[derive(QueryableByName)]
-    struct Touched {
-        #[diesel(sql_type = Text)]
-        topic: String,
-        #[diesel(sql_type = Nullable<Text>)]
-        key: Option<String>,
-    }
+/// Retry or discard: change the selected parked rows, then, in the same transaction, give the
+/// rows the relay held behind them back to the pending index, unless another row of their key
+/// has failed (the relay's own release, `RELEASE_KEYS` of each backend).
+async fn update_parked<C: Database>(conn: &mut C, action: ParkedAction, selection: Selection) -> Result<u64> {
     let (ids, topic) = match selection {
         Selection::Ids(ids) => (Some(ids), None),
         Selection::All { topic } => (None, topic),
     };
-    conn.transaction::<_, crate::Error, _>(async |tx| {
-        let touched: Vec<Touched> = diesel::sql_query(sql)
-            .bind::<Nullable<Array<SqlUuid>>, _>(ids)
-            .bind::<Nullable<Text>, _>(topic)
-            .load(tx)
-            .await?;
-        let keyed: Vec<(&str, &str)> =
-            touched.iter().filter_map(|t| Some((t.topic.as_str(), t.key.as_deref()?))).collect();
+    crate::transaction(conn, async |tx| {
+        let touched = tx.ops_update_parked(action, ids.as_deref(), topic.as_deref()).await?;
+        let keyed: Vec<(String, String)> =
+            touched.iter().filter_map(|(topic, key)| Some((topic.clone(), key.clone()?))).collect();
         if !keyed.is_empty() {
-            diesel::sql_query(RELEASE_HELD)
-                .bind::<Array<Text>, _>(keyed.iter().map(|k| k.0).collect::<Vec<_>>())
-                .bind::<Array<Text>, _>(keyed.iter().map(|k| k.1).collect::<Vec<_>>())
-                .execute(tx)
-                .await?;
+            tx.ops_release_keys(&keyed).await?;
         }
-        Ok(touched.len() as u64)
+        Ok::<_, crate::Error>(touched.len() as u64)
     })
     .await
 }
 
-// Newest first, served by the index inbox_dead_letters_group when a group is given.
-const LIST_DEAD_LETTERS: &str = "
-SELECT id, consumer_group, message_id, topic, kafka_partition, kafka_offset, reason, error, attempts, created_at,
-       raw_headers, replay_requested_at
-FROM inbox_dead_letters
-WHERE ($1::text IS NULL OR consumer_group = $1)
-ORDER BY created_at DESC, id DESC
-LIMIT $2";
-
 /// Inbox dead letters, newest first, at most `limit`, of one consumer group or of all.
-pub async fn list_dead_letters(
-    conn: &mut AsyncPgConnection,
-    group: Option<&str>,
-    limit: u32,
-) -> Result<Vec<DeadLetter>> {
-    Ok(in_tx!(conn, tx => {
-        diesel::sql_query(LIST_DEAD_LETTERS)
-            .bind::<Nullable<Text>, _>(group)
-            .bind::<BigInt, _>(i64::from(limit))
-            .load(tx)
-            .await
-    })?)
+pub async fn list_dead_letters(conn: &mut impl Connection, group: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
+    read(conn.database(), async |tx| tx.ops_list_dead_letters(group, i64::from(limit)).await).await
 }
-
-// Exactly one of $1 / $2 is non-NULL (see DeadLetterSelection), so this never deletes every row.
-const DISCARD_DEAD_LETTERS: &str = "
-DELETE FROM inbox_dead_letters
-WHERE ($1::bigint[] IS NULL OR id = ANY($1))
-  AND ($2::text IS NULL OR consumer_group = $2)";
 
 /// Deletes the selected dead letters (they will not be replayed). Returns how many were deleted.
 ///
 /// The consumer is unaffected: it moved past these messages when it dead-lettered them.
-pub async fn discard_dead_letters(conn: &mut AsyncPgConnection, selection: DeadLetterSelection) -> Result<u64> {
+pub async fn discard_dead_letters(conn: &mut impl Connection, selection: DeadLetterSelection) -> Result<u64> {
+    let conn = conn.database();
+    // Exactly one of the two is set (see DeadLetterSelection), so this never deletes every row.
     let (ids, group) = match selection {
         DeadLetterSelection::Ids(ids) => (Some(ids), None),
         DeadLetterSelection::Group(group) => (None, Some(group)),
     };
-    let n = in_tx!(conn, tx => {
-        diesel::sql_query(DISCARD_DEAD_LETTERS)
-            .bind::<Nullable<Array<BigInt>>, _>(ids)
-            .bind::<Nullable<Text>, _>(group)
-            .execute(tx)
-            .await
-    })?;
+    let n = crate::transaction(conn, async |tx| {
+        tx.ops_discard_dead_letters(ids.as_deref(), group.as_deref()).await.map_err(crate::Error::from)
+    })
+    .await?;
     Ok(n as u64)
 }
 
@@ -566,9 +517,118 @@ pub async fn discard_dead_letters(conn: &mut AsyncPgConnection, selection: DeadL
 /// requests up too and records them as failed again. A replayed message runs after the later
 /// messages of its key, which the inbox handled while it was a dead letter. See
 /// docs/dead-letters.md.
-pub async fn request_replay<C: crate::Database>(conn: &mut C, selection: &ReplaySelection) -> Result<u64> {
-    let n = conn.request_replay(&selection.filter(false)).await?;
+pub async fn request_replay(conn: &mut impl Connection, selection: &ReplaySelection) -> Result<u64> {
+    let n = conn.database().request_replay(&selection.filter(false)).await?;
     Ok(n as u64)
+}
+
+/// Runs `body` in a read transaction (PostgreSQL and SQLite: a plain `BEGIN`, so SQLite does not
+/// take the write lock; a savepoint inside an open transaction). The writes use
+/// [`crate::transaction`] (SQLite: `BEGIN IMMEDIATE`).
+async fn read<C: Database, R>(conn: &mut C, body: impl AsyncFnOnce(&mut C) -> Result<R>) -> Result<R> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::begin_transaction(conn).await?;
+    match body(&mut *conn).await {
+        Ok(value) => {
+            C::TransactionManager::commit_transaction(conn).await?;
+            Ok(value)
+        }
+        Err(error) => match C::TransactionManager::rollback_transaction(conn).await {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
+
+/// What [`retry_parked`] and [`discard_parked`] do to the selected rows.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedAction {
+    /// Un-park: no attempts, due now; `last_error` stays.
+    Retry,
+    /// Delete.
+    Discard,
+}
+
+/// The SQL of the operations, one implementation per backend (`ops/postgres.rs`,
+/// `ops/sqlite.rs`); the functions above are the control flow, written once. A supertrait of
+/// [`Database`], so every `C: Database` runs the operations. Not nameable outside the crate.
+pub(crate) mod sql {
+    use diesel::QueryResult;
+    use diesel::QueryableByName;
+    use diesel::sql_types::{BigInt, Double, Nullable, Text};
+    use uuid::Uuid;
+
+    use super::{DeadLetter, ParkedAction, ParkedMessage};
+    use crate::Result;
+
+    /// Pending and parked counts of one topic, as stored (unsent rows only).
+    #[derive(Debug, QueryableByName)]
+    pub struct TopicCounts {
+        /// The topic.
+        #[diesel(sql_type = Text)]
+        pub topic: String,
+        /// Unsent, not parked.
+        #[diesel(sql_type = BigInt)]
+        pub pending: i64,
+        /// Parked.
+        #[diesel(sql_type = BigInt)]
+        pub parked: i64,
+        /// Seconds since the oldest pending row was written, by the database's clock.
+        #[diesel(sql_type = Nullable<Double>)]
+        pub oldest_pending_secs: Option<f64>,
+    }
+
+    /// Kept sent rows and dead letters.
+    #[derive(Debug, QueryableByName)]
+    pub struct Totals {
+        /// Sent rows still stored (retention).
+        #[diesel(sql_type = BigInt)]
+        pub sent_kept: i64,
+        /// Rows of `inbox_dead_letters`.
+        #[diesel(sql_type = BigInt)]
+        pub dead_letters: i64,
+    }
+
+    /// The relay lease row shown by `status`.
+    #[derive(Debug)]
+    pub struct Lease {
+        /// Relay name.
+        pub name: String,
+        /// Holder; `None` once released.
+        pub owner: Option<Uuid>,
+        /// Fencing epoch.
+        pub epoch: i64,
+        /// Seconds until it expires, `None` when expired or released.
+        pub expires_in_secs: Option<f64>,
+    }
+
+    /// The statements behind `outbox::ops`, one implementation per backend.
+    #[async_trait::async_trait]
+    pub trait Sql: diesel_async::AsyncConnection + Send + 'static {
+        /// Unsent rows per topic, by topic name.
+        async fn ops_status_topics(&mut self) -> QueryResult<Vec<TopicCounts>>;
+        /// Kept sent rows and dead letters.
+        async fn ops_status_totals(&mut self) -> QueryResult<Totals>;
+        /// The live lease first, else the most recently expiring one.
+        async fn ops_status_lease(&mut self) -> Result<Option<Lease>>;
+        /// Parked rows in seq order, at most `limit`, of `topic` when given.
+        async fn ops_list_parked(&mut self, limit: i64, topic: Option<&str>) -> Result<Vec<ParkedMessage>>;
+        /// Retries or deletes the parked rows among `ids` (all when `None`) of `topic` (any when
+        /// `None`); returns each touched row's (topic, key).
+        async fn ops_update_parked(
+            &mut self,
+            action: ParkedAction,
+            ids: Option<&[Uuid]>,
+            topic: Option<&str>,
+        ) -> QueryResult<Vec<(String, Option<String>)>>;
+        /// Releases the held rows of these (topic, key) pairs unless a failing row still blocks them.
+        async fn ops_release_keys(&mut self, keys: &[(String, String)]) -> QueryResult<usize>;
+        /// Dead letters newest first, at most `limit`, of `group` when given.
+        async fn ops_list_dead_letters(&mut self, group: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>>;
+        /// Deletes the dead letters among `ids` (when given) of `group` (when given).
+        async fn ops_discard_dead_letters(&mut self, ids: Option<&[i64]>, group: Option<&str>) -> QueryResult<usize>;
+    }
 }
 
 /// Seconds computed by the server as a duration; a negative age (server clock stepped back) is zero.

@@ -6,49 +6,31 @@ use uuid::Uuid;
 
 use crate::{Backend, TestConn, TestDb};
 
-/// The backend-specific operations of the suite: `outbox::ops` retry / discard on PostgreSQL,
-/// the same statements by hand on SQLite (the ops API is PostgreSQL-only).
+/// The backend-specific operations of the suite: the operator's retry / discard (`outbox::ops`,
+/// the same call on both backends) and the NOTIFY switch.
 #[async_trait::async_trait]
-pub trait GenConn: Send {
+pub trait GenConn: outbox::Database {
     /// Un-parks these ids; returns how many were parked.
-    async fn retry_parked(&mut self, ids: &[Uuid]) -> u64;
+    async fn retry_parked(&mut self, ids: &[Uuid]) -> u64 {
+        outbox::ops::retry_parked(self, outbox::ops::Selection::Ids(ids.to_vec())).await.expect("ops::retry_parked")
+    }
     /// Deletes these parked ids; returns how many were parked.
-    async fn discard_parked(&mut self, ids: &[Uuid]) -> u64;
+    async fn discard_parked(&mut self, ids: &[Uuid]) -> u64 {
+        outbox::ops::discard_parked(self, outbox::ops::Selection::Ids(ids.to_vec())).await.expect("ops::discard_parked")
+    }
     /// Enables the NOTIFY trigger (PostgreSQL; a no-op on SQLite).
     async fn enable_notify(&mut self);
 }
 
 #[async_trait::async_trait]
 impl GenConn for diesel_async::AsyncPgConnection {
-    async fn retry_parked(&mut self, ids: &[Uuid]) -> u64 {
-        outbox::ops::retry_parked(self, outbox::ops::Selection::Ids(ids.to_vec())).await.expect("ops::retry_parked")
-    }
-    async fn discard_parked(&mut self, ids: &[Uuid]) -> u64 {
-        outbox::ops::discard_parked(self, outbox::ops::Selection::Ids(ids.to_vec())).await.expect("ops::discard_parked")
-    }
     async fn enable_notify(&mut self) {
         outbox::set_notify(self, true).await.expect("set_notify");
     }
 }
 
-fn id_list(ids: &[Uuid]) -> String {
-    ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",")
-}
-
 #[async_trait::async_trait]
 impl GenConn for outbox::sqlite::SqliteConnection {
-    async fn retry_parked(&mut self, ids: &[Uuid]) -> u64 {
-        let sql = format!(
-            "UPDATE outbox_messages SET parked_at = NULL, attempts = 0, next_attempt_at = 0 \
-             WHERE parked_at IS NOT NULL AND id IN ({})",
-            id_list(ids)
-        );
-        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), self).await.expect("retry parked") as u64
-    }
-    async fn discard_parked(&mut self, ids: &[Uuid]) -> u64 {
-        let sql = format!("DELETE FROM outbox_messages WHERE parked_at IS NOT NULL AND id IN ({})", id_list(ids));
-        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), self).await.expect("discard parked") as u64
-    }
     async fn enable_notify(&mut self) {}
 }
 

@@ -1,20 +1,34 @@
-//! `outbox::ops`: what an operator sees and repairs. A message parked for real by the relay is
-//! listed with its error, retried (and then delivered ahead of the messages it held back, in key
-//! order) or discarded (releasing its key); inbox dead letters are listed and discarded.
-//!
-//! PostgreSQL only: the operations API (`outbox::ops`) and the CLI are PostgreSQL-only.
+//! `outbox::ops`: what an operator sees and repairs, on PostgreSQL and SQLite. A message parked
+//! for real by the relay is listed with its error, retried (and then delivered ahead of the
+//! messages it held back, in key order) or discarded (releasing its key); inbox dead letters are
+//! listed and discarded.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use outbox::ops::{self, DeadLetterSelection, Selection};
 use tests::relay_support::{self as rs, Happened};
-use tests::{TestDb, TestKafka};
+use tests::{Backend, TestConn, TestDb, TestKafka};
 use uuid::Uuid;
 
+tests::backends!(
+    parked_messages_are_listed_retried_in_key_order_and_discarded,
+    dead_letters_are_listed_newest_first_and_discarded,
+    operations_run_inside_a_callers_transaction,
+);
+
+/// Held rows (out of the pending index behind a failing row of their key), on both backends
+/// (`held` is a boolean on PostgreSQL, 0/1 on SQLite).
+const HELD: &str = "SELECT count(*) AS n FROM outbox_messages WHERE held";
+
+/// The operations' futures can be spawned (axum handlers, tokio::spawn) on both backends.
+fn send<F: Send>(f: F) -> F {
+    f
+}
+
 /// Waits until `sql` (a count) returns `want`.
-async fn wait_count(db: &TestDb, sql: &str, want: i64) {
+async fn wait_count<B: Backend>(db: &TestDb<B>, sql: &str, want: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let n = db.count(sql).await;
@@ -26,9 +40,8 @@ async fn wait_count(db: &TestDb, sql: &str, want: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parked_messages_are_listed_retried_in_key_order_and_discarded() {
-    let db = TestDb::new().await;
+async fn parked_messages_are_listed_retried_in_key_order_and_discarded<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let kafka = TestKafka::new();
     kafka.create_topic(rs::TOPIC, 4).await;
 
@@ -58,10 +71,11 @@ async fn parked_messages_are_listed_retried_in_key_order_and_discarded() {
     // Left behind: a1, a2, a3 and b1, b2 — the two heads parked, the rest held back.
     wait_count(&db, "SELECT count(*) AS n FROM outbox_messages WHERE parked_at IS NOT NULL", 2).await;
     wait_count(&db, "SELECT count(*) AS n FROM outbox_messages", 5).await;
+    wait_count(&db, HELD, 3).await;
     stop.cancel();
     task.await.unwrap().unwrap();
 
-    let status = ops::status(&mut conn).await.unwrap();
+    let status = send(ops::status(&mut conn)).await.unwrap();
     println!("{status:?}");
     assert_eq!((status.pending, status.parked, status.sent_kept, status.dead_letters), (3, 2, 0, 0));
     assert!(status.oldest_pending_age.is_some());
@@ -73,7 +87,7 @@ async fn parked_messages_are_listed_retried_in_key_order_and_discarded() {
     assert!(lease.epoch >= 1);
     assert_eq!((lease.owner, lease.expires_in), (None, None), "a stopped relay released its lease");
 
-    let parked = ops::list_parked(&mut conn, 10, None).await.unwrap();
+    let parked = send(ops::list_parked(&mut conn, 10, None)).await.unwrap();
     assert_eq!(parked.iter().map(|m| m.id).collect::<Vec<_>>(), [a1, b1], "oldest first");
     for m in &parked {
         assert_eq!(
@@ -91,20 +105,26 @@ async fn parked_messages_are_listed_retried_in_key_order_and_discarded() {
 
     // A held (pending) message is not parked: neither retry nor discard touches it.
     let a2 = id("a", 2);
-    assert_eq!(ops::retry_parked(&mut conn, Selection::Ids(vec![a2, Uuid::now_v7()])).await.unwrap(), 0);
-    assert_eq!(ops::discard_parked(&mut conn, Selection::Ids(vec![a2])).await.unwrap(), 0);
+    assert_eq!(send(ops::retry_parked(&mut conn, Selection::Ids(vec![a2, Uuid::now_v7()]))).await.unwrap(), 0);
+    assert_eq!(send(ops::discard_parked(&mut conn, Selection::Ids(vec![a2]))).await.unwrap(), 0);
     assert_eq!(ops::retry_parked(&mut conn, Selection::Ids(vec![])).await.unwrap(), 0);
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 5);
+    assert_eq!(db.count(HELD).await, 3, "nothing released");
 
-    // Discard b's head: b2 is released. Retry a's head: it keeps its error until sent.
+    // Discard b's head: b2 is released at once, in the same transaction (not by a relay's
+    // later clean-up). Retry a's head: a2 and a3 are released; a1 keeps its error until sent.
     assert_eq!(ops::discard_parked(&mut conn, Selection::Ids(vec![b1])).await.unwrap(), 1);
+    assert_eq!(db.count(&format!("{HELD} AND key = 'b'")).await, 0, "b's held message is released");
+    assert_eq!(db.count(HELD).await, 2, "a's stay held behind the parked a1");
     assert_eq!(ops::retry_parked(&mut conn, Selection::Ids(vec![b1])).await.unwrap(), 0, "gone");
     assert_eq!(ops::retry_parked(&mut conn, Selection::All { topic: Some("other.topic".into()) }).await.unwrap(), 0);
     assert_eq!(ops::retry_parked(&mut conn, Selection::All { topic: Some(rs::TOPIC.into()) }).await.unwrap(), 1);
+    assert_eq!(db.count(HELD).await, 0, "a's held messages are released");
     assert_eq!(
         db.count(&format!(
             "SELECT count(*) AS n FROM outbox_messages WHERE id = '{a1}' AND parked_at IS NULL AND attempts = 0 \
-             AND next_attempt_at <= now() AND last_error ILIKE '%too large%'"
+             AND next_attempt_at <= {} AND lower(last_error) LIKE '%too large%'",
+            B::Conn::sql_ago(Duration::ZERO)
         ))
         .await,
         1
@@ -126,31 +146,47 @@ async fn parked_messages_are_listed_retried_in_key_order_and_discarded() {
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_messages").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_newest_first_and_discarded() {
-    let db = TestDb::new().await;
+/// A byte-string literal in `B`'s SQL.
+fn blob<B: Backend>(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match B::NAME {
+        "postgres" => format!("decode('{hex}', 'hex')"),
+        _ => format!("X'{hex}'"),
+    }
+}
+
+async fn dead_letters_are_listed_newest_first_and_discarded<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
     let mut conn = db.conn().await;
     let empty = ops::status(&mut conn).await.unwrap();
     assert_eq!((empty.pending, empty.parked, empty.dead_letters), (0, 0, 0));
     assert!(empty.lease.is_none() && empty.per_topic.is_empty() && empty.oldest_pending_age.is_none());
-    assert!(ops::list_dead_letters(&mut conn, None, 10).await.unwrap().is_empty());
+    assert!(send(ops::list_dead_letters(&mut conn, None, 10)).await.unwrap().is_empty());
 
-    diesel::sql_query(
+    let ago = |mins: u64| B::Conn::sql_ago(Duration::from_secs(60 * mins));
+    let raw = outbox::raw_headers::encode([(&b"ce_type"[..], Some(&b"x\x1b"[..])), (&[0xff][..], None)]);
+    conn.exec(&format!(
         "INSERT INTO inbox_dead_letters
              (consumer_group, message_id, topic, kafka_partition, kafka_offset, key, payload, headers,
-              reason, error, attempts, created_at)
-         VALUES ('g1', '0190f6e0-0000-7000-8000-000000000001', 'orders', 0, 10, 'k', 'p', '{\"ce_type\":\"x\"}',
-                 'handler_failed', 'first', 5, now() - interval '3 minutes'),
-                ('g1', '0190f6e0-0000-7000-8000-000000000002', 'orders', 1, 11, NULL, NULL, '{}',
-                 'unknown_type', 'second', 1, now() - interval '2 minutes'),
-                ('g1', NULL, 'orders', 0, 12, NULL, 'garbage', '{}',
-                 'invalid_message', 'third: missing ce_id', 1, now() - interval '1 minute'),
-                ('g2', '0190f6e0-0000-7000-8000-000000000004', 'payments', 3, 99, NULL, NULL, '{}',
-                 'handler_failed', 'other group', 2, now())",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+              reason, error, attempts, created_at, raw_headers)
+         VALUES ('g1', '0190f6e0-0000-7000-8000-000000000001', 'orders', 0, 10, {}, {}, '{{\"ce_type\":\"x\"}}',
+                 'handler_failed', 'first', 5, {}, {}),
+                ('g1', '0190f6e0-0000-7000-8000-000000000002', 'orders', 1, 11, NULL, NULL, '{{}}',
+                 'unknown_type', 'second', 1, {}, NULL),
+                ('g1', NULL, 'orders', 0, 12, NULL, {}, '{{}}',
+                 'invalid_message', 'third: missing ce_id', 1, {}, NULL),
+                ('g2', '0190f6e0-0000-7000-8000-000000000004', 'payments', 3, 99, NULL, NULL, '{{}}',
+                 'handler_failed', 'other group', 2, {}, NULL)",
+        blob::<B>(b"k"),
+        blob::<B>(b"p"),
+        ago(3),
+        blob::<B>(&raw),
+        ago(2),
+        blob::<B>(b"garbage"),
+        ago(1),
+        ago(0),
+    ))
+    .await;
 
     let all = ops::list_dead_letters(&mut conn, None, 10).await.unwrap();
     assert_eq!(
@@ -162,11 +198,16 @@ async fn dead_letters_are_listed_newest_first_and_discarded() {
     assert_eq!(g1[0].message_id, None);
     assert_eq!((g1[0].reason.as_str(), g1[0].partition, g1[0].offset), ("invalid_message", 0, 12));
     assert_eq!((g1[1].topic.as_str(), g1[1].attempts, g1[1].consumer_group.as_str()), ("orders", 1, "g1"));
+    assert_eq!(g1[1].message_id, Some("0190f6e0-0000-7000-8000-000000000002".parse().unwrap()));
+    assert!(g1[1].headers.0.is_empty(), "no raw headers stored");
+    // The raw headers, decoded and escaped.
+    assert_eq!(all[3].headers.to_string(), "ce_type=x\\u{1b}, \\xFF");
+    assert!(all[3].created_at < all[0].created_at);
     assert!(ops::list_dead_letters(&mut conn, Some("nobody"), 10).await.unwrap().is_empty());
     assert_eq!(ops::status(&mut conn).await.unwrap().dead_letters, 4);
 
     let first = all[3].id;
-    assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![first, -1])).await.unwrap(), 1);
+    assert_eq!(send(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![first, -1]))).await.unwrap(), 1);
     assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![])).await.unwrap(), 0);
     assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("nobody".into())).await.unwrap(), 0);
     assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("g1".into())).await.unwrap(), 2);
@@ -174,4 +215,33 @@ async fn dead_letters_are_listed_newest_first_and_discarded() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].consumer_group, "g2");
     assert_eq!(ops::status(&mut conn).await.unwrap().dead_letters, 1);
+}
+
+/// Inside a transaction of the caller's, an operation runs in a savepoint: rolled back with the
+/// caller's transaction, and it sees the caller's uncommitted rows.
+async fn operations_run_inside_a_callers_transaction<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let mut conn = db.conn().await;
+    let now = B::Conn::sql_ago(Duration::ZERO);
+    conn.exec(&format!(
+        "INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload, occurred_at, attempts, \
+                                      last_error, parked_at) \
+         VALUES ('0190f6e0-0000-7000-8000-000000000001', 'orders', 'k', 't', 1, {}, '2026-01-01T00:00:00Z', 1, \
+                 'too large', {now})",
+        blob::<B>(b"{}")
+    ))
+    .await;
+    let id: Uuid = "0190f6e0-0000-7000-8000-000000000001".parse().unwrap();
+    let undone = outbox::transaction(&mut conn, async |tx| {
+        assert_eq!(ops::status(tx).await?.parked, 1);
+        assert_eq!(ops::discard_parked(tx, Selection::Ids(vec![id])).await?, 1);
+        assert_eq!(ops::status(tx).await?.parked, 0, "the caller's transaction sees the discard");
+        Err::<(), outbox::Error>(diesel::result::Error::RollbackTransaction.into())
+    })
+    .await;
+    assert!(undone.is_err());
+    let parked = ops::list_parked(&mut conn, 10, None).await.unwrap();
+    assert_eq!(parked.iter().map(|m| m.id).collect::<Vec<_>>(), [id], "rolled back with the caller's transaction");
+    assert_eq!(parked[0].key.as_deref(), Some("k"));
+    assert!(parked[0].created_at <= parked[0].parked_at, "{:?}", parked[0]);
 }

@@ -33,9 +33,9 @@ mod private {
 ///
 /// Sealed: the methods are the SDK's SQL, not an extension point. Write your own code against
 /// the concrete connection type (`Handler<E, C>` and `Context<C>` in the inbox crate give you
-/// `&mut C`).
+/// `&mut C`). Every `Database` runs the operations of [`outbox::ops`](crate::ops).
 #[async_trait::async_trait]
-pub trait Database: AsyncConnection + Send + 'static + private::Sealed {
+pub trait Database: AsyncConnection + Send + 'static + private::Sealed + crate::ops::sql::Sql {
     /// A short name for logs and errors: `"postgres"` or `"sqlite"`.
     const NAME: &'static str;
 

@@ -40,7 +40,6 @@ macro_rules! in_tx {
         diesel_async::AsyncConnection::transaction::<_, diesel::result::Error, _>($conn, async |$tx| $body).await
     };
 }
-pub(crate) use in_tx;
 
 #[derive(QueryableByName)]
 struct ClaimedRow {

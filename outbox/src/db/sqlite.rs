@@ -47,6 +47,7 @@ macro_rules! now_ms {
         "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
     };
 }
+pub(crate) use now_ms;
 
 mod schema {
     diesel::table! {
@@ -236,7 +237,7 @@ const HOLD: &str = concat!(
     blocked_by_earlier_row!()
 );
 
-const RELEASE_KEYS: &str = concat!(
+pub(crate) const RELEASE_KEYS: &str = concat!(
     "UPDATE outbox_messages AS m SET held = 0 WHERE m.sent_at IS NULL AND m.held = 1 AND EXISTS (SELECT 1 FROM json_each(?1) r ",
     "WHERE json_extract(r.value, '$[0]') = m.topic AND json_extract(r.value, '$[1]') = m.key) AND NOT ",
     failing_earlier_row!()
@@ -343,7 +344,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-fn json_array<T: serde::Serialize>(values: &[T]) -> String {
+pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
 }
 

@@ -4,6 +4,8 @@
 //! Exit codes: 0 success, 1 runtime failure (database, Kafka), 2 invalid usage or configuration.
 //! `status --check` (for probes): 0 healthy, 1 degraded (the reasons are printed), 2 cannot
 //! tell (the database cannot be reached or queried, or invalid usage).
+//!
+//! The database is PostgreSQL or SQLite, told apart by DATABASE_URL's form (see [`Target`]).
 
 mod output;
 mod relay;
@@ -13,8 +15,8 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use outbox::ErrorKind;
 use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
+use outbox::{Database, ErrorKind};
 use uuid::Uuid;
 
 use crate::output::{print_dead_letters, print_json, print_parked, print_status};
@@ -24,12 +26,13 @@ use crate::relay::RelayArgs;
 #[derive(Parser)]
 #[command(name = "outbox", version, propagate_version = true)]
 struct Cli {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL, or a SQLite database: sqlite://PATH, or a PATH ending in .db,
+    /// .sqlite or .sqlite3.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true, value_name = "URL")]
     database_url: Option<String>,
     /// DATABASE_URL is a transaction pooler (PgBouncer pool_mode=transaction before 1.21):
     /// connect with `outbox::pooler` (no statement outlives its transaction; the relay polls,
-    /// no LISTEN). See docs/pgbouncer.md.
+    /// no LISTEN). PostgreSQL only. See docs/pgbouncer.md.
     #[arg(long, env = "OUTBOX_TRANSACTION_POOLING", global = true)]
     transaction_pooling: bool,
     #[command(subcommand)]
@@ -182,7 +185,7 @@ impl From<outbox::Error> for Failure {
     fn from(e: outbox::Error) -> Self {
         match e.kind() {
             ErrorKind::Config => Failure::Usage(e.to_string()),
-            _ if e.to_string().contains("does not exist") => {
+            _ if e.to_string().contains("does not exist") || e.to_string().contains("no such table") => {
                 Failure::Runtime(format!("{e}\n(has `outbox migrate` been run on this database?)"))
             }
             _ => Failure::Runtime(e.to_string()),
@@ -262,26 +265,91 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let url = cli
         .database_url
         .ok_or_else(|| Failure::Usage("the database is not set: set DATABASE_URL or pass --database-url".into()))?;
+    let target = Target::of(&url)?;
+    if let Target::Sqlite(_) = target {
+        if cli.transaction_pooling {
+            return Err(Failure::Usage(
+                "--transaction-pooling (OUTBOX_TRANSACTION_POOLING) is for PgBouncer in front of PostgreSQL, \
+                 and DATABASE_URL names a SQLite database: remove the flag"
+                    .into(),
+            ));
+        }
+        // Opening a missing file would create an empty database; only `migrate` should.
+        if !matches!(cli.command, Command::Migrate) {
+            target.check_exists()?;
+        }
+    }
     match cli.command {
         Command::Migrate => {
-            outbox::migrate(&mut connect(&url, cli.transaction_pooling).await?).await?;
+            match &target {
+                Target::Postgres(url) => outbox::migrate(&mut connect(url, cli.transaction_pooling).await?).await?,
+                Target::Sqlite(url) => outbox::migrate(&mut connect_sqlite(url).await?).await?,
+            }
             println!("outbox schema is up to date");
             Ok(())
         }
-        Command::Relay(args) => relay::run(&url, cli.transaction_pooling, args).await,
-        Command::Ops(op @ OpsCommand::Status { check: CheckArgs { check: true, .. }, .. }) => {
+        Command::Relay(args) => relay::run(&target, cli.transaction_pooling, args).await,
+        Command::Ops(op) => {
+            let probe = matches!(op, OpsCommand::Status { check: CheckArgs { check: true, .. }, .. });
+            let result = async {
+                match &target {
+                    Target::Postgres(url) => operate(&mut connect(url, cli.transaction_pooling).await?, op).await,
+                    Target::Sqlite(url) => operate(&mut connect_sqlite(url).await?, op).await,
+                }
+            }
+            .await;
             // A probe: whatever stops the check is "cannot tell", never "degraded".
-            let checked = async { operate(&mut connect(&url, cli.transaction_pooling).await?, op).await };
-            checked.await.map_err(|f| match f {
-                Failure::Runtime(m) => Failure::CannotCheck(m),
+            result.map_err(|f| match f {
+                Failure::Runtime(m) if probe => Failure::CannotCheck(m),
                 other => other,
             })
         }
-        Command::Ops(op) => operate(&mut connect(&url, cli.transaction_pooling).await?, op).await,
     }
 }
 
-async fn operate(conn: &mut AsyncPgConnection, op: OpsCommand) -> Result<(), Failure> {
+/// The database DATABASE_URL names.
+///
+/// SQLite: `sqlite://PATH` (`sqlite:///abs/app.db`, `sqlite://app.db`), a `file:` URI, or a
+/// path ending in `.db`, `.sqlite` or `.sqlite3` (without `://` or `=`, so a PostgreSQL URL or
+/// `key=value` connection string never matches). Anything else is PostgreSQL.
+pub(crate) enum Target {
+    /// A PostgreSQL connection URL or string.
+    Postgres(String),
+    /// A SQLite database, as `outbox::sqlite::connect` takes it.
+    Sqlite(String),
+}
+
+impl Target {
+    fn of(url: &str) -> Result<Self, Failure> {
+        let path_like = !url.contains("://") && !url.contains('=');
+        let sqlite_ext = [".db", ".sqlite", ".sqlite3"].iter().any(|ext| url.ends_with(ext));
+        if url.starts_with("sqlite:") && !url.starts_with("sqlite://") {
+            Err(Failure::Usage(format!(
+                "DATABASE_URL `{url}`: write a SQLite database as sqlite://PATH (sqlite:///abs/path.db, sqlite://app.db)"
+            )))
+        } else if url.starts_with("sqlite://") || url.starts_with("file:") || (path_like && sqlite_ext) {
+            Ok(Target::Sqlite(url.to_owned()))
+        } else {
+            Ok(Target::Postgres(url.to_owned()))
+        }
+    }
+
+    /// A SQLite file that does not exist is an error (not an empty database); `file:` URIs are
+    /// left to SQLite.
+    fn check_exists(&self) -> Result<(), Failure> {
+        if let Target::Sqlite(url) = self {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            if !path.starts_with("file:") && !std::path::Path::new(path).exists() {
+                return Err(Failure::Runtime(format!(
+                    "the SQLite database `{path}` (DATABASE_URL) does not exist; `outbox migrate` creates it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn operate<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure> {
     match op {
         OpsCommand::Status { json, check } => {
             let status = ops::status(conn).await?;
@@ -390,6 +458,13 @@ async fn connect(url: &str, transaction_pooling: bool) -> Result<AsyncPgConnecti
         AsyncPgConnection::establish(url).await
     };
     conn.map_err(|e| Failure::Runtime(format!("cannot connect to the database (DATABASE_URL): {}", chain(&e))))
+}
+
+async fn connect_sqlite(url: &str) -> Result<outbox::sqlite::SqliteConnection, Failure> {
+    outbox::sqlite::connect(url).await.map_err(|e| match e.kind() {
+        ErrorKind::Config => Failure::Usage(format!("DATABASE_URL: {e}")),
+        _ => Failure::Runtime(format!("cannot open the database (DATABASE_URL): {}", chain(&e))),
+    })
 }
 
 /// An error with its sources, each once: driver errors often keep the useful part in a source.

@@ -5,11 +5,15 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use outbox::KafkaConfig;
-use outbox::relay::{AfterSend, Relay};
+use outbox::relay::{AfterSend, Relay, RelayBuilder};
+use outbox::{Database, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::Failure;
+use crate::{Failure, Target};
+
+/// bb8's default pool size, which the PostgreSQL pool keeps when --pool-size is not given;
+/// `outbox::sqlite::pool` takes it explicitly.
+const DEFAULT_POOL_SIZE: u32 = 10;
 
 /// The library's backoff defaults (`RelayBuilder::backoff`, relay/config.rs). `backoff` sets base
 /// and max together, so when only one of the two flags is given the other keeps this value.
@@ -28,7 +32,8 @@ pub(crate) struct RelayArgs {
     /// How often to look for rows when nothing woke the relay [default: 100].
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
     poll_interval_ms: Option<u64>,
-    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling [default: true, false with it].
+    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling and on SQLite
+    /// [default: true, false with --transaction-pooling or on SQLite].
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "BOOL", action = ArgAction::Set)]
     listen: Option<bool>,
     /// Leadership lease: a dead relay's work is taken over within it; at least 1000 [default: 15000].
@@ -62,7 +67,7 @@ pub(crate) struct RelayArgs {
 }
 
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
-pub(crate) async fn run(url: &str, transaction_pooling: bool, args: RelayArgs) -> Result<(), Failure> {
+pub(crate) async fn run(target: &Target, transaction_pooling: bool, args: RelayArgs) -> Result<(), Failure> {
     let kafka = KafkaConfig::from_env()?;
     if args.pool_size == Some(0) {
         return Err(Failure::Usage("pool size must be at least 1".into()));
@@ -75,15 +80,35 @@ pub(crate) async fn run(url: &str, transaction_pooling: bool, args: RelayArgs) -
             None => pool,
         }
     }
-    // Connections are opened on first use; the check below reports an unreachable database.
-    let mut builder = if transaction_pooling {
-        Relay::builder(pool(args.pool_size).build_unchecked(outbox::pooler::Manager::new(url)), kafka)
-    } else {
-        Relay::builder(
-            pool(args.pool_size).build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url)),
-            kafka,
-        )
-    };
+    match target {
+        // Connections are opened on first use; the relay's start-up check reports an
+        // unreachable database.
+        Target::Postgres(url) if transaction_pooling => {
+            let pool = pool(args.pool_size).build_unchecked(outbox::pooler::Manager::new(url));
+            run_relay(Relay::builder(pool, kafka), args).await
+        }
+        Target::Postgres(url) => {
+            let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+            run_relay(Relay::builder(pool(args.pool_size).build_unchecked(manager), kafka), args).await
+        }
+        Target::Sqlite(url) => {
+            if args.listen == Some(true) {
+                return Err(Failure::Usage(
+                    "--listen true (OUTBOX_LISTEN) wakes the relay on PostgreSQL's NOTIFY, which SQLite does not \
+                     have: remove it; a relay in its own process polls SQLite every --poll-interval-ms"
+                        .into(),
+                ));
+            }
+            // The file exists (checked by the caller): opening it creates nothing.
+            let pool = outbox::sqlite::pool(url, args.pool_size.unwrap_or(DEFAULT_POOL_SIZE)).await?;
+            run_relay(Relay::builder(pool, kafka), args).await
+        }
+    }
+}
+
+/// Applies the flags to `builder` (invalid settings: exit code 2), then runs the relay until a
+/// signal.
+async fn run_relay<C: Database>(mut builder: RelayBuilder<C>, args: RelayArgs) -> Result<(), Failure> {
     if let Some(name) = args.name {
         builder = builder.name(name);
     }
