@@ -25,6 +25,7 @@ tests::backends!(
     two_inboxes_replaying_at_once_run_the_effects_once,
     requested_replays_are_picked_up_by_a_running_inbox,
     dead_letters_past_their_retention_are_pruned,
+    a_replayed_message_is_a_duplicate_for_a_whole_dedup_window_after_the_replay,
 );
 
 /// Version 1, the only one the old deployment handles.
@@ -472,4 +473,65 @@ async fn dead_letters_past_their_retention_are_pruned<B: Backend>() {
     assert_eq!(err.kind(), ErrorKind::Config);
     let err = base().await.replay_poll_interval(Duration::ZERO).build().unwrap_err();
     assert!(err.to_string().contains("replay_poll_interval"), "{err}");
+}
+
+/// The replay commits the handler's effects now, so a redelivery of the message within the
+/// dedup window from now must be a duplicate. The dedup row the inbox wrote when it
+/// dead-lettered the message is older than that: unless the replay renews it, pruning deletes it
+/// a window after the dead-lettering, and a redelivery (a partition restarted at the beginning of
+/// its log, see `trust_committed_offsets`) runs the handler a second time inside the window.
+async fn a_replayed_message_is_a_duplicate_for_a_whole_dedup_window_after_the_replay<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic("orders", 1).await;
+    db.create_effects().await;
+    let record = v2_record();
+    let id = record.id().unwrap();
+    dead_letter_v2(&db, &kafka, "inventory", std::slice::from_ref(&record)).await;
+    // Dead-lettered a day and a half ago (the dedup row was written with the dead letter).
+    let window = 2 * DAY;
+    db.exec(&format!(
+        "UPDATE inbox_messages SET handled_at = {} WHERE message_id = '{id}'",
+        B::Conn::sql_ago(DAY + DAY / 2)
+    ))
+    .await;
+
+    let handler = Arc::new(ReserveV2::default());
+    let build = async || {
+        Inbox::builder(db.pool(2).await, inbox_kafka_config(&kafka))
+            .group("inventory")
+            .dedup_window(window)
+            .prune_interval(Duration::from_millis(100))
+            .handle(handler.clone())
+            .build()
+            .unwrap()
+    };
+    let report = build().await.replayer().replay(&ReplaySelection::all()).await.unwrap();
+    assert_eq!((report.handled, report.failed), (1, 0));
+    assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, 1);
+
+    // A day passes: the replay's effects are a day old, well inside the two-day window.
+    let shift = if B::NAME == "postgres" {
+        "handled_at - interval '1 day'".to_owned()
+    } else {
+        format!("handled_at - {}", DAY.as_millis())
+    };
+    db.exec(&format!("UPDATE inbox_messages SET handled_at = {shift}")).await;
+
+    // The inbox runs (pruning past the window), and the record arrives once more.
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(build().await.run(shutdown.clone()));
+    // Give the pruning task its passes: a dedup row of another message, past the window, goes.
+    db.conn().await.insert_aged_dedup_rows("inventory", 1, 3 * DAY).await;
+    until(&db, &format!("SELECT count(*) AS n FROM inbox_messages WHERE message_id <> '{id}'"), 0).await;
+    TestProducer::new(&kafka).send_all(std::slice::from_ref(&record)).await;
+    until(&db, "SELECT count(*) AS n FROM inbox_offsets WHERE consumer_group = 'inventory' AND next_offset = 2", 1)
+        .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM effects").await,
+        1,
+        "the redelivery a day after the replay ran the handler again: the replay did not renew the dedup row"
+    );
 }
