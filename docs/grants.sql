@@ -38,6 +38,7 @@ GRANT SELECT, INSERT, UPDATE ON outbox_relay_leases TO outbox_relay;
 -- letter's record. A handler that publishes follow-up events also needs the writer's grant:
 -- GRANT outbox_writer TO inbox_consumer.
 GRANT SELECT, INSERT, DELETE ON inbox_messages TO inbox_consumer;
+GRANT UPDATE (handled_at) ON inbox_messages TO inbox_consumer;
 GRANT SELECT, INSERT, UPDATE ON inbox_offsets TO inbox_consumer;
 GRANT SELECT, INSERT, DELETE ON inbox_dead_letters TO inbox_consumer;
 GRANT UPDATE (reason, error, attempts, replay_requested_at) ON inbox_dead_letters TO inbox_consumer;

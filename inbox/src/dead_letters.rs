@@ -212,7 +212,7 @@ async fn replay_one<C: Database>(shared: &Shared<C>, id: i64, requested: bool) -
 
 /// Classifies the stored record as if it had just arrived and, when it has a handler now, runs
 /// it in the open transaction; then records the message id again (a new dedup window, in case
-/// it was pruned meanwhile) and deletes the dead letter.
+/// it was pruned meanwhile, or renewing its window) and deletes the dead letter.
 async fn handle<C: Database>(
     shared: &Shared<C>,
     conn: &mut C,
@@ -243,7 +243,11 @@ async fn handle<C: Database>(
             kafka_partition: row.kafka_partition,
             kafka_offset: row.kafka_offset,
         };
-        conn.insert_dedup(&[dedup]).await.map_err(db)?;
+        // Recorded when it was dead-lettered, so usually present: its window restarts now, when
+        // the effects commit (else it would be pruned a window after the dead-lettering).
+        if conn.insert_dedup(&[dedup]).await.map_err(db)?.is_empty() {
+            conn.renew_dedup(&shared.options.group, message_id).await.map_err(db)?;
+        }
     }
     conn.delete_dead_letter(row.id).await.map_err(db)?;
     Ok(())

@@ -142,6 +142,10 @@ pub trait Database: AsyncConnection + Send + 'static + private::Sealed + crate::
     /// Deletes dead letter `id` (in the replay's transaction). Returns how many rows went.
     #[doc(hidden)]
     async fn delete_dead_letter(&mut self, id: i64) -> QueryResult<usize>;
+    /// Restarts the dedup window of `group`'s `message_id` now (in a replay's transaction: its
+    /// effects commit now, so its duplicates must be recognised for a whole window from now).
+    #[doc(hidden)]
+    async fn renew_dedup(&mut self, group: &str, message_id: Uuid) -> QueryResult<usize>;
     /// Records a failed replay of dead letter `id`, if its attempt count is still `seen` (no
     /// other replay recorded one meanwhile): the new reason and error, one more attempt, and
     /// the replay request cleared. Returns how many rows changed.

@@ -842,6 +842,14 @@ impl Database for AsyncPgConnection {
         diesel::sql_query("DELETE FROM inbox_dead_letters WHERE id = $1").bind::<BigInt, _>(id).execute(self).await
     }
 
+    async fn renew_dedup(&mut self, group: &str, message_id: Uuid) -> QueryResult<usize> {
+        diesel::sql_query("UPDATE inbox_messages SET handled_at = now() WHERE consumer_group = $1 AND message_id = $2")
+            .bind::<Text, _>(group)
+            .bind::<SqlUuid, _>(message_id)
+            .execute(self)
+            .await
+    }
+
     async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize> {
         in_tx!(self, tx => {
             diesel::sql_query(RECORD_REPLAY_FAILURE)

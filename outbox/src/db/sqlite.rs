@@ -723,6 +723,18 @@ impl Database for SqliteConnection {
         diesel::sql_query("DELETE FROM inbox_dead_letters WHERE id = ?1").bind::<BigInt, _>(id).execute(self).await
     }
 
+    async fn renew_dedup(&mut self, group: &str, message_id: Uuid) -> QueryResult<usize> {
+        diesel::sql_query(concat!(
+            "UPDATE inbox_messages SET handled_at = ",
+            now_ms!(),
+            " WHERE consumer_group = ?1 AND message_id = ?2"
+        ))
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(message_id.hyphenated().to_string())
+        .execute(self)
+        .await
+    }
+
     async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize> {
         diesel::sql_query(
             "UPDATE inbox_dead_letters SET reason = ?3, error = ?4, attempts = attempts + 1, \
