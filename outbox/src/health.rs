@@ -93,7 +93,9 @@ pub struct RelayStatus {
 #[non_exhaustive]
 pub struct RelayThresholds {
     /// Unhealthy when the last successful round is older than this (the database is
-    /// unreachable, every delivery fails, the loop is stuck). Default 30 s.
+    /// unreachable, the lease cannot be checked, the loop is stuck). Default 30 s. Broker
+    /// outages are caught by `max_pending_age` instead: between retries the failed rows are not
+    /// due, and those empty rounds succeed.
     pub max_since_success: Duration,
     /// Leader only: unhealthy when the oldest pending message was older than this at the last
     /// backlog read (the brokers are down, or the relay cannot keep up). Default 60 s.
