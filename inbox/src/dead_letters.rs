@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, TransactionManager};
 use futures_util::FutureExt;
@@ -440,38 +439,5 @@ pub(crate) async fn run_requested<C: Database>(shared: Arc<Shared<C>>, stop: Can
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "inbox: requested dead-letter replays failed; trying again later"),
         }
-    }
-}
-
-/// Deletes the group's dead letters older than `retention`, batch after batch until a batch
-/// comes back short (called by the pruning task).
-pub(crate) async fn prune<C: Database>(shared: &Shared<C>, stop: &CancellationToken, retention: Duration) {
-    let o = &shared.options;
-    let mut total = 0u64;
-    while !stop.is_cancelled() {
-        let mut conn = match shared.pool.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "inbox: dead-letter pruning skipped, no database connection");
-                return;
-            }
-        };
-        match conn.prune_dead_letters(&o.group, retention, o.prune_batch_size).await {
-            Ok(n) => {
-                total += n as u64;
-                if (n as i64) < o.prune_batch_size {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbox: pruning dead letters failed");
-                break;
-            }
-        }
-        drop(conn);
-        tokio::task::yield_now().await;
-    }
-    if total > 0 {
-        tracing::info!(rows = total, group = %o.group, ?retention, "inbox: pruned dead letters past their retention");
     }
 }

@@ -1,7 +1,8 @@
 //! Retention: deletes the group's dedup rows older than the dedup window, in small batches, and
-//! (with `dead_letter_retention` set) its dead letters older than that (`dead_letters::prune`).
+//! (with `dead_letter_retention` set) its dead letters older than that.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,9 +13,16 @@ use crate::inbox::Shared;
 pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {
     let o = &shared.options;
     loop {
-        prune_once(&shared, &stop).await;
+        let n = in_batches(&shared, &stop, Rows::Dedup).await;
+        if n > 0 {
+            tracing::debug!(rows = n, group = %o.group, "inbox: pruned dedup rows");
+            metrics::counter!(crate::metrics::PRUNED_TOTAL, "group" => o.group.clone()).increment(n);
+        }
         if let Some(retention) = o.dead_letter_retention {
-            crate::dead_letters::prune(&shared, &stop, retention).await;
+            let n = in_batches(&shared, &stop, Rows::DeadLetters(retention)).await;
+            if n > 0 {
+                tracing::info!(rows = n, group = %o.group, ?retention, "inbox: pruned dead letters past their retention");
+            }
         }
         tokio::select! {
             biased;
@@ -24,35 +32,51 @@ pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationT
     }
 }
 
-/// Deletes batch after batch until a batch comes back short; yields between batches.
-async fn prune_once<C: Database>(shared: &Shared<C>, stop: &CancellationToken) {
+/// What a pruning pass deletes.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// Dedup rows older than the dedup window.
+    Dedup,
+    /// Dead letters older than this retention (not those waiting for a requested replay).
+    DeadLetters(Duration),
+}
+
+/// Deletes `rows` of the group one bounded DELETE at a time until a batch comes back short, an
+/// error, or shutdown; yields between batches. Returns the rows deleted.
+async fn in_batches<C: Database>(shared: &Shared<C>, stop: &CancellationToken, rows: Rows) -> u64 {
     let o = &shared.options;
+    let batch = o.prune_batch_size;
+    let what = match rows {
+        Rows::Dedup => "dedup rows",
+        Rows::DeadLetters(_) => "dead letters",
+    };
     let mut total = 0u64;
     while !stop.is_cancelled() {
         let mut conn = match shared.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(error = %e, "inbox: pruning skipped, no database connection");
-                return;
+                tracing::debug!(error = %e, "inbox: pruning {what} skipped, no database connection");
+                break;
             }
         };
-        match conn.prune_dedup(&o.group, o.dedup_window, o.prune_batch_size).await {
+        let deleted = match rows {
+            Rows::Dedup => conn.prune_dedup(&o.group, o.dedup_window, batch).await,
+            Rows::DeadLetters(retention) => conn.prune_dead_letters(&o.group, retention, batch).await,
+        };
+        match deleted {
             Ok(n) => {
                 total += n as u64;
-                if (n as i64) < o.prune_batch_size {
+                if (n as i64) < batch {
                     break;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "inbox: pruning dedup rows failed");
+                tracing::warn!(error = %e, "inbox: pruning {what} failed");
                 break;
             }
         }
         drop(conn);
         tokio::task::yield_now().await;
     }
-    if total > 0 {
-        tracing::debug!(rows = total, group = %o.group, "inbox: pruned dedup rows");
-        metrics::counter!(crate::metrics::PRUNED_TOTAL, "group" => o.group.clone()).increment(total);
-    }
+    total
 }
