@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use outbox::Event;
 use outbox::db::{ConnPool, Database};
+use outbox::{Event, RetryPolicy};
 use serde::de::DeserializeOwned;
 
 use crate::error::config_error;
@@ -17,7 +17,7 @@ use crate::{Error, Handler, Inbox, KafkaSettings};
 ///
 /// Topics are often shared by several event types of which a service handles only some, so
 /// [`Skip`](Self::Skip) is a legitimate choice; the default keeps the message visible instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum UnknownTypePolicy {
@@ -31,40 +31,99 @@ pub enum UnknownTypePolicy {
 // PostgreSQL takes at most 65,535 bind parameters per statement; a dead-letter row binds 12.
 pub(crate) const MAX_BATCH_SIZE: usize = 5_000;
 
-/// The options of a built inbox (see the builder methods for meaning and defaults).
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
+/// Every option of an inbox, as data: [`Default`] holds the defaults (each field's doc says
+/// which), [`InboxBuilder::config`] takes a whole configuration, and the builder's setters change
+/// one field. It reads from and writes to any serde format; durations are written in
+/// [humantime](https://docs.rs/humantime) form (`"100ms"`, `"30s"`, `"7days"`), a missing field
+/// keeps its default, and an unknown field is an error. See docs/configuration.md.
+///
+/// ```
+/// let config: inbox::InboxConfig = serde_json::from_str(
+///     r#"{ "group": "inventory", "max_attempts": 8, "retry": { "base": "200ms", "max": "30s" } }"#,
+/// ).unwrap();
+/// assert_eq!(config.max_attempts, 8);
+/// assert_eq!(config.batch_size, inbox::InboxConfig::default().batch_size);
+/// ```
+///
+/// Checked by [`InboxBuilder::build`] (and [`validate`](Self::validate)), not on deserialising.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// The consumer group (required, no default). It is the Kafka `group.id` and the dedup
+    /// namespace: each message id takes effect once per group. Two services that both need
+    /// every event use two groups.
     pub group: String,
+    /// How many messages of one partition share one transaction. Default 100; 1 to 5,000 (see
+    /// [`InboxBuilder::batch_size`]).
     pub batch_size: usize,
+    /// How many times a handler is called for a message that keeps failing with a transient
+    /// error before the message is dead-lettered with reason `retries_exhausted`, counting the
+    /// first call. Default 5; at least 1.
     pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
+    /// The delay before each retry of a failing message (the partition waits meanwhile; others
+    /// keep flowing), and between attempts to load stored positions. Default 100 ms doubling
+    /// to 10 s, with jitter.
+    pub retry: RetryPolicy,
+    /// The largest payload handed to a handler, in bytes; larger messages are dead-lettered as
+    /// `payload_too_large`. Default 1 MiB (1048576); at least 1.
     pub max_payload_bytes: usize,
+    /// The deepest JSON nesting accepted in a payload; deeper payloads are dead-lettered as
+    /// `payload_too_deep`. Default 64; at least 1.
     pub max_json_depth: usize,
+    /// What to do with event types that have no handler on their topic. Default
+    /// [`UnknownTypePolicy::DeadLetter`] (`"dead_letter"`); or `"skip"`.
     pub unknown_types: UnknownTypePolicy,
+    /// How long dedup rows are kept (see [`InboxBuilder::dedup_window`]). Default 7 days;
+    /// positive.
+    #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// How often the background task deletes dedup rows older than the window (and expired dead
+    /// letters). Default 60 s; positive.
+    #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// How many rows one pruning DELETE removes at most; small batches keep locks and WAL
+    /// bursts short. Default 1000; positive.
     pub prune_batch_size: i64,
+    /// How long [`Inbox::run`] waits, after the shutdown token fires, for the batches in hand to
+    /// commit before it abandons them (rolled back, redelivered later). Default 30 s; positive.
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long one handler call may take before it is abandoned and counted as a transient
+    /// failure (see [`InboxBuilder::handler_timeout`]). Default 60 s; positive.
+    #[serde(with = "humantime_serde")]
     pub handler_timeout: Duration,
+    /// The most bytes (keys + payloads + headers) one partition holds between Kafka and its
+    /// handler (see [`InboxBuilder::max_buffered_bytes`]). Default 16 MiB (16777216); at least 1.
     pub max_buffered_bytes: usize,
+    /// Where a partition with no stored position starts: `false` at the beginning of its log,
+    /// `true` at the group's committed Kafka offset (see
+    /// [`InboxBuilder::trust_committed_offsets`]). Default `false`.
     pub trust_committed_offsets: bool,
+    /// How long [`Inbox::run`] waits at start-up for the database, a broker and every subscribed
+    /// topic before it returns an error. Default 30 s; positive.
+    #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
     /// How often a running inbox looks for dead letters whose replay an operator requested.
+    /// Default 5 s; positive.
+    #[serde(with = "humantime_serde")]
     pub replay_poll_interval: Duration,
-    /// Dead letters older than this are deleted by the pruning task; `None`: kept.
+    /// Dead letters stored longer ago than this are deleted by the pruning task (except those
+    /// waiting for a requested replay). Default (absent, `None`): kept forever; positive.
+    #[serde(with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub dead_letter_retention: Option<Duration>,
+    /// How often the `inbox_dead_letters` gauge is read from the database. Default 10 s;
+    /// positive.
+    #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
 }
 
-impl Default for Options {
+impl Default for InboxConfig {
     fn default() -> Self {
         Self {
             group: String::new(),
             batch_size: 100,
             max_attempts: 5,
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
+            retry: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(10)),
             max_payload_bytes: 1024 * 1024,
             max_json_depth: 64,
             unknown_types: UnknownTypePolicy::DeadLetter,
@@ -80,6 +139,53 @@ impl Default for Options {
             dead_letter_retention: None,
             metrics_interval: Duration::from_secs(10),
         }
+    }
+}
+
+impl InboxConfig {
+    /// Checks every value (what [`InboxBuilder::build`] checks, except the handlers and the
+    /// Kafka properties); the error is [`ErrorKind::Config`](outbox::ErrorKind::Config) and
+    /// names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.group.trim().is_empty() {
+            return Err(config_error("inbox: the consumer group is required: .group(\"my-service\")"));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(config_error(format!(
+                "inbox: batch_size must be between 1 and {MAX_BATCH_SIZE}, not {}",
+                self.batch_size
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(config_error("inbox: max_attempts must be at least 1"));
+        }
+        self.retry.validate("inbox: retry (retry_backoff)").map_err(config_error)?;
+        let positive = [
+            (self.max_payload_bytes == 0, "max_payload_bytes must be at least 1"),
+            (self.max_json_depth == 0, "max_json_depth must be at least 1"),
+            (
+                self.dedup_window.is_zero(),
+                "dedup_window must be longer than zero (redeliveries would be handled twice)",
+            ),
+            (
+                self.prune_interval.is_zero() || self.prune_batch_size <= 0,
+                "prune_interval and prune_batch_size must be greater than zero",
+            ),
+            (self.handler_timeout.is_zero(), "handler_timeout must be longer than zero"),
+            (self.max_buffered_bytes == 0, "max_buffered_bytes must be at least 1"),
+            (self.startup_timeout.is_zero(), "startup_timeout must be longer than zero"),
+            (self.shutdown_timeout.is_zero(), "shutdown_timeout must be longer than zero"),
+            (self.replay_poll_interval.is_zero(), "replay_poll_interval must be longer than zero"),
+            (
+                self.dead_letter_retention.is_some_and(|r| r.is_zero()),
+                "dead_letter_retention must be longer than zero (every dead letter would be deleted at once)",
+            ),
+            (self.metrics_interval.is_zero(), "metrics_interval must be longer than zero"),
+        ];
+        if let Some((_, what)) = positive.iter().find(|(bad, _)| *bad) {
+            return Err(config_error(format!("inbox: {what}")));
+        }
+        Ok(())
     }
 }
 
@@ -117,7 +223,7 @@ pub struct InboxBuilder<C: Database = AsyncPgConnection> {
     pool: ConnPool<C>,
     kafka: KafkaSettings,
     handlers: Vec<Arc<dyn ErasedHandler<C>>>,
-    options: Options,
+    options: InboxConfig,
 }
 
 impl<C: Database> std::fmt::Debug for InboxBuilder<C> {
@@ -143,12 +249,24 @@ impl<C: Database> Inbox<C> {
             pool: ConnPool::new(pool),
             kafka: kafka.into(),
             handlers: Vec::new(),
-            options: Options::default(),
+            options: InboxConfig::default(),
         }
     }
 }
 
 impl<C: Database> InboxBuilder<C> {
+    /// Replaces the whole configuration (e.g. one read from a file), the group included;
+    /// setters called after it change single fields of it. Checked by [`build`](Self::build).
+    pub fn config(mut self, config: InboxConfig) -> Self {
+        self.options = config;
+        self
+    }
+
+    /// The configuration as set so far.
+    pub fn current_config(&self) -> &InboxConfig {
+        &self.options
+    }
+
     /// The consumer group (required). It is the Kafka `group.id` and the dedup namespace: each
     /// message id takes effect once per group. Two services that both need every event use
     /// two groups.
@@ -193,11 +311,19 @@ impl<C: Database> InboxBuilder<C> {
     }
 
     /// The delay before the first retry and the cap on later ones; delays double per attempt,
-    /// with jitter (default 100 ms and 10 s). The partition waits while a message is retried;
+    /// with jitter (a random delay between half and all of it) (default 100 ms and 10 s). The partition waits while a message is retried;
     /// other partitions keep flowing.
+    ///
+    /// Sets [`InboxConfig::retry`] (keeping its `jitter`); see also [`retry`](Self::retry).
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.options.backoff_base = base;
-        self.options.backoff_max = max;
+        self.options.retry.base = base;
+        self.options.retry.max = max;
+        self
+    }
+
+    /// The retry policy of failing messages ([`InboxConfig::retry`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = policy;
         self
     }
 
@@ -338,6 +464,7 @@ impl<C: Database> InboxBuilder<C> {
     /// other than the group).
     pub fn build(self) -> Result<Inbox<C>, Error> {
         let options = self.options;
+        // The group first: without it nothing else is worth reporting.
         if options.group.trim().is_empty() {
             return Err(config_error("inbox: the consumer group is required: .group(\"my-service\")"));
         }
@@ -345,58 +472,7 @@ impl<C: Database> InboxBuilder<C> {
             return Err(config_error("inbox: no handler registered: add one with .handle(MyHandler)"));
         }
         let registry = Registry::new(self.handlers).map_err(|e| config_error(format!("inbox: {e}")))?;
-        if options.batch_size == 0 || options.batch_size > MAX_BATCH_SIZE {
-            return Err(config_error(format!(
-                "inbox: batch_size must be between 1 and {MAX_BATCH_SIZE}, not {}",
-                options.batch_size
-            )));
-        }
-        if options.max_attempts == 0 {
-            return Err(config_error("inbox: max_attempts must be at least 1"));
-        }
-        if options.backoff_base.is_zero() || options.backoff_base > options.backoff_max {
-            return Err(config_error(format!(
-                "inbox: retry_backoff needs 0 < base <= max, got base {:?} and max {:?}",
-                options.backoff_base, options.backoff_max
-            )));
-        }
-        if options.max_payload_bytes == 0 {
-            return Err(config_error("inbox: max_payload_bytes must be at least 1"));
-        }
-        if options.max_json_depth == 0 {
-            return Err(config_error("inbox: max_json_depth must be at least 1"));
-        }
-        if options.dedup_window.is_zero() {
-            return Err(config_error(
-                "inbox: dedup_window must be longer than zero (redeliveries would be handled twice)",
-            ));
-        }
-        if options.prune_interval.is_zero() || options.prune_batch_size <= 0 {
-            return Err(config_error("inbox: prune_interval and prune_batch_size must be greater than zero"));
-        }
-        if options.handler_timeout.is_zero() {
-            return Err(config_error("inbox: handler_timeout must be longer than zero"));
-        }
-        if options.max_buffered_bytes == 0 {
-            return Err(config_error("inbox: max_buffered_bytes must be at least 1"));
-        }
-        if options.startup_timeout.is_zero() {
-            return Err(config_error("inbox: startup_timeout must be longer than zero"));
-        }
-        if options.shutdown_timeout.is_zero() {
-            return Err(config_error("inbox: shutdown_timeout must be longer than zero"));
-        }
-        if options.replay_poll_interval.is_zero() {
-            return Err(config_error("inbox: replay_poll_interval must be longer than zero"));
-        }
-        if options.dead_letter_retention.is_some_and(|r| r.is_zero()) {
-            return Err(config_error(
-                "inbox: dead_letter_retention must be longer than zero (every dead letter would be deleted at once)",
-            ));
-        }
-        if options.metrics_interval.is_zero() {
-            return Err(config_error("inbox: metrics_interval must be longer than zero"));
-        }
+        options.validate()?;
         crate::metrics::describe();
         let consumer_config = self.kafka.consumer_config(&options.group)?;
         Ok(Inbox::new(self.pool, consumer_config, registry, options))

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::raw_headers::{self, RawHeader};
 
 use crate::UnknownTypePolicy;
-use crate::builder::Options;
+use crate::builder::InboxConfig;
 use outbox::Database;
 
 use crate::registry::{Registry, Route};
@@ -43,7 +43,7 @@ impl<C: Database> Plan<C> {
     }
 }
 
-pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &Options, msg: &OwnedMessage) -> Plan<C> {
+pub(crate) fn classify<C: Database>(registry: &Registry<C>, options: &InboxConfig, msg: &OwnedMessage) -> Plan<C> {
     // Raw bytes, not rdkafka's `Headers::iter` (it panics on a key that is not UTF-8).
     let raw = raw_headers::read(msg);
     let mut text = Vec::with_capacity(raw.len());

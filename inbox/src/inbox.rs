@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::builder::Options;
+use crate::builder::InboxConfig;
 use crate::error::kafka_error;
 use crate::health::{InboxHealth, InboxState};
 use crate::partition::{Flow, PartitionWorker};
@@ -31,7 +31,7 @@ pub(crate) type Consumer = StreamConsumer<InboxContext>;
 pub(crate) struct Shared<C: Database> {
     pub pool: ConnPool<C>,
     pub registry: Registry<C>,
-    pub options: Options,
+    pub options: InboxConfig,
     /// The Kafka cluster id, set once when `run` starts (`None`: the cluster reported none).
     pub cluster_id: OnceLock<Option<String>>,
     /// The most bytes one partition has held buffered (see [`BufferWatermark`]).
@@ -77,7 +77,7 @@ impl<C: Database> Inbox<C> {
         pool: ConnPool<C>,
         consumer_config: ClientConfig,
         registry: Registry<C>,
-        options: Options,
+        options: InboxConfig,
     ) -> Self {
         let health = InboxHealth::new(&options.group);
         let shared = Shared {
@@ -350,7 +350,7 @@ impl<C: Database> Loop<C> {
             by_topic.entry(t.as_str()).or_default().push(*p);
         }
         let o = &self.shared.options;
-        let mut delay = o.backoff_base;
+        let mut delays = o.retry.delays();
         'retry: loop {
             let mut out = HashMap::new();
             let mut failure = None;
@@ -375,9 +375,8 @@ impl<C: Database> Loop<C> {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return HashMap::new(),
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(delays.next().unwrap_or(o.retry.max)) => {}
             }
-            delay = (delay * 2).min(o.backoff_max);
             continue 'retry;
         }
     }

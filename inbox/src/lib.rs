@@ -68,7 +68,7 @@ mod registry;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use builder::{InboxBuilder, UnknownTypePolicy};
+pub use builder::{InboxBuilder, InboxConfig, UnknownTypePolicy};
 pub use context::Context;
 pub use dead_letters::{ReplayReport, Replayer};
 pub use handler::{Handler, HandlerError};

@@ -18,7 +18,6 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel_async::TransactionManager;
 use futures_util::FutureExt;
 use outbox::Database;
@@ -627,20 +626,12 @@ impl<C: Database> Processor<'_, C> {
     }
 
     fn delays(&self) -> impl Iterator<Item = Duration> + use<C> {
-        let o = &self.shared.options;
-        let max = o.backoff_max;
-        ExponentialBuilder::new()
-            .with_min_delay(o.backoff_base)
-            .with_max_delay(max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .map(move |d| d.min(max))
+        self.shared.options.retry.delays()
     }
 
     /// Waits `delay`, or returns false at once when the worker is told to stop.
     async fn pause(&self, delay: Option<Duration>) -> bool {
-        let delay = delay.unwrap_or(self.shared.options.backoff_max);
+        let delay = delay.unwrap_or(self.shared.options.retry.max);
         tokio::select! {
             biased;
             _ = self.stop.cancelled() => false,

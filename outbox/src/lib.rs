@@ -50,6 +50,7 @@ pub mod otel;
 mod otel;
 pub mod raw_headers;
 pub mod relay;
+pub mod retry;
 pub mod schema;
 #[doc(hidden)]
 pub mod startup;
@@ -65,6 +66,7 @@ pub use kafka::KafkaConfig;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use migrate::SQLITE_MIGRATIONS;
 pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
+pub use retry::RetryPolicy;
 pub use writer::{Batch, publish, publish_all, publish_with, transaction};
 
 /// The connection pool the relay and the inbox run on (bb8 over diesel-async).

@@ -14,10 +14,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{ConnPool, Database};
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result, RetryPolicy};
 
 /// How long `run` waits at start-up for the database and the brokers unless told otherwise.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pauses between looks at the database while it is not ready: 50 ms doubling to 2 s.
+const SCHEMA_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2)).without_jitter();
 
 /// Waits until a connection can be had and the schema has every migration this build needs.
 /// A schema that is missing or behind fails at once (waiting does not migrate it); a database
@@ -29,8 +32,10 @@ pub async fn wait_for_schema<C: Database>(
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Result<bool> {
-    let mut pause = Duration::from_millis(50);
+    let mut attempt = 0u32;
     loop {
+        attempt += 1;
+        let pause = SCHEMA_RETRY.delay(attempt);
         // bb8 itself waits up to its connection_timeout (30 s by default): bounded by ours.
         let got = tokio::select! {
             _ = shutdown.cancelled() => return Ok(false),
@@ -74,7 +79,6 @@ pub async fn wait_for_schema<C: Database>(
             _ = shutdown.cancelled() => return Ok(false),
             _ = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

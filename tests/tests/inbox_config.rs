@@ -124,3 +124,84 @@ async fn topics_come_from_the_registered_events() {
     let cfg = kafka("group.id", "inventory");
     assert!(Inbox::builder(pool(), &cfg).group("inventory").handle(Reserve).build().is_ok());
 }
+
+/// `InboxConfig` is data: read from any serde format with humantime durations, missing fields
+/// default, unknown fields and malformed durations are errors naming them, and it round-trips.
+#[test]
+fn inbox_config_reads_from_serde_with_humantime_durations() {
+    let config: inbox::InboxConfig = serde_json::from_str(
+        r#"{ "group": "inventory", "max_attempts": 8, "handler_timeout": "90s", "dedup_window": "3days",
+             "dead_letter_retention": "30days", "unknown_types": "skip",
+             "retry": { "base": "200ms", "max": "30s", "jitter": false } }"#,
+    )
+    .expect("a valid configuration");
+    let defaults = inbox::InboxConfig::default();
+    assert_eq!(config.max_attempts, 8);
+    assert_eq!(config.handler_timeout, Duration::from_secs(90));
+    assert_eq!(config.dedup_window, Duration::from_secs(3 * 24 * 3600));
+    assert_eq!(config.dead_letter_retention, Some(Duration::from_secs(30 * 24 * 3600)));
+    assert_eq!(config.unknown_types, inbox::UnknownTypePolicy::Skip);
+    assert_eq!(
+        config.retry,
+        outbox::RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(30)).without_jitter()
+    );
+    assert_eq!(config.batch_size, defaults.batch_size, "a missing field keeps its default");
+    let text = serde_json::to_string(&config).expect("serialise");
+    assert!(text.contains(r#""handler_timeout":"1m 30s""#), "durations are written in humantime form: {text}");
+    assert_eq!(serde_json::from_str::<inbox::InboxConfig>(&text).expect("read back"), config);
+
+    let unknown = serde_json::from_str::<inbox::InboxConfig>(r#"{ "group": "g", "retry_backoff": "1s" }"#);
+    let e = unknown.expect_err("an unknown field").to_string();
+    assert!(e.contains("unknown field `retry_backoff`"), "{e}");
+    let bad = serde_json::from_str::<inbox::InboxConfig>(r#"{ "handler_timeout": "soon" }"#);
+    let e = bad.expect_err("a malformed duration").to_string();
+    assert!(e.contains("invalid value: string \"soon\", expected a duration"), "{e}");
+}
+
+/// `.config(cfg)` replaces the whole configuration; setters after it change one field of it;
+/// `build()` checks the result and names the field.
+#[tokio::test]
+async fn builder_config_replaces_the_options_and_build_checks_them() {
+    let config = inbox::InboxConfig { group: "from-config".into(), batch_size: 10, ..Default::default() };
+    let inbox = Inbox::builder(pool(), "127.0.0.1:1").config(config.clone()).handle(Reserve).build().expect("valid");
+    assert_eq!(inbox.group(), "from-config");
+    let b = Inbox::builder(pool(), "127.0.0.1:1").group("g").config(config.clone()).max_attempts(3);
+    assert_eq!(b.current_config().group, "from-config", "config() replaces the group set before it");
+    assert_eq!((b.current_config().max_attempts, b.current_config().batch_size), (3, 10));
+    config_error(
+        Inbox::builder(pool(), "127.0.0.1:1").config(config.clone()).handle(Reserve).max_attempts(0),
+        "max_attempts",
+    );
+    let slow = inbox::InboxConfig {
+        retry: outbox::RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(1)),
+        ..config.clone()
+    };
+    assert!(slow.validate().is_err());
+    config_error(Inbox::builder(pool(), "127.0.0.1:1").config(slow).handle(Reserve), "retry");
+    let no_group = inbox::InboxConfig { group: String::new(), ..config };
+    config_error(Inbox::builder(pool(), "127.0.0.1:1").config(no_group).handle(Reserve), "consumer group is required");
+}
+
+/// The relay's configuration is data in the same way, and `build()` checks what `.config()` set.
+#[tokio::test]
+async fn relay_config_reads_from_serde_and_build_checks_it() {
+    use outbox::relay::{AfterSend, Relay, RelayConfig};
+    let config: RelayConfig = serde_json::from_str(
+        r#"{ "name": "orders", "lease": "20s", "after_send": { "mode": "keep", "retention": "1day" } }"#,
+    )
+    .expect("a valid configuration");
+    assert_eq!(config.lease, Duration::from_secs(20));
+    assert_eq!(config.after_send, AfterSend::Keep { retention: Duration::from_secs(24 * 3600) });
+    assert_eq!(config.batch_size, RelayConfig::default().batch_size);
+    let e = serde_json::from_str::<RelayConfig>(r#"{ "lease_ms": 100 }"#).expect_err("unknown field").to_string();
+    assert!(e.contains("unknown field `lease_ms`"), "{e}");
+    let kafka = || outbox::KafkaConfig::new("127.0.0.1:1");
+    assert!(Relay::builder(pool(), kafka()).config(config.clone()).build().is_ok());
+    let e = Relay::builder(pool(), kafka()).config(RelayConfig { batch_size: 0, ..config.clone() }).build();
+    let e = e.expect_err("batch_size 0").to_string();
+    assert!(e.contains("batch_size"), "{e}");
+    let slow =
+        RelayConfig { retry: outbox::RetryPolicy::new(Duration::from_secs(2), Duration::from_secs(1)), ..config };
+    let e = Relay::builder(pool(), kafka()).config(slow).build().expect_err("base > max").to_string();
+    assert!(e.contains("retry"), "{e}");
+}

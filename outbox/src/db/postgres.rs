@@ -1048,7 +1048,8 @@ async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
 /// Wakes the relay on every NOTIFY of the insert trigger; reconnects when the session is lost.
 async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
     use diesel_async::SimpleAsyncConnection;
-    let retry = |failures: u32| crate::relay::backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
+    let retry =
+        |failures: u32| crate::RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(10)).delay(failures);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let connected = tokio::select! {

@@ -819,13 +819,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 async fn setup(conn: &mut SqliteConnection) -> QueryResult<()> {
     conn.batch_execute(&format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis())).await?;
     let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
-    let mut pause = Duration::from_millis(1);
+    let mut pauses =
+        crate::RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(50)).without_jitter().delays();
+    let mut pause = pauses.next().unwrap_or_default();
     loop {
         match conn.batch_execute("PRAGMA journal_mode = WAL").await {
             Ok(()) => break,
             Err(e) if is_locked(&e) && tokio::time::Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+                pause = pauses.next().unwrap_or(pause);
             }
             Err(e) => return Err(e),
         }

@@ -7,10 +7,14 @@ use diesel_async::AsyncPgConnection;
 use crate::db::{ConnPool, Database};
 
 use super::Relay;
-use crate::{Error, KafkaConfig, Result};
+use crate::{Error, KafkaConfig, Result, RetryPolicy};
 
 /// What the relay does with a row once Kafka acknowledged it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// In a configuration file: `after_send = { mode = "delete" }` or
+/// `after_send = { mode = "keep", retention = "7days" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AfterSend {
     /// Delete it in the same statement that confirms delivery (default: least table churn).
     Delete,
@@ -18,31 +22,80 @@ pub enum AfterSend {
     /// than `retention` in small batches.
     Keep {
         /// How long sent rows are kept.
+        #[serde(with = "humantime_serde")]
         retention: Duration,
     },
 }
 
-/// Relay options. Build with [`Relay::builder`]; each setter documents its default.
-#[derive(Debug, Clone)]
+/// Every option of the relay, as data: [`Default`] holds the defaults (each field's doc says
+/// which), [`RelayBuilder::config`] takes a whole configuration, and the builder's setters
+/// change one field. It reads from and writes to any serde format; durations are written in
+/// [humantime](https://docs.rs/humantime) form (`"100ms"`, `"15s"`, `"5m"`), a missing field
+/// keeps its default, and an unknown field is an error. The `outbox` binary reads it from
+/// `--config FILE` (TOML); see docs/configuration.md.
+///
+/// ```
+/// let config: outbox::relay::RelayConfig = serde_json::from_str(
+///     r#"{ "name": "orders", "poll_interval": "250ms", "retry": { "base": "1s", "max": "1m" } }"#,
+/// ).unwrap();
+/// assert_eq!(config.poll_interval, std::time::Duration::from_millis(250));
+/// assert_eq!(config.batch_size, outbox::relay::RelayConfig::default().batch_size);
+/// ```
+///
+/// Checked by [`RelayBuilder::build`] (and [`validate`](Self::validate)), not on deserialising.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    pub(crate) name: String,
-    pub(crate) batch_size: usize,
-    pub(crate) poll_interval: Duration,
-    /// `None`: not set (on, except on a transaction-pooled pool).
-    pub(crate) listen: Option<bool>,
-    pub(crate) lease: Duration,
-    pub(crate) max_attempts: u32,
-    pub(crate) backoff_base: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) after_send: AfterSend,
-    pub(crate) cleanup_interval: Duration,
-    pub(crate) cleanup_batch: i64,
-    pub(crate) shutdown_timeout: Duration,
-    pub(crate) source: String,
-    pub(crate) metrics_interval: Duration,
-    /// From the Kafka configuration's `message.timeout.ms` (see `KafkaConfig::delivery_timeout`).
-    pub(crate) delivery_timeout: Option<Duration>,
-    pub(crate) startup_timeout: Duration,
+    /// Relays with the same name share one lease: one of them publishes, the others stand by
+    /// and take over within `lease` when it dies. Default `"default"`; not empty.
+    pub name: String,
+    /// Rows claimed, produced and marked together. Default 1000; 1 to 100,000.
+    pub batch_size: usize,
+    /// How often the relay looks for rows when nothing woke it. Default 100 ms (an empty claim
+    /// is one index probe); positive. Relays in the writer's process are woken at once by
+    /// `publish`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// LISTEN for the `outbox_messages` NOTIFY of the insert trigger, which wakes this relay
+    /// when another process writes. Default (absent, `None`): on, except on a pool built with
+    /// [`outbox::pooler::Manager`](crate::pooler::Manager), where it is off and `Some(true)` is
+    /// refused by [`RelayBuilder::build`]. See [`RelayBuilder::listen`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<bool>,
+    /// Leadership lease: a dead relay's work is taken over within this time. Default 15 s; at
+    /// least 1 s.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Delivery attempts before a row is parked. Default 12 (about 17 minutes with the default
+    /// retry policy); at least 1.
+    pub max_attempts: u32,
+    /// The delay before a failed row is tried again, by its attempt count. Default 500 ms
+    /// doubling to 5 min, with jitter (a random delay between half and all of it).
+    pub retry: RetryPolicy,
+    /// Delete rows once sent, or keep them for a retention period. Default
+    /// [`AfterSend::Delete`].
+    pub after_send: AfterSend,
+    /// With [`AfterSend::Keep`]: how often the retention cleanup runs. Default 30 s; positive.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// With [`AfterSend::Keep`]: rows deleted per cleanup statement. Default 1000; positive.
+    pub cleanup_batch: i64,
+    /// After shutdown is requested, how long an in-flight batch may take to be acknowledged
+    /// before its unacknowledged messages are abandoned (left unsent, so re-published later).
+    /// Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How long [`Relay::run`] waits at start-up for the database (reachable, schema migrated)
+    /// and for a broker to answer before it returns an error. Default 30 s; positive.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// The CloudEvents `ce_source` of every message, e.g. `"/order-service"`. Default
+    /// `"outbox"`; not empty.
+    pub source: String,
+    /// How often the backlog gauges (`outbox_pending`, ...) are refreshed. Default 10 s;
+    /// positive.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -54,8 +107,7 @@ impl Default for RelayConfig {
             listen: None,
             lease: Duration::from_secs(15),
             max_attempts: 12,
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(300),
+            retry: RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(300)),
             after_send: AfterSend::Delete,
             cleanup_interval: Duration::from_secs(30),
             cleanup_batch: 1000,
@@ -63,8 +115,49 @@ impl Default for RelayConfig {
             startup_timeout: crate::startup::DEFAULT_STARTUP_TIMEOUT,
             source: "outbox".into(),
             metrics_interval: Duration::from_secs(10),
-            delivery_timeout: Some(Duration::from_secs(300)),
         }
+    }
+}
+
+impl RelayConfig {
+    /// Checks every value (what [`RelayBuilder::build`] checks, except what depends on the
+    /// pool); the error is [`ErrorKind::Config`](crate::ErrorKind::Config) and names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::config(format!("relay: {what}")));
+        if self.name.is_empty() {
+            return bad("name must not be empty".into());
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            return bad(format!("batch_size {} is out of range 1..=100000", self.batch_size));
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval must be positive".into());
+        }
+        if self.lease < Duration::from_secs(1) {
+            return bad(format!("lease {:?} is shorter than 1 s", self.lease));
+        }
+        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        self.retry.validate("retry (backoff base/max)").or_else(bad)?;
+        if let AfterSend::Keep { retention } = self.after_send {
+            if retention.is_zero() {
+                return bad("after_send retention must be positive (or use AfterSend::Delete)".into());
+            }
+            if self.cleanup_batch < 1 || self.cleanup_interval.is_zero() {
+                return bad("cleanup_interval and cleanup_batch must be positive".into());
+            }
+        }
+        if self.source.is_empty() {
+            return bad("source must not be empty".into());
+        }
+        if self.metrics_interval.is_zero() {
+            return bad("metrics_interval must be positive".into());
+        }
+        if self.startup_timeout.is_zero() {
+            return bad("startup_timeout must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -77,6 +170,18 @@ pub struct RelayBuilder<C: Database = AsyncPgConnection> {
 }
 
 impl<C: Database> RelayBuilder<C> {
+    /// Replaces the whole configuration (e.g. one read from a file); setters called after it
+    /// change single fields of it. Checked by [`build`](Self::build).
+    pub fn config(mut self, config: RelayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The configuration as set so far.
+    pub fn current_config(&self) -> &RelayConfig {
+        &self.config
+    }
+
     /// Relays with the same name share one lease: one of them publishes, the others stand by
     /// and take over within `lease` when it dies. Default `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -124,10 +229,17 @@ impl<C: Database> RelayBuilder<C> {
     }
 
     /// Retry delay after the first failure, doubled each attempt up to `max`, with jitter
-    /// (a random delay between half and all of it). Default 500 ms to 5 min.
+    /// (a random delay between half and all of it). Default 500 ms to 5 min. Sets
+    /// [`RelayConfig::retry`] (keeping its `jitter`); see also [`retry`](Self::retry).
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.config.backoff_base = base;
-        self.config.backoff_max = max;
+        self.config.retry.base = base;
+        self.config.retry.max = max;
+        self
+    }
+
+    /// The retry policy of failed rows ([`RelayConfig::retry`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
         self
     }
 
@@ -176,46 +288,9 @@ impl<C: Database> RelayBuilder<C> {
 
     /// Checks the settings and creates the Kafka producer.
     pub fn build(self) -> Result<Relay<C>> {
+        self.config.validate()?;
         let c = &self.config;
         let bad = |what: String| Err(Error::config(format!("relay: {what}")));
-        if c.name.is_empty() {
-            return bad("name must not be empty".into());
-        }
-        if !(1..=100_000).contains(&c.batch_size) {
-            return bad(format!("batch_size {} is out of range 1..=100000", c.batch_size));
-        }
-        if c.poll_interval.is_zero() {
-            return bad("poll_interval must be positive".into());
-        }
-        if c.lease < Duration::from_secs(1) {
-            return bad(format!("lease {:?} is shorter than 1 s", c.lease));
-        }
-        if c.max_attempts == 0 || c.max_attempts > i32::MAX as u32 {
-            return bad("max_attempts must be at least 1".into());
-        }
-        if c.backoff_base.is_zero() || c.backoff_base > c.backoff_max {
-            return bad(format!(
-                "backoff base {:?} must be positive and at most max {:?}",
-                c.backoff_base, c.backoff_max
-            ));
-        }
-        if let AfterSend::Keep { retention } = c.after_send {
-            if retention.is_zero() {
-                return bad("retention must be positive (or use AfterSend::Delete)".into());
-            }
-            if c.cleanup_batch < 1 || c.cleanup_interval.is_zero() {
-                return bad("cleanup interval and batch must be positive".into());
-            }
-        }
-        if c.source.is_empty() {
-            return bad("source must not be empty".into());
-        }
-        if c.metrics_interval.is_zero() {
-            return bad("metrics_interval must be positive".into());
-        }
-        if c.startup_timeout.is_zero() {
-            return bad("startup_timeout must be positive".into());
-        }
         if self.pool.transaction_pooled() && c.listen == Some(true) {
             return bad("listen(true) needs a session of its own, and a pool built with outbox::pooler::Manager \
                  goes through a transaction pooler, where LISTEN cannot work (PgBouncer would deliver \
@@ -225,8 +300,8 @@ impl<C: Database> RelayBuilder<C> {
                 .into());
         }
         let mut producer_config = self.kafka.producer_config()?;
-        let mut config = self.config;
-        config.delivery_timeout = self.kafka.delivery_timeout()?;
+        let config = self.config;
+        let delivery_timeout = self.kafka.delivery_timeout()?;
         // The queue must hold a whole batch: the relay produces it without awaiting each message.
         let queue = (config.batch_size * 2).max(100_000).to_string();
         if self.kafka.get("queue.buffering.max.messages").is_none() {
@@ -243,6 +318,7 @@ impl<C: Database> RelayBuilder<C> {
             producer,
             producer_config,
             config,
+            delivery_timeout,
             marked: false,
             purged: Default::default(),
             owner,

@@ -25,8 +25,6 @@
 mod config;
 mod publish;
 
-pub(crate) use publish::backoff;
-
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +42,7 @@ pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
 use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
 use crate::health::{RelayHealth, RelayRole};
-use crate::{Error, KafkaConfig, Result, startup, wakeup};
+use crate::{Error, KafkaConfig, Result, RetryPolicy, startup, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
 pub struct Relay<C: Database = AsyncPgConnection> {
@@ -52,6 +50,8 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     producer: FutureProducer,
     producer_config: ClientConfig,
     config: RelayConfig,
+    /// From the Kafka configuration's `message.timeout.ms` (see `KafkaConfig::delivery_timeout`).
+    delivery_timeout: Option<Duration>,
     /// A batch was marked since the run loop last looked: the relay is making progress.
     marked: bool,
     /// Everything in flight was purged (a delivery failed, a batch timed out, or shutdown): no
@@ -83,6 +83,9 @@ struct Lease {
 /// an operator while the hold was being written (see `Database::release_orphans`).
 /// One statement over the failing and held rows only (a partial index), so it is cheap.
 const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pause after a failed round (the database or the producer), by failures in a row.
+const ROUND_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 impl<C: Database> Relay<C> {
     /// A relay over `pool` (PostgreSQL, or SQLite with the `sqlite` feature) publishing with
@@ -233,7 +236,7 @@ impl<C: Database> Relay<C> {
                     // progress: the backoff keeps growing.
                     self.marked = false;
                     failures_in_a_row += 1;
-                    let delay = publish::backoff(failures_in_a_row, Duration::from_millis(100), Duration::from_secs(5));
+                    let delay = ROUND_RETRY.delay(failures_in_a_row);
                     let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     warn!(relay = %self.config.name, error = %e, retry_in = ?delay, retry_in_ms, failures_in_a_row, "relay round failed");
                     self.idle(&wake, &shutdown, delay, wakeup::seen()).await;
@@ -315,7 +318,7 @@ impl<C: Database> Relay<C> {
             if let Some(front) = pipeline.window.front_mut()
                 && still_quiet
             {
-                let deadline = front.deadline(self.config.delivery_timeout);
+                let deadline = front.deadline(self.delivery_timeout);
                 tokio::select! {
                     _ = front.acked() => {}
                     // Past its delivery timeout: `finish` fails what is still in flight.
@@ -471,7 +474,7 @@ impl<C: Database> Relay<C> {
         async {
             let produced_at = batch.produced_at();
             let topics = crate::metrics::TopicsOf::new(&batch.rows);
-            let outcome = publish::collect(batch, &self.config, shutdown).await;
+            let outcome = publish::collect(batch, &self.config, self.delivery_timeout, shutdown).await;
             crate::metrics::batch(&self.config.name, n, produced_at.elapsed().as_secs_f64());
             let mut conn = self.pool.get().await?;
             let marks = Marks {

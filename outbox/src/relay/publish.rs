@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::join_all;
-use rand::Rng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
@@ -33,14 +32,6 @@ pub(crate) struct Outcome {
     pub hold: Vec<i64>,
     /// (topic, key) of acknowledged rows that had failed before: their held rows are released.
     pub release: Vec<(String, String)>,
-}
-
-/// Exponential backoff with "equal jitter": between half and all of `min(base * 2^(n-1), max)`.
-pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(30));
-    let d = exp.min(max);
-    let half = d / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// Errors that concern the record itself: retrying cannot help, so the row is parked at once.
@@ -239,8 +230,15 @@ pub(crate) async fn produce(
 /// Waits for every delivery report of a produced batch. When `shutdown` fires, waits at most
 /// `shutdown_timeout` more, then purges: purged messages are neither sent nor failed (maybe
 /// sent), so they stay in the outbox and are produced again later.
-pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown: &CancellationToken) -> Outcome {
-    let deadline = batch.deadline(config.delivery_timeout);
+/// `delivery_timeout`: from the Kafka configuration's `message.timeout.ms` (see
+/// `KafkaConfig::delivery_timeout`).
+pub(crate) async fn collect(
+    mut batch: Produced,
+    config: &RelayConfig,
+    delivery_timeout: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let deadline = batch.deadline(delivery_timeout);
     let mut expired = false;
     tokio::select! {
         _ = batch.acked() => {},
@@ -259,7 +257,7 @@ pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown:
                 None => std::future::pending().await,
             }
         } => {
-            warn!(timeout = ?config.delivery_timeout, "messages not acknowledged in time; failing every message in flight");
+            warn!(timeout = ?delivery_timeout, "messages not acknowledged in time; failing every message in flight");
             expired = true;
             purge_all(&batch.producer, &batch.purged);
             batch.acked().await;
@@ -318,29 +316,10 @@ pub(crate) async fn collect(mut batch: Produced, config: &RelayConfig, shutdown:
         outcome.failures.push(Failure {
             seq: row.seq,
             error: e.to_string(),
-            retry_in: backoff(row.attempts as u32 + 1, config.backoff_base, config.backoff_max),
+            retry_in: config.retry.delay(row.attempts as u32 + 1),
             park_now: is_permanent(e.rdkafka_error_code()),
             counted,
         });
     }
     outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_with_jitter_and_caps() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(10);
-        for attempt in 1..=20 {
-            let expected = base.saturating_mul(1 << (attempt - 1)).min(max);
-            for _ in 0..50 {
-                let d = backoff(attempt, base, max);
-                assert!(d >= expected / 2 && d <= expected, "attempt {attempt}: {d:?} vs {expected:?}");
-            }
-        }
-        assert!(backoff(1000, base, max) <= max);
-    }
 }

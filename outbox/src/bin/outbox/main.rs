@@ -13,7 +13,7 @@ mod relay;
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapErrorKind};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
 use outbox::{Database, ErrorKind};
@@ -46,11 +46,22 @@ enum Command {
     /// Publish the outbox to Kafka until SIGINT or SIGTERM.
     ///
     /// Kafka settings come from KAFKA_BROKERS and every other KAFKA_<PROPERTY> variable
-    /// (KAFKA_SECURITY_PROTOCOL becomes security.protocol). Every flag falls back to the
-    /// environment variable shown; when both are absent the library's default applies.
+    /// (KAFKA_SECURITY_PROTOCOL becomes security.protocol). The relay options are the library's
+    /// defaults (shown), then the --config file, then each flag, which falls back to the
+    /// environment variable shown. See docs/configuration.md.
     Relay(RelayArgs),
+    /// Relay configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     #[command(flatten)]
     Ops(OpsCommand),
+}
+
+/// `outbox config`: needs no database.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the relay's default configuration as TOML (a starting point for `relay --config`).
+    PrintDefault,
 }
 
 /// The commands that run one operation on one connection.
@@ -193,8 +204,13 @@ impl From<outbox::Error> for Failure {
     }
 }
 
+/// The command line's definition, with the relay flags' defaults taken from the library.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("relay", relay::with_defaults)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -244,8 +260,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     {
         let long = arg.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
         let given_as_flag = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
-        if let Some(env) = env_of(&Cli::command(), long).filter(|env| !given_as_flag && std::env::var_os(env).is_some())
-        {
+        if let Some(env) = env_of(&command(), long).filter(|env| !given_as_flag && std::env::var_os(env).is_some()) {
             eprintln!("note: the value comes from the environment variable {env}");
         }
     }
@@ -262,6 +277,20 @@ fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // What needs no database.
+    match &cli.command {
+        Command::Config(ConfigCommand::PrintDefault) => {
+            println!("# The outbox relay's defaults (outbox::relay::RelayConfig); see docs/configuration.md.");
+            println!("# listen is absent: on, except with --transaction-pooling and on SQLite.");
+            print!("{}", relay::to_toml(&outbox::relay::RelayConfig::default())?);
+            return Ok(());
+        }
+        Command::Relay(args) if args.print_config => {
+            print!("{}", relay::to_toml(&relay::config(args)?)?);
+            return Ok(());
+        }
+        _ => {}
+    }
     let url = cli
         .database_url
         .ok_or_else(|| Failure::Usage("the database is not set: set DATABASE_URL or pass --database-url".into()))?;
@@ -289,6 +318,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Relay(args) => relay::run(&target, cli.transaction_pooling, args).await,
+        Command::Config(_) => Ok(()),
         Command::Ops(op) => {
             let probe = matches!(op, OpsCommand::Status { check: CheckArgs { check: true, .. }, .. });
             let result = async {

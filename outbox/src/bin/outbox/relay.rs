@@ -1,11 +1,13 @@
-//! `outbox relay`: the relay configured from flags and environment variables, stopped by a signal.
+//! `outbox relay`: the relay configured from a file, flags and environment variables, stopped by a
+//! signal.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use outbox::relay::{AfterSend, Relay, RelayBuilder};
+use outbox::relay::{AfterSend, Relay, RelayBuilder, RelayConfig};
 use outbox::{Database, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -15,59 +17,169 @@ use crate::{Failure, Target};
 /// `outbox::sqlite::pool` takes it explicitly.
 const DEFAULT_POOL_SIZE: u32 = 10;
 
-/// The library's backoff defaults (`RelayBuilder::backoff`, relay/config.rs). `backoff` sets base
-/// and max together, so when only one of the two flags is given the other keeps this value.
-const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
-const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
-
-/// Every option of the relay; `None` keeps the library's default.
+/// Every option of the relay. The configuration is [`RelayConfig::default()`], then the file
+/// of `--config`, then each flag (or its environment variable) that is given. No default is
+/// written here: `--help` shows those of [`RelayConfig::default()`] (see [`with_defaults`]).
 #[derive(Args)]
 pub(crate) struct RelayArgs {
-    /// Relays with the same name share one lease; one of them publishes [default: default].
+    /// A relay configuration file (TOML, the fields of outbox::relay::RelayConfig; `outbox
+    /// config print-default` prints one with every default). The flags below override it.
+    #[arg(long, env = "OUTBOX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the configuration the relay would run with (defaults, --config, flags) as TOML and
+    /// exit, without connecting to anything.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+    /// Relays with the same name share one lease; one of them publishes.
     #[arg(long, env = "OUTBOX_RELAY_NAME", value_name = "NAME")]
     name: Option<String>,
-    /// Rows claimed, produced and marked together, 1 to 100000 [default: 1000].
+    /// Rows claimed, produced and marked together, 1 to 100000.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", value_name = "N")]
     batch_size: Option<usize>,
-    /// How often to look for rows when nothing woke the relay [default: 100].
+    /// How often to look for rows when nothing woke the relay, in milliseconds.
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", value_name = "MS")]
     poll_interval_ms: Option<u64>,
-    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling and on SQLite
-    /// [default: true, false with --transaction-pooling or on SQLite].
+    /// Wake on the insert trigger's NOTIFY; refused with --transaction-pooling and on SQLite.
     #[arg(long, env = "OUTBOX_LISTEN", value_name = "BOOL", action = ArgAction::Set)]
     listen: Option<bool>,
-    /// Leadership lease: a dead relay's work is taken over within it; at least 1000 [default: 15000].
+    /// Leadership lease: a dead relay's work is taken over within it; at least 1000 ms.
     #[arg(long, env = "OUTBOX_LEASE_MS", value_name = "MS")]
     lease_ms: Option<u64>,
-    /// Delivery attempts before a message is parked [default: 12].
+    /// Delivery attempts before a message is parked.
     #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", value_name = "N")]
     max_attempts: Option<u32>,
-    /// Retry delay after the first failure, doubled each attempt [default: 500].
+    /// Retry delay after the first failure, doubled each attempt, in milliseconds (retry.base).
     #[arg(long, env = "OUTBOX_BACKOFF_BASE_MS", value_name = "MS")]
     backoff_base_ms: Option<u64>,
-    /// Upper bound of the retry delay [default: 300000].
+    /// Upper bound of the retry delay, in milliseconds (retry.max).
     #[arg(long, env = "OUTBOX_BACKOFF_MAX_MS", value_name = "MS")]
     backoff_max_ms: Option<u64>,
-    /// Keep sent rows this long instead of deleting them once sent [default: delete on send].
+    /// Keep sent rows this long instead of deleting them once sent (after_send).
     #[arg(long, env = "OUTBOX_RETENTION_SECS", value_name = "SECS")]
     retention_secs: Option<u64>,
-    /// On shutdown, how long the in-flight batch may take to be acknowledged [default: 10000].
+    /// On shutdown, how long the in-flight batch may take to be acknowledged, in milliseconds.
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
     /// How long start-up may wait for the database and a broker before the relay exits with
-    /// an error; a missing schema or grant fails at once [default: 30].
+    /// an error, in seconds; a missing schema or grant fails at once.
     #[arg(long, env = "OUTBOX_STARTUP_TIMEOUT_SECS", value_name = "SECS")]
     startup_timeout_secs: Option<u64>,
-    /// The CloudEvents ce_source of every message, e.g. /order-service [default: outbox].
+    /// The CloudEvents ce_source of every message, e.g. /order-service.
     #[arg(long, env = "OUTBOX_SOURCE", value_name = "URI")]
     source: Option<String>,
-    /// Maximum database connections (the relay uses up to 3) [default: 10].
+    /// Maximum database connections (the relay uses up to 3) [default: 10, bb8's].
     #[arg(long, env = "OUTBOX_POOL_SIZE", value_name = "N")]
     pool_size: Option<u32>,
 }
 
+/// The `[default: ...]` of each relay flag, from `config` (the library's defaults), by the
+/// flag's id (its field name in [`RelayArgs`]).
+pub(crate) fn flag_defaults(config: &RelayConfig) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    vec![
+        ("name", config.name.clone()),
+        ("batch_size", config.batch_size.to_string()),
+        ("poll_interval_ms", ms(config.poll_interval)),
+        (
+            "listen",
+            config
+                .listen
+                .map_or_else(|| "true, false with --transaction-pooling or on SQLite".into(), |on| on.to_string()),
+        ),
+        ("lease_ms", ms(config.lease)),
+        ("max_attempts", config.max_attempts.to_string()),
+        ("backoff_base_ms", ms(config.retry.base)),
+        ("backoff_max_ms", ms(config.retry.max)),
+        (
+            "retention_secs",
+            match config.after_send {
+                AfterSend::Delete => "delete on send".into(),
+                AfterSend::Keep { retention } => retention.as_secs().to_string(),
+            },
+        ),
+        ("shutdown_timeout_ms", ms(config.shutdown_timeout)),
+        ("startup_timeout_secs", config.startup_timeout.as_secs().to_string()),
+        ("source", config.source.clone()),
+    ]
+}
+
+/// The `relay` subcommand with each flag's help ending in the default of
+/// [`RelayConfig::default()`], so the help cannot drift from the library.
+pub(crate) fn with_defaults(mut cmd: clap::Command) -> clap::Command {
+    for (id, default) in flag_defaults(&RelayConfig::default()) {
+        cmd = cmd.mut_arg(id, |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let arg = match arg.get_long_help().map(ToString::to_string) {
+                Some(long) => arg.long_help(format!("{long} [default: {default}]")),
+                None => arg,
+            };
+            arg.help(format!("{help} [default: {default}]"))
+        });
+    }
+    cmd
+}
+
+/// The configuration the flags describe: the defaults, then `--config`, then each flag given.
+pub(crate) fn config(args: &RelayArgs) -> Result<RelayConfig, Failure> {
+    let mut config = match &args.config {
+        Some(path) => read_config(path)?,
+        None => RelayConfig::default(),
+    };
+    if let Some(name) = &args.name {
+        config.name = name.clone();
+    }
+    if let Some(n) = args.batch_size {
+        config.batch_size = n;
+    }
+    if let Some(ms) = args.poll_interval_ms {
+        config.poll_interval = Duration::from_millis(ms);
+    }
+    if let Some(on) = args.listen {
+        config.listen = Some(on);
+    }
+    if let Some(ms) = args.lease_ms {
+        config.lease = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.max_attempts {
+        config.max_attempts = n;
+    }
+    if let Some(ms) = args.backoff_base_ms {
+        config.retry.base = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.backoff_max_ms {
+        config.retry.max = Duration::from_millis(ms);
+    }
+    if let Some(secs) = args.retention_secs {
+        config.after_send = AfterSend::Keep { retention: Duration::from_secs(secs) };
+    }
+    if let Some(ms) = args.shutdown_timeout_ms {
+        config.shutdown_timeout = Duration::from_millis(ms);
+    }
+    if let Some(secs) = args.startup_timeout_secs {
+        config.startup_timeout = Duration::from_secs(secs);
+    }
+    if let Some(source) = &args.source {
+        config.source = source.clone();
+    }
+    Ok(config)
+}
+
+/// A relay configuration file: TOML, unknown fields and malformed values refused (exit code 2)
+/// with the file, line and field named.
+fn read_config(path: &Path) -> Result<RelayConfig, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("--config {}: cannot read it: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Failure::Usage(format!("--config {}: {e}", path.display())))
+}
+
+/// A relay configuration as TOML.
+pub(crate) fn to_toml(config: &RelayConfig) -> Result<String, Failure> {
+    toml::to_string(config).map_err(|e| Failure::Runtime(format!("cannot write the configuration as TOML: {e}")))
+}
+
 /// Builds the relay (invalid settings: exit code 2), checks the database, runs until a signal.
 pub(crate) async fn run(target: &Target, transaction_pooling: bool, args: RelayArgs) -> Result<(), Failure> {
+    let config = config(&args)?;
     let kafka = KafkaConfig::from_env()?;
     if args.pool_size == Some(0) {
         return Err(Failure::Usage("pool size must be at least 1".into()));
@@ -85,67 +197,31 @@ pub(crate) async fn run(target: &Target, transaction_pooling: bool, args: RelayA
         // unreachable database.
         Target::Postgres(url) if transaction_pooling => {
             let pool = pool(args.pool_size).build_unchecked(outbox::pooler::Manager::new(url));
-            run_relay(Relay::builder(pool, kafka), args).await
+            run_relay(Relay::builder(pool, kafka), config).await
         }
         Target::Postgres(url) => {
             let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-            run_relay(Relay::builder(pool(args.pool_size).build_unchecked(manager), kafka), args).await
+            run_relay(Relay::builder(pool(args.pool_size).build_unchecked(manager), kafka), config).await
         }
         Target::Sqlite(url) => {
-            if args.listen == Some(true) {
+            if config.listen == Some(true) {
                 return Err(Failure::Usage(
-                    "--listen true (OUTBOX_LISTEN) wakes the relay on PostgreSQL's NOTIFY, which SQLite does not \
-                     have: remove it; a relay in its own process polls SQLite every --poll-interval-ms"
+                    "--listen true (OUTBOX_LISTEN, or listen = true in --config) wakes the relay on PostgreSQL's NOTIFY, \
+                     which SQLite does not have: remove it; a relay in its own process polls SQLite every \
+                     poll_interval (--poll-interval-ms)"
                         .into(),
                 ));
             }
             // The file exists (checked by the caller): opening it creates nothing.
             let pool = outbox::sqlite::pool(url, args.pool_size.unwrap_or(DEFAULT_POOL_SIZE)).await?;
-            run_relay(Relay::builder(pool, kafka), args).await
+            run_relay(Relay::builder(pool, kafka), config).await
         }
     }
 }
 
-/// Applies the flags to `builder` (invalid settings: exit code 2), then runs the relay until a
-/// signal.
-async fn run_relay<C: Database>(mut builder: RelayBuilder<C>, args: RelayArgs) -> Result<(), Failure> {
-    if let Some(name) = args.name {
-        builder = builder.name(name);
-    }
-    if let Some(n) = args.batch_size {
-        builder = builder.batch_size(n);
-    }
-    if let Some(ms) = args.poll_interval_ms {
-        builder = builder.poll_interval(Duration::from_millis(ms));
-    }
-    if let Some(on) = args.listen {
-        builder = builder.listen(on);
-    }
-    if let Some(ms) = args.lease_ms {
-        builder = builder.lease(Duration::from_millis(ms));
-    }
-    if let Some(n) = args.max_attempts {
-        builder = builder.max_attempts(n);
-    }
-    if args.backoff_base_ms.is_some() || args.backoff_max_ms.is_some() {
-        builder = builder.backoff(
-            args.backoff_base_ms.map_or(DEFAULT_BACKOFF_BASE, Duration::from_millis),
-            args.backoff_max_ms.map_or(DEFAULT_BACKOFF_MAX, Duration::from_millis),
-        );
-    }
-    if let Some(secs) = args.retention_secs {
-        builder = builder.after_send(AfterSend::Keep { retention: Duration::from_secs(secs) });
-    }
-    if let Some(ms) = args.shutdown_timeout_ms {
-        builder = builder.shutdown_timeout(Duration::from_millis(ms));
-    }
-    if let Some(secs) = args.startup_timeout_secs {
-        builder = builder.startup_timeout(Duration::from_secs(secs));
-    }
-    if let Some(source) = args.source {
-        builder = builder.source(source);
-    }
-    let relay = builder.build()?;
+/// Builds the relay from `config` (invalid settings: exit code 2), then runs it until a signal.
+async fn run_relay<C: Database>(builder: RelayBuilder<C>, config: RelayConfig) -> Result<(), Failure> {
+    let relay = builder.config(config).build()?;
 
     let shutdown = CancellationToken::new();
     let signals = Signals::new().map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;
