@@ -1,7 +1,6 @@
 //! The `outbox` binary, run as a process against a real PostgreSQL (a fresh database per test,
 //! created from `DATABASE_URL`) or SQLite (a fresh file per test), and librdkafka's in-process
 //! mock cluster.
-#![cfg(feature = "cli")]
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! The `outbox` command-line binary (feature `cli`): migrate, run the relay, inspect the outbox,
-//! retry or discard parked messages, list, replay or discard inbox dead letters. See `outbox/CLI.md`.
+//! The `outbox` command-line binary (crate `outbox-cli`): migrate, run the relay, inspect the outbox,
+//! retry or discard parked messages, list, replay or discard inbox dead letters. See `cli/README.md`.
 //!
 //! Exit codes: 0 success, 1 runtime failure (database, Kafka), 2 invalid usage or configuration.
 //! `status --check` (for probes): 0 healthy, 1 degraded (the reasons are printed), 2 cannot
