@@ -33,6 +33,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cancel;
 pub mod db;
 pub mod embedded;
 mod envelope;
@@ -51,7 +52,6 @@ mod otel;
 pub mod raw_headers;
 pub mod relay;
 pub mod schema;
-#[doc(hidden)]
 pub mod startup;
 mod wakeup;
 mod writer;
