@@ -18,7 +18,8 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::prepared::prepared;
-use super::{Claimed, ConnPool, Database, Fence, InFlight, Marked, Marks, NewMessage, TopicBacklog};
+use super::relay::{MarkSql, mark_in};
+use super::{Claimed, ConnPool, Database, Failure, Fence, InFlight, Marked, Marks, NewMessage, TopicBacklog};
 use crate::Result;
 use crate::cancel::sleep_or_cancel;
 use crate::schema::outbox_messages;
@@ -354,9 +355,7 @@ async fn pending_migrations(conn: &mut AsyncPgConnection) -> Result<usize> {
 const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
 #[async_trait::async_trait]
-impl Database for AsyncPgConnection {
-    const NAME: &'static str = "postgres";
-
+impl super::migrations::MigrationStore for AsyncPgConnection {
     const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
     async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
@@ -452,7 +451,10 @@ impl Database for AsyncPgConnection {
             }
         })
     }
+}
 
+#[async_trait::async_trait]
+impl super::WriterStore for AsyncPgConnection {
     async fn begin_write(&mut self) -> QueryResult<()> {
         AnsiTransactionManager::begin_transaction(self).await
     }
@@ -491,7 +493,10 @@ impl Database for AsyncPgConnection {
             .await?;
         Ok(())
     }
+}
 
+#[async_trait::async_trait]
+impl super::RelayStore for AsyncPgConnection {
     async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
         Ok(load_claim(self, limit, in_flight, holder).await?)
     }
@@ -540,55 +545,7 @@ impl Database for AsyncPgConnection {
     }
 
     async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>> {
-        self.transaction::<_, crate::Error, _>(async |tx| {
-            let held: Vec<Epoch> = prepared(FENCE)
-                .bind::<Text, _>(fence.lease)
-                .bind::<SqlUuid, _>(fence.owner)
-                .bind::<BigInt, _>(fence.epoch)
-                .load(tx)
-                .await?;
-            if held.is_empty() {
-                return Ok(None);
-            }
-            let mut marked = Marked::default();
-            if !marks.sent.is_empty() {
-                let sql = if marks.delete_sent { DELETE_SENT } else { MARK_SENT };
-                marked.sent = prepared(sql).bind::<Array<BigInt>, _>(marks.sent).execute(tx).await?;
-            }
-            let failures = marks.failures;
-            if !failures.is_empty() {
-                let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
-                let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-                let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
-                let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
-                let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
-                let rows: Vec<ParkedRow> = prepared(RECORD_FAILURES)
-                    .bind::<Array<BigInt>, _>(seqs)
-                    .bind::<Array<Text>, _>(errors)
-                    .bind::<Array<Double>, _>(delays)
-                    .bind::<Array<diesel::sql_types::Bool>, _>(park)
-                    .bind::<Integer, _>(fence.max_attempts)
-                    .bind::<Array<diesel::sql_types::Bool>, _>(counted)
-                    .load(tx)
-                    .await?;
-                marked.failed = rows.len();
-                marked.parked = rows.iter().filter(|r| r.parked).count();
-            }
-            if !marks.release.is_empty() {
-                let topics: Vec<&str> = marks.release.iter().map(|(t, _)| t.as_str()).collect();
-                let keys: Vec<&str> = marks.release.iter().map(|(_, k)| k.as_str()).collect();
-                marked.released = prepared(RELEASE_KEYS)
-                    .bind::<Array<Text>, _>(topics)
-                    .bind::<Array<Text>, _>(keys)
-                    .execute(tx)
-                    .await?;
-            }
-            if !marks.hold.is_empty() {
-                marked.held = prepared(HOLD).bind::<Array<BigInt>, _>(marks.hold).execute(tx).await?;
-            }
-            Ok(Some(marked))
-        })
-        .await
+        self.transaction::<_, crate::Error, _>(async |tx| Ok(mark_in(tx, fence, marks).await?)).await
     }
 
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
@@ -613,9 +570,59 @@ impl Database for AsyncPgConnection {
     async fn listen(pool: ConnPool<Self>, wake: Arc<Notify>, shutdown: CancellationToken) {
         listen(pool, wake, shutdown).await
     }
+}
+
+impl Database for AsyncPgConnection {
+    const NAME: &'static str = "postgres";
 
     fn backend(&mut self) -> super::Backend<'_> {
         super::Backend::Postgres(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl MarkSql for AsyncPgConnection {
+    async fn fence_held(&mut self, fence: Fence<'_>) -> QueryResult<bool> {
+        let held: Vec<Epoch> = prepared(FENCE)
+            .bind::<Text, _>(fence.lease)
+            .bind::<SqlUuid, _>(fence.owner)
+            .bind::<BigInt, _>(fence.epoch)
+            .load(self)
+            .await?;
+        Ok(!held.is_empty())
+    }
+
+    async fn mark_sent(&mut self, seqs: &[i64], delete: bool) -> QueryResult<usize> {
+        let sql = if delete { DELETE_SENT } else { MARK_SENT };
+        prepared(sql).bind::<Array<BigInt>, _>(seqs).execute(self).await
+    }
+
+    async fn record_failures(&mut self, failures: &[Failure], max_attempts: i32) -> QueryResult<(usize, usize)> {
+        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+        let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
+        let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
+        let rows: Vec<ParkedRow> = prepared(RECORD_FAILURES)
+            .bind::<Array<BigInt>, _>(seqs)
+            .bind::<Array<Text>, _>(errors)
+            .bind::<Array<Double>, _>(delays)
+            .bind::<Array<Bool>, _>(park)
+            .bind::<Integer, _>(max_attempts)
+            .bind::<Array<Bool>, _>(counted)
+            .load(self)
+            .await?;
+        Ok((rows.len(), rows.iter().filter(|r| r.parked).count()))
+    }
+
+    async fn release_keys(&mut self, keys: &[(String, String)]) -> QueryResult<usize> {
+        let topics: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let keys: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        prepared(RELEASE_KEYS).bind::<Array<Text>, _>(topics).bind::<Array<Text>, _>(keys).execute(self).await
+    }
+
+    async fn hold(&mut self, seqs: &[i64]) -> QueryResult<usize> {
+        prepared(HOLD).bind::<Array<BigInt>, _>(seqs).execute(self).await
     }
 }
 

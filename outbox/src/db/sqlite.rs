@@ -14,7 +14,8 @@ use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
-use super::{Claimed, Database, Fence, InFlight, Marked, Marks, NewMessage, TopicBacklog};
+use super::relay::{MarkSql, mark_in};
+use super::{Claimed, Database, Failure, Fence, InFlight, Marked, Marks, NewMessage, TopicBacklog};
 use crate::{Error, ErrorKind, Result};
 
 /// The SQLite connection type the SDK works with.
@@ -290,9 +291,7 @@ pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 }
 
 #[async_trait::async_trait]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-impl Database for SqliteConnection {
-    const NAME: &'static str = "sqlite";
+impl super::migrations::MigrationStore for SqliteConnection {
     const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
     async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
@@ -339,7 +338,10 @@ impl Database for SqliteConnection {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl super::WriterStore for SqliteConnection {
     async fn begin_write(&mut self) -> QueryResult<()> {
         self.spawn_blocking(|conn| AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")).await
     }
@@ -366,7 +368,10 @@ impl Database for SqliteConnection {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait::async_trait]
+impl super::RelayStore for SqliteConnection {
     async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
         let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM)
             .bind::<BigInt, _>(limit)
@@ -411,51 +416,7 @@ impl Database for SqliteConnection {
     }
 
     async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>> {
-        let lease = fence.lease.to_owned();
-        let owner = fence.owner.hyphenated().to_string();
-        let sent_json = json_array(marks.sent);
-        let hold_json = json_array(marks.hold);
-        let release_json = json_array(marks.release);
-        let (sent, hold, release, delete_sent) =
-            (!marks.sent.is_empty(), !marks.hold.is_empty(), !marks.release.is_empty(), marks.delete_sent);
-        let failures = marks.failures.to_vec();
-        self.immediate_transaction::<_, Error, _>(async |tx| {
-            let held: Vec<Epoch> = diesel::sql_query(FENCE)
-                .bind::<Text, _>(lease)
-                .bind::<Text, _>(owner)
-                .bind::<BigInt, _>(fence.epoch)
-                .load(tx)
-                .await?;
-            if held.is_empty() {
-                return Ok(None);
-            }
-            let mut marked = Marked::default();
-            if sent {
-                let sql = if delete_sent { DELETE_SENT } else { MARK_SENT };
-                marked.sent = diesel::sql_query(sql).bind::<Text, _>(sent_json).execute(tx).await?;
-            }
-            for f in failures {
-                let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURE)
-                    .bind::<BigInt, _>(f.seq)
-                    .bind::<Integer, _>(i32::from(f.counted))
-                    .bind::<Text, _>(f.error)
-                    .bind::<BigInt, _>(millis(f.retry_in))
-                    .bind::<Bool, _>(f.park_now)
-                    .bind::<Integer, _>(fence.max_attempts)
-                    .load(tx)
-                    .await?;
-                marked.failed += rows.len();
-                marked.parked += rows.iter().filter(|r| r.parked).count();
-            }
-            if release {
-                marked.released = diesel::sql_query(RELEASE_KEYS).bind::<Text, _>(release_json).execute(tx).await?;
-            }
-            if hold {
-                marked.held = diesel::sql_query(HOLD).bind::<Text, _>(hold_json).execute(tx).await?;
-            }
-            Ok(Some(marked))
-        })
-        .await
+        self.immediate_transaction::<_, Error, _>(async |tx| Ok(mark_in(tx, fence, marks).await?)).await
     }
 
     async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
@@ -478,9 +439,59 @@ impl Database for SqliteConnection {
             })
             .collect())
     }
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+impl Database for SqliteConnection {
+    const NAME: &'static str = "sqlite";
 
     fn backend(&mut self) -> super::Backend<'_> {
         super::Backend::Sqlite(self)
+    }
+}
+
+// The binds are owned: the statement runs on the connection's blocking thread.
+#[async_trait::async_trait]
+impl MarkSql for SqliteConnection {
+    async fn fence_held(&mut self, fence: Fence<'_>) -> QueryResult<bool> {
+        let held: Vec<Epoch> = diesel::sql_query(FENCE)
+            .bind::<Text, _>(fence.lease.to_owned())
+            .bind::<Text, _>(fence.owner.hyphenated().to_string())
+            .bind::<BigInt, _>(fence.epoch)
+            .load(self)
+            .await?;
+        Ok(!held.is_empty())
+    }
+
+    async fn mark_sent(&mut self, seqs: &[i64], delete: bool) -> QueryResult<usize> {
+        let sql = if delete { DELETE_SENT } else { MARK_SENT };
+        diesel::sql_query(sql).bind::<Text, _>(json_array(seqs)).execute(self).await
+    }
+
+    async fn record_failures(&mut self, failures: &[Failure], max_attempts: i32) -> QueryResult<(usize, usize)> {
+        let (mut failed, mut parked) = (0, 0);
+        for f in failures {
+            let rows: Vec<ParkedRow> = diesel::sql_query(RECORD_FAILURE)
+                .bind::<BigInt, _>(f.seq)
+                .bind::<Integer, _>(i32::from(f.counted))
+                .bind::<Text, _>(f.error.clone())
+                .bind::<BigInt, _>(millis(f.retry_in))
+                .bind::<Bool, _>(f.park_now)
+                .bind::<Integer, _>(max_attempts)
+                .load(self)
+                .await?;
+            failed += rows.len();
+            parked += rows.iter().filter(|r| r.parked).count();
+        }
+        Ok((failed, parked))
+    }
+
+    async fn release_keys(&mut self, keys: &[(String, String)]) -> QueryResult<usize> {
+        diesel::sql_query(RELEASE_KEYS).bind::<Text, _>(json_array(keys)).execute(self).await
+    }
+
+    async fn hold(&mut self, seqs: &[i64]) -> QueryResult<usize> {
+        diesel::sql_query(HOLD).bind::<Text, _>(json_array(seqs)).execute(self).await
     }
 }
 
