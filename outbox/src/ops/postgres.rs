@@ -11,7 +11,7 @@ use super::{DeadLetter, ParkedAction, ParkedMessage};
 use crate::Result;
 // The rows the relay held behind a retried or discarded row go back to the pending index in the
 // same transaction, unless another row of their key has failed: the relay's own release.
-use crate::db::postgres::RELEASE_KEYS as RELEASE_HELD;
+use crate::db::relay::postgres::RELEASE_KEYS as RELEASE_HELD;
 
 // Unsent rows only, per topic. Ages are computed by the server, against the server's
 // created_at, so client clock skew does not distort them.

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::sql::{Lease, Sql, TopicCounts, Totals};
 use super::{DeadLetter, ParkedAction, ParkedMessage, RawHeadersColumn};
-use crate::db::sqlite::{RELEASE_KEYS as RELEASE_HELD, SqliteConnection, json_array, now_ms};
+use crate::db::relay::sqlite::RELEASE_KEYS as RELEASE_HELD;
+use crate::db::sqlite::{SqliteConnection, json_array, now_ms};
 use crate::{Error, ErrorKind, Result};
 
 // SUM of a comparison counts the rows where it holds (SQLite has no boolean type).

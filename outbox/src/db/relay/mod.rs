@@ -1,5 +1,6 @@
-//! The relay's statements: [`RelayStore`], implemented in `postgres.rs` and `sqlite.rs`, and the
-//! rows they take and return.
+//! The relay's statements: [`RelayStore`], implemented in `relay/postgres.rs` and
+//! `relay/sqlite.rs` (the two dialects of each statement under the same name, in the same
+//! order), the rows they take and return, and the mark transaction's control flow, written once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::ConnPool;
+
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 use crate::Result;
 
 /// The relay's statements: claim, lease, mark, cleanup, backlog, listen. Sealed; a supertrait
