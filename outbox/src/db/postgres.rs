@@ -1,6 +1,8 @@
-//! PostgreSQL. Every statement on the writer's, relay's and inbox's paths is a prepared statement
-//! (one round trip after its first run, see `prepared`); the claim and the marks are shaped so that
-//! per-key order, fencing and out-of-order commits are handled by the database.
+//! PostgreSQL: the connection's migrations, the writer's statements and the NOTIFY listener (the
+//! relay's statements are in `relay/postgres.rs`, the inbox's in the inbox crate). Every statement
+//! on the writer's and the relay's paths is a prepared statement (one round trip after its first
+//! run, see `prepared`); the claim and the marks are shaped so that per-key order, fencing and
+//! out-of-order commits are handled by the database.
 
 use std::sync::Arc;
 use std::time::Duration;

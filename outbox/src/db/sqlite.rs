@@ -1,5 +1,6 @@
 //! SQLite, through diesel-async's `SyncConnectionWrapper` (each statement runs on tokio's
-//! blocking pool). Same tables and the same semantics as PostgreSQL, with these differences:
+//! blocking pool): the connection, its set-up and pool, the migrations and the writer's statements
+//! (the relay's are in `relay/sqlite.rs`, the inbox's in the inbox crate). Same tables and the same semantics as PostgreSQL, with these differences:
 //! times the relay computes with are integer milliseconds, ids and headers are text, there is
 //! no LISTEN/NOTIFY (relays in other processes poll), and SQLite has one writer at a time, so
 //! every transaction the SDK opens is `BEGIN IMMEDIATE` and connections wait for the lock up to
