@@ -464,6 +464,13 @@ impl<C: Database> InboxBuilder<C> {
     /// other than the group).
     pub fn build(self) -> Result<Inbox<C>, Error> {
         let options = self.options;
+        if !crate::store::supported::<C>() {
+            return Err(config_error(format!(
+                "inbox: this build of the inbox crate has no {} support: enable its `{}` feature",
+                C::NAME,
+                C::NAME
+            )));
+        }
         // The group first: without it nothing else is worth reporting.
         if options.group.trim().is_empty() {
             return Err(config_error("inbox: the consumer group is required: .group(\"my-service\")"));

@@ -17,10 +17,10 @@ use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use crate::store::{DeadLetterFilter, NewDedup, StoredDeadLetter, store};
 use diesel_async::{AsyncPgConnection, TransactionManager};
 use futures_util::FutureExt;
 use outbox::Database;
-use outbox::db::{DeadLetterFilter, NewDedup, StoredDeadLetter};
 use outbox::ops::ReplaySelection;
 use outbox::raw_headers::{escape, sanitize_text};
 use rdkafka::Timestamp;
@@ -115,7 +115,7 @@ impl<C: Database> Replayer<C> {
                 escape(other.as_bytes())
             )));
         }
-        let filter = DeadLetterFilter { group: Some(group), ..selection.filter(false) };
+        let filter = DeadLetterFilter { group: Some(group), ..DeadLetterFilter::of(selection, false) };
         replay_matching(&self.shared, &filter, None).await
     }
 }
@@ -154,7 +154,7 @@ async fn replay_matching<C: Database>(
     loop {
         let ids = {
             let mut conn = shared.pool.get().await?;
-            let ids = conn.dead_letter_ids(filter, after, PAGE).await?;
+            let ids = store(&mut *conn).dead_letter_ids(filter, after, PAGE).await?;
             conn.release();
             ids
         };
@@ -178,8 +178,10 @@ async fn replay_one<C: Database>(shared: &Shared<C>, id: i64, requested: bool) -
     let mut pooled = shared.pool.get().await?;
     let conn: &mut C = &mut pooled;
     conn.begin_write().await?;
-    let claimed = match conn.transaction_token().await {
-        Ok(token) => conn.claim_dead_letter(group, id, requested).await.map(|row| row.map(|row| (token, row))),
+    let claimed = match store(&mut *conn).transaction_token().await {
+        Ok(token) => {
+            store(&mut *conn).claim_dead_letter(group, id, requested).await.map(|row| row.map(|row| (token, row)))
+        }
         Err(e) => Err(e),
     };
     let (token, row) = match claimed {
@@ -244,11 +246,11 @@ async fn handle<C: Database>(
         };
         // Recorded when it was dead-lettered, so usually present: its window restarts now, when
         // the effects commit (else it would be pruned a window after the dead-lettering).
-        if conn.insert_dedup(&[dedup]).await.map_err(db)?.is_empty() {
-            conn.renew_dedup(&shared.options.group, message_id).await.map_err(db)?;
+        if store(&mut *conn).insert_dedup(&[dedup]).await.map_err(db)?.is_empty() {
+            store(&mut *conn).renew_dedup(&shared.options.group, message_id).await.map_err(db)?;
         }
     }
-    conn.delete_dead_letter(row.id).await.map_err(db)?;
+    store(&mut *conn).delete_dead_letter(row.id).await.map_err(db)?;
     Ok(())
 }
 
@@ -279,7 +281,7 @@ async fn record_failure<C: Database>(shared: &Shared<C>, row: &StoredDeadLetter,
     // Free of NUL and other control characters, whatever the record quoted into it.
     let error = sanitize_text(&f.error);
     let mut conn = shared.pool.get().await?;
-    conn.record_replay_failure(row.id, row.attempts, &f.reason, &error).await?;
+    store(&mut *conn).record_replay_failure(row.id, row.attempts, &f.reason, &error).await?;
     conn.release();
     tracing::warn!(
         group = %shared.options.group,
@@ -394,7 +396,7 @@ async fn call_handler<C: Database>(
     if transaction_depth(conn) != Some(1) {
         return Err(ended());
     }
-    match conn.same_transaction(token).await {
+    match store(&mut *conn).same_transaction(token).await {
         Ok(true) => {}
         Ok(false) => return Err(ended()),
         // The handler failed: its own error says more than the aborted transaction.

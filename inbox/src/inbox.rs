@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use outbox::db::{ConnPool, Database, StoredPosition};
+use outbox::db::{ConnPool, Database};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -24,6 +24,7 @@ use crate::health::{InboxHealth, InboxState};
 use crate::partition::{Flow, PartitionWorker};
 use crate::rebalance::{InboxContext, RebalanceEvent, TopicPartition};
 use crate::registry::Registry;
+use crate::store::{StoredPosition, store};
 
 pub(crate) type Consumer = StreamConsumer<InboxContext>;
 
@@ -357,7 +358,7 @@ impl<C: Database> Loop<C> {
             match self.shared.pool.get().await {
                 Ok(mut conn) => {
                     for (topic, parts) in &by_topic {
-                        match conn.load_positions(&o.group, topic, parts).await {
+                        match store(&mut *conn).load_positions(&o.group, topic, parts).await {
                             Ok(found) => out.extend(found.into_iter().map(|(p, n)| ((topic.to_string(), p), n))),
                             Err(e) => {
                                 failure = Some(e.to_string());

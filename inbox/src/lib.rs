@@ -64,6 +64,7 @@ mod prune;
 mod raw_headers;
 mod rebalance;
 mod registry;
+mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -10,6 +10,7 @@ use outbox::Database;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::Shared;
+use crate::store::store;
 
 /// Counter: messages whose handler succeeded and whose transaction committed.
 pub const HANDLED_TOTAL: &str = "inbox_handled_total";
@@ -56,7 +57,7 @@ pub(crate) async fn dead_letter_depth<C: Database>(shared: Arc<Shared<C>>, stop:
     let o = &shared.options;
     loop {
         let count = match shared.pool.get().await {
-            Ok(mut conn) => conn.dead_letter_count(&o.group).await,
+            Ok(mut conn) => store(&mut *conn).dead_letter_count(&o.group).await.map_err(outbox::Error::from),
             Err(e) => Err(e),
         };
         match count {

@@ -4,7 +4,7 @@
 //!
 //! Every message's dedup row is inserted right before its own handler runs, and after every
 //! handler the inbox checks that the transaction is still the one it opened and still usable
-//! (see [`Database::same_transaction`](outbox::Database::same_transaction)). A handler that
+//! (see `same_transaction` in the `store` module). A handler that
 //! committed or rolled it back (through diesel or with raw SQL) is charged with
 //! `handler_ended_transaction`, one that left it aborted with `handler_aborted_transaction`;
 //! in a batch, that message alone is charged and the batch splits, so batch mode and
@@ -18,10 +18,10 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use crate::store::{NewDeadLetter, NewDedup, NewPosition, store};
 use diesel_async::TransactionManager;
 use futures_util::FutureExt;
 use outbox::Database;
-use outbox::db::{NewDeadLetter, NewDedup, NewPosition};
 use outbox::raw_headers::sanitize_text;
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer as _;
@@ -173,7 +173,7 @@ impl<C: Database> Processor<'_, C> {
             })?;
             let conn: &mut C = &mut pooled;
             conn.begin_write().await.map_err(|_| (None, None))?;
-            let token = match conn.transaction_token().await {
+            let token = match store(&mut *conn).transaction_token().await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "inbox: batch failed on the database");
@@ -231,7 +231,7 @@ impl<C: Database> Processor<'_, C> {
             // dead letter.
             if let Some(id) = item.plan.id() {
                 let row = self.dedup_row(id, &item.msg);
-                let inserted = conn.insert_dedup_in(token, &[row]).await;
+                let inserted = store(&mut *conn).insert_dedup_in(token, &[row]).await;
                 match self.charge(unchecked, inserted.map(|i| i.ok_or(())), index)? {
                     ids if ids.is_empty() => {
                         unchecked = None;
@@ -241,14 +241,14 @@ impl<C: Database> Processor<'_, C> {
                     _ => unchecked = None,
                 }
             } else if unchecked.is_some() {
-                let same = conn.same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
+                let same = store(&mut *conn).same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
                 self.charge(unchecked, same, index)?;
                 unchecked = None;
             }
             match &item.plan {
                 Plan::DeadLetter { reason, error, .. } => {
                     let row = self.dead_letter_row(item, reason, error, 0, dead_letter_headers(&item.msg));
-                    conn.insert_dead_letters(&[row]).await.map_err(|e| (index, infra(e)))?;
+                    store(&mut *conn).insert_dead_letters(&[row]).await.map_err(|e| (index, infra(e)))?;
                     tally.dead_lettered.push(reason.clone());
                 }
                 Plan::Record { .. } => tally.skipped += 1,
@@ -262,14 +262,14 @@ impl<C: Database> Processor<'_, C> {
             }
         }
         if unchecked.is_some() {
-            let same = conn.same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
+            let same = store(&mut *conn).same_transaction(token).await.map(|same| same.then_some(()).ok_or(()));
             self.charge(unchecked, same, items.len())?;
         }
         let Some(last) = items.last() else {
             return Ok((tally, 0));
         };
         let position = self.position(&last.msg);
-        conn.store_position(&position).await.map_err(|e| (0, infra(e)))?;
+        store(&mut *conn).store_position(&position).await.map_err(|e| (0, infra(e)))?;
         Ok((tally, position.next_offset))
     }
 
@@ -354,7 +354,7 @@ impl<C: Database> Processor<'_, C> {
         let mut pooled = self.shared.pool.get().await.map_err(infra)?;
         let conn: &mut C = &mut pooled;
         conn.begin_write().await.map_err(infra)?;
-        let token = match conn.transaction_token().await {
+        let token = match store(&mut *conn).transaction_token().await {
             Ok(t) => t,
             Err(e) => {
                 rollback_all(conn).await;
@@ -384,16 +384,16 @@ impl<C: Database> Processor<'_, C> {
         let mut tally = Tally::default();
         if let Some(id) = item.plan.id() {
             let row = self.dedup_row(id, &item.msg);
-            if conn.insert_dedup(&[row]).await.map_err(infra)?.is_empty() {
+            if store(&mut *conn).insert_dedup(&[row]).await.map_err(infra)?.is_empty() {
                 tally.duplicates = 1;
-                conn.store_position(&self.position(&item.msg)).await.map_err(infra)?;
+                store(&mut *conn).store_position(&self.position(&item.msg)).await.map_err(infra)?;
                 return Ok(tally);
             }
         }
         match &item.plan {
             Plan::DeadLetter { reason, error, .. } => {
                 let row = self.dead_letter_row(item, reason, error, 0, dead_letter_headers(&item.msg));
-                conn.insert_dead_letters(&[row]).await.map_err(infra)?;
+                store(&mut *conn).insert_dead_letters(&[row]).await.map_err(infra)?;
                 tally.dead_lettered.push(reason.clone());
             }
             Plan::Record { .. } => tally.skipped = 1,
@@ -403,7 +403,7 @@ impl<C: Database> Processor<'_, C> {
                 tally.handled.push(event_type);
             }
         }
-        conn.store_position(&self.position(&item.msg)).await.map_err(infra)?;
+        store(&mut *conn).store_position(&self.position(&item.msg)).await.map_err(infra)?;
         Ok(tally)
     }
 
@@ -420,20 +420,21 @@ impl<C: Database> Processor<'_, C> {
                 // A handler that ended the transaction itself committed (or not) its own dedup
                 // row; the dead letter is written either way.
                 Some(id) => {
-                    !conn.insert_dedup(&[self.dedup_row(id, &item.msg)]).await?.is_empty() || f.ended_transaction
+                    !store(&mut *conn).insert_dedup(&[self.dedup_row(id, &item.msg)]).await?.is_empty()
+                        || f.ended_transaction
                 }
                 None => true,
             };
             if new {
                 let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
                 let row = self.dead_letter_row(item, reason, &f.error, attempts, dead_letter_headers(&item.msg));
-                conn.insert_dead_letters(&[row]).await?;
+                store(&mut *conn).insert_dead_letters(&[row]).await?;
                 tally.dead_lettered.push(reason.to_owned());
             } else {
                 // Another consumer handled it meanwhile (a rebalance): nothing to park.
                 tally.duplicates = 1;
             }
-            conn.store_position(&self.position(&item.msg)).await?;
+            store(&mut *conn).store_position(&self.position(&item.msg)).await?;
             Ok::<_, diesel::result::Error>(tally)
         }
         .await;
@@ -541,7 +542,7 @@ impl<C: Database> Processor<'_, C> {
         } else if !verify && matches!(result, Ok(Ok(()))) {
             Ok(()) // checked by the caller's next statement (batch mode)
         } else {
-            match conn.same_transaction(token).await {
+            match store(&mut *conn).same_transaction(token).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Failure::ended_transaction("a raw COMMIT or ROLLBACK")),
                 // The handler failed: its own error says more than the aborted transaction.

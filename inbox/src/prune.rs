@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use outbox::Database;
 
 use crate::inbox::Shared;
+use crate::store::store;
 
 pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {
     let o = &shared.options;
@@ -60,8 +61,8 @@ async fn in_batches<C: Database>(shared: &Shared<C>, stop: &CancellationToken, r
             }
         };
         let deleted = match rows {
-            Rows::Dedup => conn.prune_dedup(&o.group, o.dedup_window, batch).await,
-            Rows::DeadLetters(retention) => conn.prune_dead_letters(&o.group, retention, batch).await,
+            Rows::Dedup => store(&mut *conn).prune_dedup(&o.group, o.dedup_window, batch).await,
+            Rows::DeadLetters(retention) => store(&mut *conn).prune_dead_letters(&o.group, retention, batch).await,
         };
         match deleted {
             Ok(n) => {

@@ -66,8 +66,8 @@ impl Error {
         Self::new(ErrorKind::Config, message)
     }
 
-    /// Builds an error of `kind`. For crates extending the outbox (the inbox uses it).
-    #[doc(hidden)]
+    /// Builds an error of `kind` with `message` and, optionally, the error that caused it. For
+    /// crates that build on the outbox and report through its error type (the `inbox` crate does).
     pub fn other(kind: ErrorKind, message: impl Into<String>, source: Option<Source>) -> Self {
         Self { kind, message: message.into(), source }
     }

@@ -243,8 +243,8 @@ impl RelayHealth {
     }
 }
 
-/// A duration in seconds with one decimal, for reasons (shared with the `inbox` crate).
-#[doc(hidden)]
+/// A duration in seconds with one decimal (`"2.5s"`), as the health reasons print it (shared
+/// with the `inbox` crate, so both sides' reasons read alike).
 pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }

@@ -33,6 +33,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cancel;
 pub mod db;
 pub mod embedded;
 mod envelope;
@@ -52,7 +53,6 @@ pub mod raw_headers;
 pub mod relay;
 pub mod retry;
 pub mod schema;
-#[doc(hidden)]
 pub mod startup;
 mod wakeup;
 mod writer;

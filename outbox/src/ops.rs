@@ -317,17 +317,6 @@ impl ReplaySelection {
         self.reason = Some(reason.into());
         self
     }
-
-    /// The storage filter (`requested`: only rows with a pending request).
-    #[doc(hidden)]
-    pub fn filter(&self, requested: bool) -> crate::db::DeadLetterFilter<'_> {
-        crate::db::DeadLetterFilter {
-            group: self.group.as_deref(),
-            ids: self.ids.as_deref(),
-            reason: self.reason.as_deref(),
-            requested,
-        }
-    }
 }
 
 /// What the operations take: a [`Database`] connection (`&mut AsyncPgConnection`, `&mut
@@ -518,7 +507,14 @@ pub async fn discard_dead_letters(conn: &mut impl Connection, selection: DeadLet
 /// messages of its key, which the inbox handled while it was a dead letter. See
 /// docs/dead-letters.md.
 pub async fn request_replay(conn: &mut impl Connection, selection: &ReplaySelection) -> Result<u64> {
-    let n = conn.database().request_replay(&selection.filter(false)).await?;
+    let conn = conn.database();
+    let s = selection;
+    let n = crate::transaction(conn, async |tx| {
+        tx.ops_request_replay(s.group.as_deref(), s.ids.as_deref(), s.reason.as_deref())
+            .await
+            .map_err(crate::Error::from)
+    })
+    .await?;
     Ok(n as u64)
 }
 
@@ -628,6 +624,14 @@ pub(crate) mod sql {
         async fn ops_list_dead_letters(&mut self, group: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>>;
         /// Deletes the dead letters among `ids` (when given) of `group` (when given).
         async fn ops_discard_dead_letters(&mut self, ids: Option<&[i64]>, group: Option<&str>) -> QueryResult<usize>;
+        /// Sets `replay_requested_at` on the dead letters of `group`, among `ids`, with `reason`
+        /// (each when given). Returns how many.
+        async fn ops_request_replay(
+            &mut self,
+            group: Option<&str>,
+            ids: Option<&[i64]>,
+            reason: Option<&str>,
+        ) -> QueryResult<usize>;
     }
 }
 

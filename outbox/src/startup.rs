@@ -1,6 +1,8 @@
 //! Start-up checks shared by the relay and the inbox: the schema is migrated and the brokers
 //! answer (and, for a consumer, its topics exist), within a start-up deadline. What fails here
 //! is returned from `run` as an error; once started, the loops retry transient errors as before.
+//! Public so the `inbox` crate (or a service of your own that starts beside the relay) applies
+//! the same checks.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,7 +28,6 @@ const SCHEMA_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Du
 /// A schema that is missing or behind fails at once (waiting does not migrate it); a database
 /// that cannot be reached fails when `deadline` passes, with the last error.
 /// Returns `Ok(false)` when `shutdown` fired first.
-#[doc(hidden)]
 pub async fn wait_for_schema<C: Database>(
     pool: &ConnPool<C>,
     deadline: Instant,
@@ -84,7 +85,6 @@ pub async fn wait_for_schema<C: Database>(
 
 /// Which kind of client a configuration is for (a probe of the same kind is created from it,
 /// so librdkafka reads every property as the real client will).
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientKind {
     /// The relay's producer.
@@ -197,7 +197,6 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 /// which the deadline's error quotes; unreachable brokers and missing topics fail when `deadline` passes. Topics are
 /// looked up in the list of all topics, so the check never auto-creates one.
 /// Returns `Ok(false)` when `shutdown` fired first (the probe's thread stops within a second).
-#[doc(hidden)]
 pub async fn wait_for_brokers(
     config: &ClientConfig,
     kind: ClientKind,

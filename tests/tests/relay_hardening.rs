@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use diesel_async::AsyncConnection;
-use outbox::Database;
-use outbox::db::{Fence, InFlight};
+use outbox::db::{Fence, InFlight, RelayStore as _};
 use tests::relay_support::{self as rs, Happened};
 use tests::{Backend, TestConn, TestDb, TestKafka};
 use tracing_subscriber::layer::SubscriberExt;

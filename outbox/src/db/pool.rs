@@ -28,8 +28,8 @@ type Conn<C> = Box<dyn DerefMut<Target = C> + Send>;
 /// A connection pool with its manager type erased: the relay and the inbox take any bb8 pool
 /// whose connections are a [`Database`] (diesel-async's `Pool<AsyncPgConnection>`,
 /// `Pool<SqliteConnection>`, or a pool with your own manager). See the module docs for the warm
-/// connection.
-#[doc(hidden)]
+/// connection. Public for the `inbox` crate, which runs its loops on the same handle; build
+/// one with [`ConnPool::new`].
 pub struct ConnPool<C> {
     shared: Arc<Shared<C>>,
 }
@@ -110,7 +110,6 @@ impl<C> std::fmt::Debug for ConnPool<C> {
 }
 
 /// A pooled connection (derefs to the connection). Dropped, it goes back to the pool.
-#[doc(hidden)]
 pub struct Pooled<C> {
     conn: Conn<C>,
     shared: Arc<Shared<C>>,

@@ -1,16 +1,15 @@
-//! PostgreSQL. Every statement on the writer's, relay's and inbox's paths is a prepared statement
-//! (one round trip after its first run, see `prepared`); the claim and the marks are shaped so that
-//! per-key order, fencing and out-of-order commits are handled by the database.
+//! PostgreSQL: the connection's migrations, the writer's statements and the NOTIFY listener (the
+//! relay's statements are in `relay/postgres.rs`, the inbox's in the inbox crate). Every statement
+//! on the writer's and the relay's paths is a prepared statement (one round trip after its first
+//! run, see `prepared`); the claim and the marks are shaped so that per-key order, fencing and
+//! out-of-order commits are handled by the database.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Bool, Bytea, Double, Integer, Interval, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -19,13 +18,10 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::prepared::prepared;
-use super::{
-    Claimed, ConnPool, Database, DeadLetterFilter, Fence, InFlight, Marked, Marks, NewDeadLetter, NewDedup, NewMessage,
-    NewPosition, StoredDeadLetter, StoredPosition, TopicBacklog,
-};
+use super::{ConnPool, Database, NewMessage};
 use crate::Result;
-use crate::relay::sleep_or_cancel;
-use crate::schema::{inbox_dead_letters, inbox_offsets, outbox_messages};
+use crate::cancel::sleep_or_cancel;
+use crate::schema::outbox_messages;
 
 impl super::private::Sealed for AsyncPgConnection {}
 
@@ -40,150 +36,7 @@ macro_rules! in_tx {
         diesel_async::AsyncConnection::transaction::<_, diesel::result::Error, _>($conn, async |$tx| $body).await
     };
 }
-
-#[derive(QueryableByName)]
-struct ClaimedRow {
-    #[diesel(sql_type = BigInt)]
-    pub seq: i64,
-    #[diesel(sql_type = SqlUuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub topic: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub key: Option<String>,
-    #[diesel(sql_type = Text)]
-    pub event_type: String,
-    #[diesel(sql_type = Integer)]
-    pub event_version: i32,
-    #[diesel(sql_type = Bytea)]
-    pub payload: Vec<u8>,
-    #[diesel(sql_type = Jsonb)]
-    pub headers: serde_json::Value,
-    #[diesel(sql_type = Timestamptz)]
-    pub occurred_at: DateTime<Utc>,
-    #[diesel(sql_type = Integer)]
-    pub attempts: i32,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub blocked: bool,
-}
-
-#[derive(QueryableByName)]
-struct Name {
-    #[diesel(sql_type = Text)]
-    name: String,
-}
-
-// "An earlier unsent row of m's key is held, or failing (parked, or waiting for its retry)".
-// Only rows that failed (attempts > 0) or are held can block, so the probe uses the small
-// partial index outbox_messages_key_blocked, which holds a hash of the key (a long key cannot
-// overflow a btree entry); key = key confirms the hash.
-macro_rules! blocked_by_earlier_row {
-    () => {
-        "EXISTS (SELECT 1 FROM outbox_messages b
-          WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL
-            AND (b.held OR (b.attempts > 0 AND (b.parked_at IS NOT NULL OR b.next_attempt_at > now()))))"
-    };
-}
-
-// "An earlier unsent row of m's key has failed", whether or not its retry is due yet: held rows
-// stay held until that row is sent, retried or discarded. Held rows do not count, so a key's held
-// rows are released together, in one statement; the earliest row that failed is released too
-// and is the next one claimed.
-macro_rules! failing_earlier_row {
-    () => {
-        "EXISTS (SELECT 1 FROM outbox_messages b
-          WHERE b.topic = m.topic AND hashtextextended(b.key, 0) = hashtextextended(m.key, 0)
-            AND b.key = m.key AND b.seq < m.seq AND b.sent_at IS NULL AND b.attempts > 0)"
-    };
-}
-
-// Due, unsent, unparked, unheld rows in seq order, each with whether it is blocked (see above).
-// Blocked rows are returned too, without their payload, and take a place in the batch: the mark
-// holds them, so a blocked key's backlog is walked once, not by every claim. No high-water mark:
-// a row whose transaction committed late (lower seq than rows already sent) is simply picked up
-// by the next claim. The lease check ($5..$7) is in the same statement, so a relay that was
-// paused past its lease claims nothing once another relay took over.
-//
-// The per-row probe is a correlated subplan (it compares seqs, so it cannot become a hashed
-// anti-join). The InitPlan in front of it asks once per claim whether any row is failing or held
-// at all; in the usual case none is and no row is probed (B1: 30 % of the relay's rate without it).
-const CLAIMABLE: &str = concat!(
-    "
-FROM outbox_messages m CROSS JOIN LATERAL (SELECT CASE WHEN (SELECT EXISTS (SELECT 1 FROM outbox_messages x
-          WHERE x.sent_at IS NULL AND (x.attempts > 0 OR x.held))) THEN ",
-    blocked_by_earlier_row!(),
-    " ELSE false END AS blocked) k
-WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND NOT m.held AND m.next_attempt_at <= now()
-  AND EXISTS (SELECT 1 FROM outbox_relay_leases l
-               WHERE l.name = $5 AND l.owner = $6 AND l.epoch = $7 AND l.expires_at > now())"
-);
-
-// While batches are in flight, their rows fill [$3, $2]. The InitPlan counts the due, unsent
-// rows there: more than the $4 in flight means a transaction committed late with a seq inside
-// the window, and then nothing above it is claimed (the relay drains the window first), so the
-// late row goes out before any later row of its key. Check and claim share one snapshot: a
-// later row of the key cannot be visible while the late row is not. (A due row of a held key
-// in the range is a false alarm that only costs one round without pipelining.)
-//
-// The count stops at $4 + 1 rows and walks the pending index in seq order: with statistics
-// from an earlier, larger backlog (a bulk load, a refill after TRUNCATE) an unbounded count was
-// planned as a sequential scan of the whole table on every claim (B1: 27 ms of a 30 ms claim).
-const CLAIM_ABOVE_WINDOW: &str = "
-  AND m.seq > $2
-  AND (SELECT count(*) FROM (
-         SELECT 1 FROM outbox_messages w
-          WHERE w.seq <= $2 AND $3 <= $2 AND w.sent_at IS NULL AND w.parked_at IS NULL AND NOT w.held
-            AND w.next_attempt_at <= now()
-          ORDER BY w.seq LIMIT $4 + 1) AS due) <= $4";
-
-// Takes the lease when it is free or expired (bumping the fencing epoch), or keeps it when it is
-// already ours. A plain row, not an advisory lock: survives PgBouncer's transaction mode.
-//
-// Relays of different names over one table would each publish everything, so none takes its
-// lease while a relay of another name holds a live one; if two got in at once, the lower name
-// keeps it and the other stands by at its next renewal.
-const ACQUIRE: &str = "
-INSERT INTO outbox_relay_leases AS l (name, owner, epoch, expires_at)
-SELECT $1, $2, 1, now() + $3
- WHERE NOT EXISTS (
-       SELECT 1 FROM outbox_relay_leases r
-        WHERE r.name <> $1 AND r.owner IS NOT NULL AND r.expires_at > now()
-          AND (r.name < $1 OR NOT EXISTS (
-               SELECT 1 FROM outbox_relay_leases s
-                WHERE s.name = $1 AND s.owner = $2 AND s.expires_at > now())))
-ON CONFLICT (name) DO UPDATE
-   SET owner = EXCLUDED.owner,
-       epoch = CASE WHEN l.owner = EXCLUDED.owner THEN l.epoch ELSE l.epoch + 1 END,
-       expires_at = EXCLUDED.expires_at
- WHERE l.owner = EXCLUDED.owner OR l.owner IS NULL OR l.expires_at < now()
-RETURNING l.epoch";
-
-const RIVAL: &str = "
-SELECT name FROM outbox_relay_leases
- WHERE name <> $1 AND owner IS NOT NULL AND expires_at > now() ORDER BY name LIMIT 1";
-
-// Lets another relay take over at once after a graceful shutdown.
-const RELEASE: &str = "
-UPDATE outbox_relay_leases SET owner = NULL, expires_at = '-infinity'
-WHERE name = $1 AND owner = $2 AND epoch = $3";
-
-// The fence: FOR SHARE makes a concurrent takeover (an UPDATE of this row) wait until the marks
-// commit, and a relay whose epoch is stale finds no row and marks nothing. A relay of another
-// name can only have taken its lease once ours expired (see ACQUIRE), so a live one fences us too.
-//
-// The mark transaction commits without waiting for its WAL flush (synchronous_commit=off, set in
-// the same statement): a PostgreSQL crash can forget the last fraction of a second of marks, and
-// those rows — already acknowledged by Kafka — are published again, which at-least-once delivery
-// allows and the inbox deduplicates. Nothing is ever marked that was not acknowledged, and the
-// business transactions keep their own durability. The relay no longer waits for an fsync per
-// batch (docs/relay.md, "Marks and `synchronous_commit`").
-const FENCE: &str = "
-SELECT epoch, set_config('synchronous_commit', 'off', true) AS async_commit
-  FROM outbox_relay_leases l WHERE name = $1 AND owner = $2 AND epoch = $3
-   AND NOT EXISTS (SELECT 1 FROM outbox_relay_leases r
-                    WHERE r.name <> $1 AND r.owner IS NOT NULL AND r.expires_at > now())
-   FOR SHARE OF l";
+pub(crate) use in_tx;
 
 // Any number of events in one statement with eight array binds, so one prepared statement
 // serves every batch size (diesel's multi-row VALUES is a new statement text per row count,
@@ -193,132 +46,10 @@ INSERT INTO outbox_messages (id, topic, key, event_type, event_version, payload,
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[], $7::jsonb[],
                      $8::timestamptz[])";
 
-// The inbox's dedup records of one transaction, one prepared statement for any count.
-const INSERT_DEDUP: &str = "
-INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::int8[])
-ON CONFLICT DO NOTHING RETURNING message_id";
-
-// The same, inserting only while the open transaction is still the one $6 names (see
-// `same_transaction`): after a handler's raw COMMIT this runs in an implicit transaction of its
-// own, which has no id when `t` is read, so nothing is inserted and `same` is false. One row
-// always comes back (message_id NULL when nothing was inserted).
-const INSERT_DEDUP_IN: &str = "
-WITH t AS (SELECT txid_current_if_assigned() AS x),
-ins AS (
-  INSERT INTO inbox_messages (consumer_group, message_id, topic, kafka_partition, kafka_offset)
-  SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int4[], $5::int8[])
-   WHERE (SELECT x FROM t) = $6
-  ON CONFLICT DO NOTHING RETURNING message_id)
-SELECT COALESCE((SELECT x FROM t) = $6, false) AS same, ins.message_id
-  FROM (SELECT 1) AS one LEFT JOIN ins ON true";
-
-#[derive(QueryableByName)]
-struct InsertedIn {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    same: bool,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    message_id: Option<Uuid>,
-}
-
-const DELETE_SENT: &str = "DELETE FROM outbox_messages WHERE seq = ANY($1)";
-
-const MARK_SENT: &str = "UPDATE outbox_messages SET sent_at = now(), last_error = NULL WHERE seq = ANY($1)";
-
-// One statement for every failure of the batch, each with its own error. Only a key's head
-// (counted) gets a retry delay; the key's later rows stay due and are held behind it.
-const RECORD_FAILURES: &str = "
-UPDATE outbox_messages m
-   SET attempts = m.attempts + f.counted::int,
-       last_error = f.error,
-       next_attempt_at = CASE WHEN f.counted THEN now() + make_interval(secs => f.retry_secs)
-                              ELSE m.next_attempt_at END,
-       parked_at = CASE WHEN f.counted AND (f.park_now OR m.attempts + 1 >= $5) THEN now() END
-  FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[], $6::bool[])
-       AS f(seq, error, retry_secs, park_now, counted)
- WHERE m.seq = f.seq
-RETURNING m.seq, m.parked_at IS NOT NULL AS parked";
-
-// The rows a claim found blocked, if they still are (checked under the fence, after this
-// batch's failures are recorded).
-const HOLD: &str = concat!(
-    "
-UPDATE outbox_messages m SET held = true
- WHERE m.seq = ANY($1) AND m.sent_at IS NULL AND m.parked_at IS NULL AND NOT m.held AND ",
-    blocked_by_earlier_row!()
-);
-
-// A sent row that had failed was its key's head: the rows held behind it go back to the pending
-// index, unless another failing row of the key still blocks them.
-pub(crate) const RELEASE_KEYS: &str = concat!(
-    "
-UPDATE outbox_messages m SET held = false
-  FROM unnest($1::text[], $2::text[]) AS r(topic, key)
- WHERE m.sent_at IS NULL AND m.held AND m.topic = r.topic
-   AND hashtextextended(m.key, 0) = hashtextextended(r.key, 0) AND m.key = r.key AND NOT ",
-    failing_earlier_row!()
-);
-
-// Held rows with nothing failing ahead of them any more. `sent_at IS NULL` (always true of a held
-// row) lets it walk the small key_blocked index instead of the table.
-const RELEASE_ORPHANS: &str = concat!(
-    "UPDATE outbox_messages m SET held = false WHERE m.sent_at IS NULL AND m.held AND NOT ",
-    failing_earlier_row!()
-);
-
-// Retention mode: sent rows older than the retention period, a small batch at a time so the
-// cleanup never holds long locks or produces one huge WAL burst.
-const CLEANUP: &str = "
-DELETE FROM outbox_messages WHERE seq IN (
-    SELECT seq FROM outbox_messages WHERE sent_at < now() - $1 ORDER BY sent_at LIMIT $2)";
-
-// For the gauges; uses the partial indexes, so it stays cheap while the backlog is small.
-const BACKLOG: &str = "
-SELECT topic,
-       count(*) FILTER (WHERE parked_at IS NULL) AS pending,
-       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
-       extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8 AS oldest_pending_secs
-FROM outbox_messages WHERE sent_at IS NULL GROUP BY topic";
-
-const DEAD_LETTER_COUNT: &str = "SELECT count(*) AS n FROM inbox_dead_letters WHERE consumer_group = $1";
-
 // 'D' = disabled (outbox::set_notify(conn, false), the default after migrate).
 const NOTIFY_ENABLED: &str = "
 SELECT COALESCE(bool_or(tgenabled <> 'D'), false) AS enabled FROM pg_trigger
 WHERE tgname = 'outbox_messages_notify' AND tgrelid = 'outbox_messages'::regclass";
-
-// The claim's SQL, built once.
-static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT m.seq, m.id, m.topic, m.key, m.event_type, m.event_version, \
-         CASE WHEN k.blocked THEN ''::bytea ELSE m.payload END AS payload, m.headers, m.occurred_at, \
-         m.attempts, k.blocked {CLAIMABLE} {CLAIM_ABOVE_WINDOW} ORDER BY m.seq LIMIT $1"
-    )
-});
-
-#[derive(QueryableByName)]
-struct Epoch {
-    #[diesel(sql_type = BigInt)]
-    epoch: i64,
-}
-
-#[derive(QueryableByName)]
-struct ParkedRow {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    parked: bool,
-}
-
-#[derive(QueryableByName)]
-struct BacklogRow {
-    #[diesel(sql_type = Text)]
-    topic: String,
-    #[diesel(sql_type = BigInt)]
-    pending: i64,
-    #[diesel(sql_type = BigInt)]
-    parked: i64,
-    #[diesel(sql_type = Nullable<Double>)]
-    oldest_pending_secs: Option<f64>,
-}
 
 #[derive(QueryableByName)]
 struct Enabled {
@@ -339,29 +70,6 @@ struct Row<'a> {
     payload: &'a [u8],
     headers: &'a serde_json::Value,
     occurred_at: DateTime<Utc>,
-}
-
-#[derive(QueryableByName)]
-struct Inserted {
-    #[diesel(sql_type = SqlUuid)]
-    message_id: Uuid,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = inbox_dead_letters)]
-struct DeadLetterRow<'a> {
-    consumer_group: &'a str,
-    message_id: Option<Uuid>,
-    topic: &'a str,
-    kafka_partition: i32,
-    kafka_offset: i64,
-    key: Option<&'a [u8]>,
-    payload: Option<&'a [u8]>,
-    headers: &'a serde_json::Value,
-    raw_headers: &'a [u8],
-    reason: &'a str,
-    error: &'a str,
-    attempts: i32,
 }
 
 /// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
@@ -411,9 +119,7 @@ async fn pending_migrations(conn: &mut AsyncPgConnection) -> Result<usize> {
 const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
 #[async_trait::async_trait]
-impl Database for AsyncPgConnection {
-    const NAME: &'static str = "postgres";
-
+impl super::migrations::MigrationStore for AsyncPgConnection {
     const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
     async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
@@ -509,7 +215,10 @@ impl Database for AsyncPgConnection {
             }
         })
     }
+}
 
+#[async_trait::async_trait]
+impl super::WriterStore for AsyncPgConnection {
     async fn begin_write(&mut self) -> QueryResult<()> {
         AnsiTransactionManager::begin_transaction(self).await
     }
@@ -548,484 +257,14 @@ impl Database for AsyncPgConnection {
             .await?;
         Ok(())
     }
-
-    async fn claim(&mut self, limit: i64, in_flight: InFlight, holder: Fence<'_>) -> Result<Vec<Claimed>> {
-        Ok(load_claim(self, limit, in_flight, holder).await?)
-    }
-
-    async fn claim_in_transaction(
-        &mut self,
-        limit: i64,
-        in_flight: InFlight,
-        holder: Fence<'_>,
-    ) -> Result<Vec<Claimed>> {
-        // Behind a transaction pooler (`pooler`); direct, the cached statement is one round trip.
-        Ok(in_tx!(self, tx => load_claim(tx, limit, in_flight, holder).await)?)
-    }
-
-    async fn rival_lease(&mut self, name: &str) -> Result<Option<String>> {
-        let rows: Vec<Name> = in_tx!(self, tx => prepared(RIVAL).bind::<Text, _>(name).load(tx).await)?;
-        Ok(rows.into_iter().next().map(|r| r.name))
-    }
-
-    async fn release_orphans(&mut self) -> Result<usize> {
-        Ok(in_tx!(self, tx => prepared(RELEASE_ORPHANS).execute(tx).await)?)
-    }
-
-    async fn acquire_lease(&mut self, name: &str, owner: Uuid, lease: Duration) -> Result<Option<i64>> {
-        let rows: Vec<Epoch> = in_tx!(self, tx => {
-            prepared(ACQUIRE)
-                .bind::<Text, _>(name)
-                .bind::<SqlUuid, _>(owner)
-                .bind::<Interval, _>(interval(lease))
-                .load(tx)
-                .await
-        })?;
-        Ok(rows.into_iter().next().map(|r| r.epoch))
-    }
-
-    async fn release_lease(&mut self, name: &str, owner: Uuid, epoch: i64) -> Result<()> {
-        in_tx!(self, tx => {
-            prepared(RELEASE)
-                .bind::<Text, _>(name)
-                .bind::<SqlUuid, _>(owner)
-                .bind::<BigInt, _>(epoch)
-                .execute(tx)
-                .await
-        })?;
-        Ok(())
-    }
-
-    async fn mark(&mut self, fence: Fence<'_>, marks: &Marks<'_>) -> Result<Option<Marked>> {
-        self.transaction::<_, crate::Error, _>(async |tx| {
-            let held: Vec<Epoch> = prepared(FENCE)
-                .bind::<Text, _>(fence.lease)
-                .bind::<SqlUuid, _>(fence.owner)
-                .bind::<BigInt, _>(fence.epoch)
-                .load(tx)
-                .await?;
-            if held.is_empty() {
-                return Ok(None);
-            }
-            let mut marked = Marked::default();
-            if !marks.sent.is_empty() {
-                let sql = if marks.delete_sent { DELETE_SENT } else { MARK_SENT };
-                marked.sent = prepared(sql).bind::<Array<BigInt>, _>(marks.sent).execute(tx).await?;
-            }
-            let failures = marks.failures;
-            if !failures.is_empty() {
-                let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
-                let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-                let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
-                let park: Vec<bool> = failures.iter().map(|f| f.park_now).collect();
-                let counted: Vec<bool> = failures.iter().map(|f| f.counted).collect();
-                let rows: Vec<ParkedRow> = prepared(RECORD_FAILURES)
-                    .bind::<Array<BigInt>, _>(seqs)
-                    .bind::<Array<Text>, _>(errors)
-                    .bind::<Array<Double>, _>(delays)
-                    .bind::<Array<diesel::sql_types::Bool>, _>(park)
-                    .bind::<Integer, _>(fence.max_attempts)
-                    .bind::<Array<diesel::sql_types::Bool>, _>(counted)
-                    .load(tx)
-                    .await?;
-                marked.failed = rows.len();
-                marked.parked = rows.iter().filter(|r| r.parked).count();
-            }
-            if !marks.release.is_empty() {
-                let topics: Vec<&str> = marks.release.iter().map(|(t, _)| t.as_str()).collect();
-                let keys: Vec<&str> = marks.release.iter().map(|(_, k)| k.as_str()).collect();
-                marked.released = prepared(RELEASE_KEYS)
-                    .bind::<Array<Text>, _>(topics)
-                    .bind::<Array<Text>, _>(keys)
-                    .execute(tx)
-                    .await?;
-            }
-            if !marks.hold.is_empty() {
-                marked.held = prepared(HOLD).bind::<Array<BigInt>, _>(marks.hold).execute(tx).await?;
-            }
-            Ok(Some(marked))
-        })
-        .await
-    }
-
-    async fn cleanup_sent(&mut self, retention: Duration, batch: i64) -> Result<usize> {
-        Ok(in_tx!(self, tx => {
-            prepared(CLEANUP).bind::<Interval, _>(interval(retention)).bind::<BigInt, _>(batch).execute(tx).await
-        })?)
-    }
-
-    async fn backlog(&mut self) -> Result<Vec<TopicBacklog>> {
-        let rows: Vec<BacklogRow> = in_tx!(self, tx => prepared(BACKLOG).load(tx).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|b| TopicBacklog {
-                topic: b.topic,
-                pending: b.pending,
-                parked: b.parked,
-                oldest_pending_secs: b.oldest_pending_secs,
-            })
-            .collect())
-    }
-
-    async fn dead_letter_count(&mut self, group: &str) -> Result<i64> {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let row: N = in_tx!(self, tx => prepared(DEAD_LETTER_COUNT).bind::<Text, _>(group).get_result(tx).await)?;
-        Ok(row.n)
-    }
-
-    async fn listen(pool: ConnPool<Self>, wake: Arc<Notify>, shutdown: CancellationToken) {
-        listen(pool, wake, shutdown).await
-    }
-
-    async fn insert_dedup(&mut self, rows: &[NewDedup<'_>]) -> QueryResult<Vec<Uuid>> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        // ON CONFLICT DO NOTHING instead of select-then-insert: a concurrent transaction inserting
-        // the same id makes this one wait for its outcome, so exactly one sees the id as new.
-        prepared(INSERT_DEDUP)
-            .bind::<Array<Text>, _>(rows.iter().map(|r| r.consumer_group).collect::<Vec<_>>())
-            .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
-            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>())
-            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>())
-            .load::<Inserted>(self)
-            .await
-            .map(|ids| ids.into_iter().map(|r| r.message_id).collect())
-    }
-
-    async fn insert_dead_letters(&mut self, rows: &[NewDeadLetter<'_>]) -> QueryResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let values: Vec<DeadLetterRow<'_>> = rows
-            .iter()
-            .map(|r| DeadLetterRow {
-                consumer_group: r.consumer_group,
-                message_id: r.message_id,
-                topic: r.topic,
-                kafka_partition: r.kafka_partition,
-                kafka_offset: r.kafka_offset,
-                key: r.key,
-                payload: r.payload,
-                headers: &r.headers,
-                raw_headers: &r.raw_headers,
-                reason: r.reason,
-                error: &r.error,
-                attempts: r.attempts,
-            })
-            .collect();
-        diesel::insert_into(inbox_dead_letters::table).values(&values).execute(self).await?;
-        Ok(())
-    }
-
-    async fn store_position(&mut self, p: &NewPosition<'_>) -> QueryResult<()> {
-        // Never backwards (a consumer that lost the partition in a rebalance and commits late),
-        // unless the log changed ($7): then the new log's offsets replace the old ones. The
-        // identity columns always describe the row's next_offset.
-        prepared(
-            "INSERT INTO inbox_offsets (consumer_group, topic, kafka_partition, next_offset, cluster_id, \
-             last_fingerprint) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET \
-             next_offset = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
-                 THEN EXCLUDED.next_offset ELSE inbox_offsets.next_offset END, \
-             cluster_id = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
-                 THEN EXCLUDED.cluster_id ELSE inbox_offsets.cluster_id END, \
-             last_fingerprint = CASE WHEN $7 OR EXCLUDED.next_offset >= inbox_offsets.next_offset \
-                 THEN EXCLUDED.last_fingerprint ELSE inbox_offsets.last_fingerprint END, \
-             updated_at = now()",
-        )
-        .bind::<Text, _>(p.consumer_group)
-        .bind::<Text, _>(p.topic)
-        .bind::<Integer, _>(p.kafka_partition)
-        .bind::<BigInt, _>(p.next_offset)
-        .bind::<Nullable<Text>, _>(p.cluster_id)
-        .bind::<Nullable<BigInt>, _>(p.fingerprint)
-        .bind::<diesel::sql_types::Bool, _>(p.replace)
-        .execute(self)
-        .await?;
-        Ok(())
-    }
-
-    async fn load_positions(
-        &mut self,
-        group: &str,
-        topic: &str,
-        partitions: &[i32],
-    ) -> QueryResult<HashMap<i32, StoredPosition>> {
-        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = in_tx!(self, tx => {
-            inbox_offsets::table
-                .filter(inbox_offsets::consumer_group.eq(group))
-                .filter(inbox_offsets::topic.eq(topic))
-                .filter(inbox_offsets::kafka_partition.eq_any(partitions))
-                .select((
-                    inbox_offsets::kafka_partition,
-                    inbox_offsets::next_offset,
-                    inbox_offsets::cluster_id,
-                    inbox_offsets::last_fingerprint,
-                ))
-                .load(tx)
-                .await
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|(p, next_offset, cluster_id, fingerprint)| {
-                (p, StoredPosition { next_offset, cluster_id, fingerprint })
-            })
-            .collect())
-    }
-
-    async fn prune_dedup(&mut self, group: &str, window: Duration, limit: i64) -> QueryResult<usize> {
-        // Bounded by LIMIT so each statement holds its locks briefly; served by the
-        // (consumer_group, handled_at) index.
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let prune = prepared(
-            "DELETE FROM inbox_messages WHERE consumer_group = $1 AND message_id IN ( \
-                 SELECT message_id FROM inbox_messages \
-                 WHERE consumer_group = $1 AND handled_at < now() - $2::float8 * interval '1 millisecond' \
-                 LIMIT $3)",
-        )
-        .bind::<Text, _>(group)
-        .bind::<BigInt, _>(window_ms)
-        .bind::<BigInt, _>(limit);
-        in_tx!(self, tx => prune.execute(tx).await)
-    }
-
-    async fn dead_letter_ids(&mut self, f: &DeadLetterFilter<'_>, after: i64, limit: i64) -> QueryResult<Vec<i64>> {
-        // The inboxes' poll names the partial index's condition literally, so it is used.
-        let sql = if f.requested { DEAD_LETTER_IDS_REQUESTED } else { DEAD_LETTER_IDS };
-        let rows: Vec<DeadLetterId> = in_tx!(self, tx => {
-            diesel::sql_query(sql)
-                .bind::<Nullable<Text>, _>(f.group)
-                .bind::<Nullable<Array<BigInt>>, _>(f.ids)
-                .bind::<Nullable<Text>, _>(f.reason)
-                .bind::<BigInt, _>(after)
-                .bind::<BigInt, _>(limit)
-                .load(tx)
-                .await
-        })?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
-    }
-
-    async fn claim_dead_letter(
-        &mut self,
-        group: &str,
-        id: i64,
-        requested: bool,
-    ) -> QueryResult<Option<StoredDeadLetter>> {
-        let rows: Vec<StoredDeadLetterRow> = diesel::sql_query(CLAIM_DEAD_LETTER)
-            .bind::<BigInt, _>(id)
-            .bind::<Text, _>(group)
-            .bind::<Bool, _>(requested)
-            .load(self)
-            .await?;
-        Ok(rows.into_iter().next().map(|r| StoredDeadLetter {
-            id: r.id,
-            message_id: r.message_id,
-            topic: r.topic,
-            kafka_partition: r.kafka_partition,
-            kafka_offset: r.kafka_offset,
-            key: r.key,
-            payload: r.payload,
-            headers: r.headers,
-            raw_headers: r.raw_headers,
-            reason: r.reason,
-            attempts: r.attempts,
-        }))
-    }
-
-    async fn delete_dead_letter(&mut self, id: i64) -> QueryResult<usize> {
-        diesel::sql_query("DELETE FROM inbox_dead_letters WHERE id = $1").bind::<BigInt, _>(id).execute(self).await
-    }
-
-    async fn renew_dedup(&mut self, group: &str, message_id: Uuid) -> QueryResult<usize> {
-        diesel::sql_query("UPDATE inbox_messages SET handled_at = now() WHERE consumer_group = $1 AND message_id = $2")
-            .bind::<Text, _>(group)
-            .bind::<SqlUuid, _>(message_id)
-            .execute(self)
-            .await
-    }
-
-    async fn record_replay_failure(&mut self, id: i64, seen: i32, reason: &str, error: &str) -> QueryResult<usize> {
-        in_tx!(self, tx => {
-            diesel::sql_query(RECORD_REPLAY_FAILURE)
-                .bind::<BigInt, _>(id)
-                .bind::<Integer, _>(seen)
-                .bind::<Text, _>(reason)
-                .bind::<Text, _>(error)
-                .execute(tx)
-                .await
-        })
-    }
-
-    async fn request_replay(&mut self, f: &DeadLetterFilter<'_>) -> QueryResult<usize> {
-        in_tx!(self, tx => {
-            diesel::sql_query(REQUEST_REPLAY)
-                .bind::<Nullable<Text>, _>(f.group)
-                .bind::<Nullable<Array<BigInt>>, _>(f.ids)
-                .bind::<Nullable<Text>, _>(f.reason)
-                .execute(tx)
-                .await
-        })
-    }
-
-    async fn prune_dead_letters(&mut self, group: &str, retention: Duration, limit: i64) -> QueryResult<usize> {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        in_tx!(self, tx => {
-            diesel::sql_query(PRUNE_DEAD_LETTERS)
-                .bind::<Text, _>(group)
-                .bind::<BigInt, _>(retention_ms)
-                .bind::<BigInt, _>(limit)
-                .execute(tx)
-                .await
-        })
-    }
-
-    async fn transaction_token(&mut self) -> QueryResult<i64> {
-        let row: Token = prepared("SELECT txid_current() AS token").get_result(self).await?;
-        Ok(row.token.unwrap_or(-1))
-    }
-
-    async fn insert_dedup_in(&mut self, token: i64, rows: &[NewDedup<'_>]) -> QueryResult<Option<Vec<Uuid>>> {
-        let out: Vec<InsertedIn> = prepared(INSERT_DEDUP_IN)
-            .bind::<Array<Text>, _>(rows.iter().map(|r| r.consumer_group).collect::<Vec<_>>())
-            .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(rows.iter().map(|r| r.topic).collect::<Vec<_>>())
-            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>())
-            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>())
-            .bind::<BigInt, _>(token)
-            .load(self)
-            .await?;
-        if !<[InsertedIn]>::first(&out).is_some_and(|r| r.same) {
-            return Ok(None);
-        }
-        Ok(Some(out.into_iter().filter_map(|r| r.message_id).collect()))
-    }
-
-    async fn same_transaction(&mut self, token: i64) -> QueryResult<bool> {
-        // Outside a transaction (autocommit after a raw COMMIT or ROLLBACK) the statement runs in
-        // a transaction of its own that assigns no id: NULL. In a transaction the handler opened
-        // after ending ours: NULL or another id. In an aborted transaction: an error.
-        let row: Token = prepared("SELECT txid_current_if_assigned() AS token").get_result(self).await?;
-        Ok(row.token == Some(token))
-    }
 }
 
-// Dead-letter replay and retention (docs/dead-letters.md). Unset filters ($1..$3 NULL) match any row.
-const DEAD_LETTER_IDS: &str = "
-SELECT id FROM inbox_dead_letters
-WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
-  AND ($3::text IS NULL OR reason = $3) AND id > $4
-ORDER BY id LIMIT $5";
+impl Database for AsyncPgConnection {
+    const NAME: &'static str = "postgres";
 
-const DEAD_LETTER_IDS_REQUESTED: &str = "
-SELECT id FROM inbox_dead_letters
-WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
-  AND ($3::text IS NULL OR reason = $3) AND id > $4 AND replay_requested_at IS NOT NULL
-ORDER BY id LIMIT $5";
-
-// SKIP LOCKED: a row another inbox is replaying right now is left to it (it deletes the row or
-// records the failure); this one moves on instead of waiting and then running it a second time.
-const CLAIM_DEAD_LETTER: &str = "
-SELECT id, message_id, topic, kafka_partition, kafka_offset, key, payload, headers, raw_headers, reason, attempts
-FROM inbox_dead_letters
-WHERE id = $1 AND consumer_group = $2 AND (NOT $3 OR replay_requested_at IS NOT NULL)
-FOR UPDATE SKIP LOCKED";
-
-// `attempts = $2`: the failure is recorded once even if another inbox replayed the row between
-// this one's rollback and this statement.
-const RECORD_REPLAY_FAILURE: &str = "
-UPDATE inbox_dead_letters SET reason = $3, error = $4, attempts = attempts + 1, replay_requested_at = NULL
-WHERE id = $1 AND attempts = $2";
-
-const REQUEST_REPLAY: &str = "
-UPDATE inbox_dead_letters SET replay_requested_at = now()
-WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
-  AND ($3::text IS NULL OR reason = $3)";
-
-// Bounded like the dedup pruning; served by (consumer_group, created_at). Rows waiting for a
-// requested replay are kept.
-const PRUNE_DEAD_LETTERS: &str = "
-DELETE FROM inbox_dead_letters WHERE id IN (
-    SELECT id FROM inbox_dead_letters
-    WHERE consumer_group = $1 AND created_at < now() - $2::float8 * interval '1 millisecond'
-      AND replay_requested_at IS NULL
-    ORDER BY created_at LIMIT $3)";
-
-#[derive(QueryableByName)]
-struct DeadLetterId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-#[derive(QueryableByName)]
-struct StoredDeadLetterRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    message_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
-    topic: String,
-    #[diesel(sql_type = Integer)]
-    kafka_partition: i32,
-    #[diesel(sql_type = BigInt)]
-    kafka_offset: i64,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    key: Option<Vec<u8>>,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    payload: Option<Vec<u8>>,
-    #[diesel(sql_type = Jsonb)]
-    headers: serde_json::Value,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    raw_headers: Option<Vec<u8>>,
-    #[diesel(sql_type = Text)]
-    reason: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-}
-
-#[derive(QueryableByName)]
-struct Token {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    token: Option<i64>,
-}
-
-async fn load_claim(
-    conn: &mut AsyncPgConnection,
-    limit: i64,
-    in_flight: InFlight,
-    holder: Fence<'_>,
-) -> QueryResult<Vec<Claimed>> {
-    let rows: Vec<ClaimedRow> = prepared(CLAIM.as_str())
-        .bind::<BigInt, _>(limit)
-        .bind::<BigInt, _>(in_flight.last)
-        .bind::<BigInt, _>(in_flight.first)
-        .bind::<BigInt, _>(in_flight.rows)
-        .bind::<Text, _>(holder.lease)
-        .bind::<SqlUuid, _>(holder.owner)
-        .bind::<BigInt, _>(holder.epoch)
-        .load(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Claimed {
-            seq: r.seq,
-            id: r.id,
-            topic: r.topic,
-            key: r.key,
-            event_type: r.event_type,
-            event_version: r.event_version,
-            payload: r.payload,
-            headers: r.headers,
-            occurred_at: r.occurred_at,
-            attempts: r.attempts,
-            blocked: r.blocked,
-        })
-        .collect())
+    fn backend(&mut self) -> super::Backend<'_> {
+        super::Backend::Postgres(self)
+    }
 }
 
 /// Turns the insert trigger's NOTIFY on or off; see [`crate::set_notify`].
@@ -1046,7 +285,7 @@ async fn notify_enabled(conn: &mut AsyncPgConnection) -> Result<bool> {
 }
 
 /// Wakes the relay on every NOTIFY of the insert trigger; reconnects when the session is lost.
-async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub(crate) async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: CancellationToken) {
     use diesel_async::SimpleAsyncConnection;
     let retry =
         |failures: u32| crate::RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(10)).delay(failures);
@@ -1102,8 +341,4 @@ async fn listen(pool: ConnPool<AsyncPgConnection>, wake: Arc<Notify>, shutdown: 
             }
         }
     }
-}
-
-fn interval(d: Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -6,6 +6,8 @@
 //! connection's statement cache keep it (keyed by the SQL text and the bind types), so after the
 //! first run each statement is one round trip. On the writer's path that is one round trip less
 //! per `publish`; on the relay's, one less per claim and per mark statement.
+//!
+//! Public for the `inbox` crate's statements, which use it the same way (PostgreSQL only).
 
 use std::marker::PhantomData;
 
@@ -16,19 +18,19 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{HasSqlType, Untyped};
 
 /// `sql` with `$1`, `$2`, ... placeholders; bind values in placeholder order with [`Prepared::bind`].
-pub(crate) fn prepared(sql: &'static str) -> Prepared<()> {
+pub fn prepared(sql: &'static str) -> Prepared<()> {
     Prepared { sql, binds: () }
 }
 
 /// A statement built by [`prepared`].
 #[must_use = "queries run only when executed"]
-pub(crate) struct Prepared<B> {
+pub struct Prepared<B> {
     sql: &'static str,
     binds: B,
 }
 
 /// One bound value on top of the earlier ones.
-pub(crate) struct Bind<Prev, ST, V> {
+pub struct Bind<Prev, ST, V> {
     prev: Prev,
     value: V,
     sql_type: PhantomData<fn() -> ST>,
@@ -36,7 +38,7 @@ pub(crate) struct Bind<Prev, ST, V> {
 
 impl<B: Binds> Prepared<B> {
     /// Binds the value of the next placeholder (`$1` first).
-    pub(crate) fn bind<ST, V>(self, value: V) -> Prepared<Bind<B, ST, V>>
+    pub fn bind<ST, V>(self, value: V) -> Prepared<Bind<B, ST, V>>
     where
         Pg: HasSqlType<ST>,
         V: ToSql<ST, Pg> + Send,
@@ -46,7 +48,7 @@ impl<B: Binds> Prepared<B> {
 }
 
 /// The values bound so far; `$n` is the n-th.
-pub(crate) trait Binds: Send {
+pub trait Binds: Send {
     /// How many values are bound.
     const LEN: usize;
 

@@ -11,7 +11,7 @@ use super::{DeadLetter, ParkedAction, ParkedMessage};
 use crate::Result;
 // The rows the relay held behind a retried or discarded row go back to the pending index in the
 // same transaction, unless another row of their key has failed: the relay's own release.
-use crate::db::postgres::RELEASE_KEYS as RELEASE_HELD;
+use crate::db::relay::postgres::RELEASE_KEYS as RELEASE_HELD;
 
 // Unsent rows only, per topic. Ages are computed by the server, against the server's
 // created_at, so client clock skew does not distort them.
@@ -165,4 +165,24 @@ impl Sql for AsyncPgConnection {
             .execute(self)
             .await
     }
+
+    async fn ops_request_replay(
+        &mut self,
+        group: Option<&str>,
+        ids: Option<&[i64]>,
+        reason: Option<&str>,
+    ) -> QueryResult<usize> {
+        diesel::sql_query(REQUEST_REPLAY)
+            .bind::<Nullable<Text>, _>(group)
+            .bind::<Nullable<Array<BigInt>>, _>(ids)
+            .bind::<Nullable<Text>, _>(reason)
+            .execute(self)
+            .await
+    }
 }
+
+// Unset filters ($1..$3 NULL) match any row.
+const REQUEST_REPLAY: &str = "
+UPDATE inbox_dead_letters SET replay_requested_at = now()
+WHERE ($1::text IS NULL OR consumer_group = $1) AND ($2::bigint[] IS NULL OR id = ANY($2))
+  AND ($3::text IS NULL OR reason = $3)";

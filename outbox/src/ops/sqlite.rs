@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::sql::{Lease, Sql, TopicCounts, Totals};
 use super::{DeadLetter, ParkedAction, ParkedMessage, RawHeadersColumn};
-use crate::db::sqlite::{RELEASE_KEYS as RELEASE_HELD, SqliteConnection, json_array, now_ms};
+use crate::db::relay::sqlite::RELEASE_KEYS as RELEASE_HELD;
+use crate::db::sqlite::{SqliteConnection, json_array, now_ms};
 use crate::{Error, ErrorKind, Result};
 
 // SUM of a comparison counts the rows where it holds (SQLite has no boolean type).
@@ -255,4 +256,26 @@ impl Sql for SqliteConnection {
             .execute(self)
             .await
     }
+
+    async fn ops_request_replay(
+        &mut self,
+        group: Option<&str>,
+        ids: Option<&[i64]>,
+        reason: Option<&str>,
+    ) -> QueryResult<usize> {
+        diesel::sql_query(REQUEST_REPLAY)
+            .bind::<Nullable<Text>, _>(group)
+            .bind::<Nullable<Text>, _>(ids.map(json_array))
+            .bind::<Nullable<Text>, _>(reason)
+            .execute(self)
+            .await
+    }
 }
+
+// Unset filters (?1..?3 NULL) match any row.
+const REQUEST_REPLAY: &str = concat!(
+    "UPDATE inbox_dead_letters SET replay_requested_at = ",
+    now_ms!(),
+    " WHERE (?1 IS NULL OR consumer_group = ?1) ",
+    "AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) AND (?3 IS NULL OR reason = ?3)"
+);

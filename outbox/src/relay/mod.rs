@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 pub use config::{AfterSend, RelayBuilder, RelayConfig};
 
+use crate::cancel::sleep_or_cancel;
 use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
 use crate::health::{RelayHealth, RelayRole};
 use crate::{Error, KafkaConfig, Result, RetryPolicy, startup, wakeup};
@@ -584,12 +585,5 @@ async fn cleanup<C: Database>(
             Err(e) => warn!(error = %e, "outbox retention cleanup failed"),
         }
         sleep_or_cancel(&shutdown, config.cleanup_interval).await;
-    }
-}
-
-pub(crate) async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
     }
 }
