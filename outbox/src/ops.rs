@@ -1,6 +1,6 @@
 //! Operations: what an operator asks of a running outbox, and the repairs they make.
 //!
-//! The `outbox` command-line binary (feature `cli`) is a thin shell over these functions; call
+//! The `outbox` command-line binary (crate `outbox-cli`) is a thin shell over these functions; call
 //! them directly to build an admin endpoint or a health check. They take any [`Database`]
 //! connection: PostgreSQL's `AsyncPgConnection` (also one from [`outbox::pooler`](crate::pooler))
 //! or, with the `sqlite` feature, [`outbox::sqlite::SqliteConnection`](crate::sqlite::SqliteConnection),
@@ -55,7 +55,8 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz, Uuid as Sq
 use serde::Serialize;
 use uuid::Uuid;
 
-use self::sql::Sql as _;
+use self::sql::Sql;
+use crate::db::Backend;
 use crate::{Database, Result};
 
 mod postgres;
@@ -391,9 +392,9 @@ pub async fn status(conn: &mut impl Connection) -> Result<Status> {
     // transaction pooler from preparing a statement on one server connection and running it on
     // another (`outbox::pooler`).
     let (topics, totals, lease) = read(conn, async |tx| {
-        let topics = tx.ops_status_topics().await?;
-        let totals = tx.ops_status_totals().await?;
-        let lease = tx.ops_status_lease().await?;
+        let topics = sql(tx).ops_status_topics().await?;
+        let totals = sql(tx).ops_status_totals().await?;
+        let lease = sql(tx).ops_status_lease().await?;
         Ok((topics, totals, lease))
     })
     .await?;
@@ -426,7 +427,7 @@ pub async fn status(conn: &mut impl Connection) -> Result<Status> {
 /// Parked messages, oldest first (in `seq` order: the order they block their keys in and the
 /// order a retry sends them), at most `limit`, optionally of one topic only.
 pub async fn list_parked(conn: &mut impl Connection, limit: u32, topic: Option<&str>) -> Result<Vec<ParkedMessage>> {
-    read(conn.database(), async |tx| tx.ops_list_parked(i64::from(limit), topic).await).await
+    read(conn.database(), async |tx| sql(tx).ops_list_parked(i64::from(limit), topic).await).await
 }
 
 /// Un-parks the selected messages: the relay publishes them again with a fresh set of
@@ -460,11 +461,11 @@ async fn update_parked<C: Database>(conn: &mut C, action: ParkedAction, selectio
         Selection::All { topic } => (None, topic),
     };
     crate::transaction(conn, async |tx| {
-        let touched = tx.ops_update_parked(action, ids.as_deref(), topic.as_deref()).await?;
+        let touched = sql(tx).ops_update_parked(action, ids.as_deref(), topic.as_deref()).await?;
         let keyed: Vec<(String, String)> =
             touched.iter().filter_map(|(topic, key)| Some((topic.clone(), key.clone()?))).collect();
         if !keyed.is_empty() {
-            tx.ops_release_keys(&keyed).await?;
+            sql(tx).ops_release_keys(&keyed).await?;
         }
         Ok::<_, crate::Error>(touched.len() as u64)
     })
@@ -473,7 +474,7 @@ async fn update_parked<C: Database>(conn: &mut C, action: ParkedAction, selectio
 
 /// Inbox dead letters, newest first, at most `limit`, of one consumer group or of all.
 pub async fn list_dead_letters(conn: &mut impl Connection, group: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
-    read(conn.database(), async |tx| tx.ops_list_dead_letters(group, i64::from(limit)).await).await
+    read(conn.database(), async |tx| sql(tx).ops_list_dead_letters(group, i64::from(limit)).await).await
 }
 
 /// Deletes the selected dead letters (they will not be replayed). Returns how many were deleted.
@@ -487,7 +488,7 @@ pub async fn discard_dead_letters(conn: &mut impl Connection, selection: DeadLet
         DeadLetterSelection::Group(group) => (None, Some(group)),
     };
     let n = crate::transaction(conn, async |tx| {
-        tx.ops_discard_dead_letters(ids.as_deref(), group.as_deref()).await.map_err(crate::Error::from)
+        sql(tx).ops_discard_dead_letters(ids.as_deref(), group.as_deref()).await.map_err(crate::Error::from)
     })
     .await?;
     Ok(n as u64)
@@ -510,7 +511,8 @@ pub async fn request_replay(conn: &mut impl Connection, selection: &ReplaySelect
     let conn = conn.database();
     let s = selection;
     let n = crate::transaction(conn, async |tx| {
-        tx.ops_request_replay(s.group.as_deref(), s.ids.as_deref(), s.reason.as_deref())
+        sql(tx)
+            .ops_request_replay(s.group.as_deref(), s.ids.as_deref(), s.reason.as_deref())
             .await
             .map_err(crate::Error::from)
     })
@@ -547,8 +549,8 @@ pub enum ParkedAction {
 }
 
 /// The SQL of the operations, one implementation per backend (`ops/postgres.rs`,
-/// `ops/sqlite.rs`); the functions above are the control flow, written once. A supertrait of
-/// [`Database`], so every `C: Database` runs the operations. Not nameable outside the crate.
+/// `ops/sqlite.rs`); the functions above are the control flow, written once, and reach it through
+/// [`sql`]. Not nameable outside the crate.
 pub(crate) mod sql {
     use diesel::QueryResult;
     use diesel::QueryableByName;
@@ -601,7 +603,7 @@ pub(crate) mod sql {
 
     /// The statements behind `outbox::ops`, one implementation per backend.
     #[async_trait::async_trait]
-    pub trait Sql: diesel_async::AsyncConnection + Send + 'static {
+    pub trait Sql: Send {
         /// Unsent rows per topic, by topic name.
         async fn ops_status_topics(&mut self) -> QueryResult<Vec<TopicCounts>>;
         /// Kept sent rows and dead letters.
@@ -632,6 +634,16 @@ pub(crate) mod sql {
             ids: Option<&[i64]>,
             reason: Option<&str>,
         ) -> QueryResult<usize>;
+    }
+}
+
+/// The operations' statements for `conn`'s backend. Dispatched on [`Database::backend`] rather
+/// than being a supertrait of [`Database`], so that storage does not depend on this module.
+fn sql<C: Database>(conn: &mut C) -> &mut dyn Sql {
+    match conn.backend() {
+        Backend::Postgres(conn) => conn,
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite(conn) => conn,
     }
 }
 

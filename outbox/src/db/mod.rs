@@ -32,19 +32,13 @@ pub(crate) mod private {
 ///
 /// Sealed: the statements are the SDK's SQL, not an extension point. They are grouped by the
 /// client that runs them, one sealed trait each, all of them supertraits of this one:
-/// [`WriterStore`] (`publish`), [`RelayStore`] (the relay), the migrations and the operations of
-/// [`outbox::ops`](crate::ops) (crate-private). Write your own code against the concrete
+/// [`WriterStore`] (`publish`), [`RelayStore`] (the relay) and the migrations (crate-private);
+/// [`outbox::ops`](crate::ops) and the inbox reach their own statements through
+/// [`backend`](Self::backend). Write your own code against the concrete
 /// connection type (`Handler<E, C>` and `Context<C>` in the inbox crate give you `&mut C`), or
 /// match on [`backend`](Self::backend).
 pub trait Database:
-    AsyncConnection
-    + Send
-    + 'static
-    + private::Sealed
-    + crate::ops::sql::Sql
-    + migrations::MigrationStore
-    + WriterStore
-    + RelayStore
+    AsyncConnection + Send + 'static + private::Sealed + migrations::MigrationStore + WriterStore + RelayStore
 {
     /// A short name for logs and errors: `"postgres"` or `"sqlite"`.
     const NAME: &'static str;
