@@ -7,17 +7,7 @@ use diesel_async::AsyncPgConnection;
 use outbox::{Database, Envelope, Event, Metadata};
 use uuid::Uuid;
 
-/// Everything the inbox knows about the message being handled.
-#[derive(Debug)]
-pub(crate) struct MessageMeta<'a> {
-    pub group: &'a str,
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub envelope: &'a Envelope,
-    pub attempt: u32,
-}
+use crate::message::MessageMeta;
 
 /// The handler's view of the inbox transaction and of the message it is handling.
 ///

@@ -56,6 +56,7 @@ mod handler;
 pub mod health;
 mod inbox;
 mod kafka;
+mod message;
 pub mod metrics;
 mod otel;
 mod partition;

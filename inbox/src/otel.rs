@@ -18,7 +18,7 @@ mod imp {
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::context::MessageMeta;
+    use crate::message::MessageMeta;
 
     fn valid(cx: &Context) -> bool {
         cx.span().span_context().is_valid()
@@ -85,7 +85,7 @@ mod imp {
 
 #[cfg(not(feature = "otel"))]
 mod imp {
-    use crate::context::MessageMeta;
+    use crate::message::MessageMeta;
 
     #[inline]
     pub(crate) fn process(_span: &tracing::Span, _meta: &MessageMeta<'_>) {}

@@ -32,8 +32,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::classify::{Plan, classify, dead_letter_headers};
-use crate::context::{Context, MessageMeta};
+use crate::context::Context;
 use crate::inbox::{Consumer, Shared};
+use crate::message::MessageMeta;
 use crate::metrics::{Tally, handler_seconds};
 use crate::partition::Flow;
 
