@@ -44,9 +44,23 @@ pg_as_owner() {
     fi
 }
 
+# tests/tests/localized_errors.rs runs sessions under lc_messages=de_DE.UTF-8 (the server's German
+# messages, installed with the postgresql package) to show that error classification does not read
+# English text. The server can only switch to a locale the system has: generate it when missing.
+pg_locales() {
+    locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$' && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v localedef >/dev/null 2>&1; then
+        localedef -i de_DE -f UTF-8 de_DE.UTF-8 >/dev/null 2>&1 ||
+            echo "scripts/pg.sh: could not generate the de_DE.UTF-8 locale (localized_errors will fail)" >&2
+    else
+        echo "scripts/pg.sh: no de_DE.UTF-8 locale (localized_errors will fail): run localedef -i de_DE -f UTF-8 de_DE.UTF-8 as root" >&2
+    fi
+}
+
 pg_start() {
     PG_BINDIR="$(pg_find_bindir)" || { pg_install; PG_BINDIR="$(pg_find_bindir)"; } || {
         echo "scripts/pg.sh: cannot find or install PostgreSQL" >&2; return 1; }
+    pg_locales
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
         useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
     fi

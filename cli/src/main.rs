@@ -196,9 +196,6 @@ impl From<outbox::Error> for Failure {
     fn from(e: outbox::Error) -> Self {
         match e.kind() {
             ErrorKind::Config => Failure::Usage(e.to_string()),
-            _ if e.to_string().contains("does not exist") || e.to_string().contains("no such table") => {
-                Failure::Runtime(format!("{e}\n(has `outbox migrate` been run on this database?)"))
-            }
             _ => Failure::Runtime(e.to_string()),
         }
     }
@@ -380,6 +377,24 @@ impl Target {
 }
 
 async fn operate<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure> {
+    let result = run_op(conn, op).await;
+    // A failure on a schema that lacks migrations gets the hint; the schema is read from the
+    // catalog (to_regclass, sqlite_master), not from the server's error text, which PostgreSQL
+    // translates (lc_messages).
+    if let Err(Failure::Runtime(message)) = &result
+        && let Ok(missing) = conn.missing_migrations().await
+        && !missing.is_empty()
+    {
+        return Err(Failure::Runtime(format!(
+            "{message}\n(the schema lacks {} of {} migrations: has `outbox migrate` been run on this database?)",
+            missing.len(),
+            C::MIGRATION_COUNT
+        )));
+    }
+    result
+}
+
+async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure> {
     match op {
         OpsCommand::Status { json, check } => {
             let status = ops::status(conn).await?;

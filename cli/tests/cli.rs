@@ -394,6 +394,21 @@ async fn an_unreachable_database_fails_at_the_startup_deadline() {
     db.drop_db().await;
 }
 
+/// The "has `outbox migrate` been run" hint is read from the catalog, not from the server's
+/// error text: a server answering in German (`lc_messages`, which PostgreSQL translates) gets
+/// it too. Needs the de_DE.UTF-8 locale (scripts/pg.sh generates it).
+#[tokio::test]
+async fn an_unmigrated_database_gets_the_migrate_hint_in_any_language() {
+    let db = TestDb::new().await;
+    db.sql(&format!("ALTER DATABASE {} SET lc_messages = 'de_DE.UTF-8'", db.name)).await;
+    let out = db.run(&["status"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("existiert nicht"), "the server answers in German: {stderr}");
+    assert!(stderr.contains("has `outbox migrate` been run on this database?"), "{stderr}");
+    db.drop_db().await;
+}
+
 /// `status --check` for probes: 0 healthy, 1 degraded with the reasons printed, 2 cannot tell.
 #[tokio::test]
 async fn status_check_exit_codes() {

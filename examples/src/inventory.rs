@@ -2,7 +2,7 @@
 
 use diesel::sql_types::{Integer, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use inbox::{Context, Handler, HandlerError, Inbox, KafkaSettings};
+use inbox::{Context, Handler, HandlerError, Inbox, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -68,7 +68,7 @@ impl Handler<OrderPlaced> for ReserveStock {
 /// [`GROUP`]) until `shutdown` is cancelled.
 pub async fn run(
     pool: outbox::Pool,
-    kafka: impl Into<KafkaSettings>,
+    kafka: impl Into<KafkaConfig>,
     group: &str,
     shutdown: CancellationToken,
 ) -> Result<(), inbox::Error> {

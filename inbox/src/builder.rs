@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::config_error;
 use crate::handler::{ErasedHandler, Typed};
 use crate::registry::Registry;
-use crate::{Error, Handler, Inbox, KafkaSettings};
+use crate::{Error, Handler, Inbox, KafkaConfig};
 
 /// What to do with a message whose `ce_type` has no registered handler on its topic.
 ///
@@ -221,7 +221,7 @@ impl InboxConfig {
 #[must_use = "an inbox does nothing until it is built and run"]
 pub struct InboxBuilder<C: Database = AsyncPgConnection> {
     pool: ConnPool<C>,
-    kafka: KafkaSettings,
+    kafka: KafkaConfig,
     handlers: Vec<Arc<dyn ErasedHandler<C>>>,
     options: InboxConfig,
 }
@@ -240,7 +240,7 @@ impl<C: Database> Inbox<C> {
     /// Starts configuring an inbox that handles messages with connections from `pool`
     /// (PostgreSQL, or SQLite with the `sqlite` feature) and consumes from `kafka` (a
     /// `bootstrap.servers` string, an [`rdkafka::ClientConfig`] or an [`outbox::KafkaConfig`]).
-    pub fn builder<M>(pool: bb8::Pool<M>, kafka: impl Into<KafkaSettings>) -> InboxBuilder<C>
+    pub fn builder<M>(pool: bb8::Pool<M>, kafka: impl Into<KafkaConfig>) -> InboxBuilder<C>
     where
         M: bb8::ManageConnection<Connection = C>,
         M::Error: std::error::Error,
@@ -481,7 +481,7 @@ impl<C: Database> InboxBuilder<C> {
         let registry = Registry::new(self.handlers).map_err(|e| config_error(format!("inbox: {e}")))?;
         options.validate()?;
         crate::metrics::describe();
-        let consumer_config = self.kafka.consumer_config(&options.group)?;
+        let consumer_config = crate::kafka::consumer_config(&self.kafka, &options.group)?;
         Ok(Inbox::new(self.pool, consumer_config, registry, options))
     }
 }

@@ -76,9 +76,8 @@ pub use dead_letters::{ReplayReport, Replayer};
 pub use handler::{Handler, HandlerError};
 pub use health::{InboxHealth, InboxThresholds};
 pub use inbox::{BufferWatermark, Inbox};
-pub use kafka::KafkaSettings;
 pub use outbox::ops::ReplaySelection;
-pub use outbox::{Error, ErrorKind};
+pub use outbox::{Error, ErrorKind, KafkaConfig};
 
 /// Re-exported so handlers can be written as `#[inbox::async_trait] impl Handler<E> for H`.
 pub use async_trait::async_trait;

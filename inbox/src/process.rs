@@ -538,6 +538,7 @@ impl<C: Database> Processor<'_, C> {
             }
         };
         // Whatever the handler returned: is the transaction still ours, open and usable?
+        let mut session_lost = false;
         let state = if transaction_depth(conn) != Some(1) {
             Err(Failure::ended_transaction("through the connection's transaction manager"))
         } else if !verify && matches!(result, Ok(Ok(()))) {
@@ -546,8 +547,14 @@ impl<C: Database> Processor<'_, C> {
             match store(&mut *conn).same_transaction(token).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Failure::ended_transaction("a raw COMMIT or ROLLBACK")),
-                // The handler failed: its own error says more than the aborted transaction.
-                Err(_) if !matches!(result, Ok(Ok(()))) => Ok(()),
+                // The handler failed: its own error says more than the aborted transaction. But a
+                // connection that no longer answers was lost (the server ended the session: shut
+                // down, restarted, pg_terminate_backend): retrying on another connection may pass,
+                // whatever the handler's error says, in whichever language the server speaks.
+                Err(e) if !matches!(result, Ok(Ok(()))) => {
+                    session_lost = connection_lost(&e);
+                    Ok(())
+                }
                 Err(e) if server_rejected(&e) => Err(Failure::aborted_transaction(&e)),
                 Err(e) => Err(Failure::new(true, "handler_failed", format!("the database connection failed: {e}"))),
             }
@@ -555,7 +562,7 @@ impl<C: Database> Processor<'_, C> {
         state?;
         match result {
             Ok(Ok(())) => Ok(route.event_type()),
-            Ok(Err(e)) => Err(Failure::new(e.is_transient(), "handler_failed", error_chain(&e))),
+            Ok(Err(e)) => Err(Failure::new(e.is_transient() || session_lost, "handler_failed", error_chain(&e))),
             Err(panic) => Err(Failure::new(false, "handler_panicked", panic_message(panic.as_ref()))),
         }
     }
@@ -666,6 +673,13 @@ pub(crate) fn server_rejected(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     matches!(e, Error::DatabaseError(kind, _)
         if !matches!(kind, DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection))
+}
+
+/// The statement never got an answer: the connection is gone (diesel-async reports a closed
+/// tokio-postgres connection as `UnableToSendCommand`, an error without SQLSTATE).
+pub(crate) fn connection_lost(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(e, Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection, _))
 }
 
 pub(crate) fn error_chain(e: &crate::HandlerError) -> String {

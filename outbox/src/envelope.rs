@@ -188,33 +188,67 @@ impl EnvelopeError {
     }
 }
 
-impl Envelope {
-    /// The Kafka headers of this envelope, in CloudEvents 1.0 binary mode.
-    pub fn to_headers(&self) -> Vec<(String, String)> {
-        let mut out = vec![
-            (H_SPECVERSION.to_owned(), SPEC_VERSION.to_owned()),
-            (H_ID.to_owned(), self.id.to_string()),
-            (H_TYPE.to_owned(), self.event_type.clone()),
-            (H_SOURCE.to_owned(), self.source.clone()),
-            (H_TIME.to_owned(), format_time(self.time)),
-            (H_CONTENT_TYPE.to_owned(), CONTENT_TYPE.to_owned()),
-            (H_TYPEVERSION.to_owned(), self.version.to_string()),
-        ];
-        let optional = [
-            (H_CORRELATION, &self.correlation_id),
-            (H_CAUSATION, &self.causation_id),
-            (H_TRACEPARENT, &self.traceparent),
-        ];
-        for (name, value) in optional {
-            if let Some(v) = value {
-                out.push((name.to_owned(), v.clone()));
-            }
+/// The one CloudEvents encoder: the Kafka headers of a stored event, as the relay produces them.
+/// `stored` is the event's `headers` column (correlation and causation ids, trace context and
+/// the extra headers, by wire name, as [`Metadata`] stores them); its non-string values are skipped.
+pub(crate) fn encode(
+    id: Uuid,
+    event_type: &str,
+    version: i64,
+    source: &str,
+    time: DateTime<Utc>,
+    stored: &serde_json::Value,
+) -> OwnedHeaders {
+    let id = id.to_string();
+    let time = format_time(time);
+    let version = version.to_string();
+    let fixed: [(&str, &str); 7] = [
+        (H_SPECVERSION, SPEC_VERSION),
+        (H_ID, &id),
+        (H_TYPE, event_type),
+        (H_SOURCE, source),
+        (H_TIME, &time),
+        (H_CONTENT_TYPE, CONTENT_TYPE),
+        (H_TYPEVERSION, &version),
+    ];
+    let extra = stored.as_object();
+    let mut h = OwnedHeaders::new_with_capacity(fixed.len() + extra.map_or(0, |m| m.len()) + 1);
+    for (key, value) in fixed {
+        h = h.insert(Header { key, value: Some(value.as_bytes()) });
+    }
+    for (key, value) in extra.into_iter().flatten() {
+        if let Some(value) = value.as_str() {
+            h = h.insert(Header { key, value: Some(value.as_bytes()) });
         }
-        out.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        out
+    }
+    h
+}
+
+impl Envelope {
+    /// The Kafka headers of this envelope, in CloudEvents 1.0 binary mode: exactly what the relay
+    /// produces for an event stored with these fields (one encoder serves both; with the `otel`
+    /// feature the relay adds its own trace context to a record that has none).
+    pub fn to_headers(&self) -> Vec<(String, String)> {
+        self.to_kafka_headers()
+            .iter()
+            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+            .collect()
     }
 
-    /// Parses CloudEvents binary-mode headers. Header names are matched case-insensitively;
+    /// [`to_headers`](Self::to_headers) as rdkafka headers.
+    pub fn to_kafka_headers(&self) -> OwnedHeaders {
+        let stored = Metadata {
+            message_id: None,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            traceparent: self.traceparent.clone(),
+            headers: self.headers.clone(),
+        }
+        .to_stored_headers();
+        encode(self.id, &self.event_type, self.version.into(), &self.source, self.time, &stored)
+    }
+
+    /// The one CloudEvents decoder (the inbox's): parses binary-mode headers. Header names are matched case-insensitively;
     /// `ce_specversion` must be `1.0`; `ce_id` must be a UUID; `ce_typeversion` defaults to 1.
     pub fn from_headers<'a, I>(headers: I) -> Result<Self, EnvelopeError>
     where
@@ -287,13 +321,6 @@ impl Envelope {
             traceparent,
             headers: extra,
         })
-    }
-
-    /// [`to_headers`](Self::to_headers) as rdkafka headers.
-    pub fn to_kafka_headers(&self) -> OwnedHeaders {
-        self.to_headers()
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }))
     }
 
     /// [`from_headers`](Self::from_headers) from rdkafka headers.

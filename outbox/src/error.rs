@@ -92,26 +92,37 @@ impl Error {
     }
 }
 
+/// PostgreSQL's English messages of transient errors diesel has no kind for (their SQLSTATE is
+/// not reachable): 57P01/57P02 `terminating connection due to ...`, 40P01 `deadlock detected`,
+/// 55P03 `could not obtain lock on ...` and `canceling statement due to lock timeout`.
+/// Translated under another `lc_messages`.
+const POSTGRES_TRANSIENT_MESSAGES: &[&str] =
+    &["terminating connection", "deadlock detected", "could not obtain lock", "lock timeout"];
+
+/// SQLite's messages of `SQLITE_BUSY` and `SQLITE_LOCKED` (sqlite3_errstr; never translated).
+const SQLITE_TRANSIENT_MESSAGES: &[&str] = &["database is locked", "database table is locked"];
+
 /// Whether a database error may pass on retry: lost connections and sessions terminated by the
 /// server, serialization failures, deadlocks, lock timeouts, read-only replicas (PostgreSQL), and
 /// a locked database (SQLite's `SQLITE_BUSY` after `busy_timeout`). Constraint violations and
 /// other errors are permanent. Used by [`Error::is_transient`] and by the inbox to decide between
 /// retrying a handler and dead-lettering its message.
+///
+/// By error kind where diesel has one (SQLSTATE 40001, 25006, a closed connection); the rest by
+/// message text, because neither diesel 2.3 nor diesel-async 0.9 exposes the SQLSTATE of other
+/// codes (the server's error is boxed behind `DatabaseErrorInformation`, which has no code and
+/// cannot be downcast). SQLite's messages are not translated; PostgreSQL's are, under
+/// `lc_messages`, and then 57P01, 40P01 and 55P03 count as permanent (the inbox still
+/// retries a handler whose connection the server closed: it sees that the connection no longer
+/// answers). See docs/databases.md, "Error classification".
 pub fn is_transient_db_error(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind as D, Error as E};
     match e {
         E::DatabaseError(kind, info) => match kind {
             D::SerializationFailure | D::ClosedConnection | D::UnableToSendCommand | D::ReadOnlyTransaction => true,
-            // diesel has no kind for these (PostgreSQL 57P01 session terminated, 40P01, 55P03,
-            // 57014; SQLite SQLITE_BUSY / SQLITE_LOCKED); their messages are stable.
             _ => {
                 let m = info.message();
-                m.contains("terminating connection")
-                    || m.contains("deadlock detected")
-                    || m.contains("could not obtain lock")
-                    || m.contains("lock timeout")
-                    || m.contains("database is locked")
-                    || m.contains("database table is locked")
+                POSTGRES_TRANSIENT_MESSAGES.iter().chain(SQLITE_TRANSIENT_MESSAGES).any(|text| m.contains(text))
             }
         },
         E::BrokenTransactionManager => true,

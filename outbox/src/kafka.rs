@@ -36,6 +36,14 @@ fn is_secret(key: &str) -> bool {
 
 /// Kafka client settings: `bootstrap.servers` plus any librdkafka property (TLS, SASL, ...).
 ///
+/// The one Kafka configuration type of both sides: the relay's producer
+/// ([`Relay::builder`](crate::relay::Relay::builder)) and the inbox's consumer (`inbox::Inbox::builder`)
+/// take it, each adding and refusing the settings its guarantees depend on when it is built.
+/// `Debug` prints every property but redacts the values of secret ones (librdkafka's sensitive
+/// properties and any name containing `password`, `secret`, `private`, `passphrase`, `token` or
+/// `credential`). It converts from a `bootstrap.servers` string and from an rdkafka
+/// [`ClientConfig`] (whose properties it copies; the `ClientConfig`'s log level is not kept).
+///
 /// Deserialisable, so it can live in the application's own configuration file:
 ///
 /// ```
@@ -159,6 +167,47 @@ impl KafkaConfig {
                 .map_err(|_| Error::config(format!("kafka: `{key}={v}` is not a number of milliseconds")))?,
         };
         Ok((ms > 0).then(|| std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl From<&str> for KafkaConfig {
+    /// Settings for the given `bootstrap.servers`.
+    fn from(bootstrap_servers: &str) -> Self {
+        Self::new(bootstrap_servers)
+    }
+}
+
+impl From<String> for KafkaConfig {
+    /// Settings for the given `bootstrap.servers`.
+    fn from(bootstrap_servers: String) -> Self {
+        Self::new(bootstrap_servers)
+    }
+}
+
+impl From<&String> for KafkaConfig {
+    /// Settings for the given `bootstrap.servers`.
+    fn from(bootstrap_servers: &String) -> Self {
+        Self::new(bootstrap_servers.as_str())
+    }
+}
+
+impl From<&KafkaConfig> for KafkaConfig {
+    fn from(config: &KafkaConfig) -> Self {
+        config.clone()
+    }
+}
+
+impl From<&ClientConfig> for KafkaConfig {
+    /// The `ClientConfig`'s properties (its log level is not kept).
+    fn from(config: &ClientConfig) -> Self {
+        Self { properties: config.config_map().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+}
+
+impl From<ClientConfig> for KafkaConfig {
+    /// The `ClientConfig`'s properties (its log level is not kept).
+    fn from(config: ClientConfig) -> Self {
+        Self::from(&config)
     }
 }
 

@@ -67,6 +67,7 @@ pub use kafka::KafkaConfig;
 pub use migrate::SQLITE_MIGRATIONS;
 pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
 pub use retry::RetryPolicy;
+pub use wakeup::Wakeup;
 pub use writer::{Batch, publish, publish_all, publish_with, transaction};
 
 /// The connection pool the relay and the inbox run on (bb8 over diesel-async).

@@ -1,29 +1,88 @@
 //! The in-process wake-up: relays running in this process learn of new events without polling,
 //! at no cost to the writer's transaction (no NOTIFY, no extra statement).
 //!
-//! Two signals. [`committed`] is sent by [`crate::transaction`] after the COMMIT that stored
-//! events: the rows are visible, so a relay claims them at once. [`published`] is sent by
-//! `publish` when it runs inside any other transaction (e.g. diesel's own `transaction`), before
-//! the caller commits: a relay that reacts at once may not see the rows yet, so it re-claims a
-//! few times over the next ~130 ms (see [`BURST`]) and otherwise falls back to polling.
+//! A [`Wakeup`] is the line between the writers and the relays of one database. Two signals go
+//! along it. *Committed* is sent by [`Wakeup::transaction`] (and [`crate::transaction`]) after
+//! the COMMIT that stored events: the rows are visible, so a relay claims them at once.
+//! *Published* is sent by `publish` when it runs inside any other transaction (e.g. diesel's
+//! own `transaction`), before the caller commits: a relay that reacts at once may not see the
+//! rows yet, so it re-claims a few times over the next ~130 ms (see [`BURST`]) and otherwise
+//! falls back to polling.
 
 use std::cell::Cell;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-static PUBLISHED: AtomicU64 = AtomicU64::new(0);
-static COMMITTED: AtomicU64 = AtomicU64::new(0);
-static SIGNAL: LazyLock<Notify> = LazyLock::new(Notify::new);
+use crate::Database;
+
+/// The wake-up line between the writers and the relays of one database, in one process.
+///
+/// A relay listens to one `Wakeup` ([`RelayBuilder::wakeup`](crate::relay::RelayBuilder::wakeup),
+/// [`Relay::wakeup`](crate::relay::Relay::wakeup)); a commit through [`Wakeup::transaction`] wakes
+/// the relays listening to that handle and no other. Cloning gives the same line.
+///
+/// **Default: [`Wakeup::shared`]**, one line for the whole process, used by
+/// [`outbox::transaction`](crate::transaction), by a `publish` outside any
+/// `transaction`, and by every relay not given a handle. With one database per process
+/// (the common case) nothing needs configuring. A process with relays on several databases
+/// gives each relay its own handle and commits through that handle, so a commit to one database
+/// wakes only that database's relay (the others keep their poll interval, and claim nothing in
+/// vain):
+///
+/// ```no_run
+/// # use serde::Serialize; use schemars::JsonSchema;
+/// # #[derive(Serialize, JsonSchema, outbox::Event)] #[event(topic = "orders")]
+/// # struct OrderPlaced { #[event(key)] order_id: uuid::Uuid }
+/// # async fn run(orders: outbox::Pool, billing: outbox::Pool, orders_conn: &mut diesel_async::AsyncPgConnection)
+/// #     -> outbox::Result<()> {
+/// use outbox::{KafkaConfig, Wakeup, relay::Relay};
+/// let orders_relay = Relay::builder(orders, KafkaConfig::new("kafka:9092")).wakeup(Wakeup::new()).build()?;
+/// let billing_relay = Relay::builder(billing, KafkaConfig::new("kafka:9092")).wakeup(Wakeup::new()).build()?;
+/// let orders_wakeup = orders_relay.wakeup();
+/// // ... spawn both relays; then, on a connection to the orders database:
+/// orders_wakeup
+///     .transaction(orders_conn, async |tx| {
+///         outbox::publish(tx, &OrderPlaced { order_id: uuid::Uuid::now_v7() }).await?;
+///         Ok::<_, outbox::Error>(())
+///     })
+///     .await
+/// # }
+/// ```
+///
+/// A `publish` inside a plain diesel transaction signals the handle of the
+/// [`Wakeup::transaction`] it runs in, if any, and [`Wakeup::shared`] otherwise.
+#[derive(Clone, Default)]
+pub struct Wakeup(Arc<Line>);
+
+#[derive(Default)]
+struct Line {
+    published: AtomicU64,
+    committed: AtomicU64,
+    signal: Notify,
+}
+
+impl std::fmt::Debug for Wakeup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seen = self.seen();
+        f.debug_struct("Wakeup")
+            .field("shared", &self.same_as(&Wakeup::shared()))
+            .field("published", &seen.published)
+            .field("committed", &seen.committed)
+            .finish()
+    }
+}
+
+static SHARED: LazyLock<Wakeup> = LazyLock::new(Wakeup::default);
 
 tokio::task_local! {
-    /// Set inside [`crate::transaction`]: whether the transaction stored events.
+    /// Set inside [`Wakeup::transaction`]: whether the transaction stored events.
     static STORED: Cell<bool>;
 }
 
-/// Delays between re-claims after a [`published`] signal: the writer's COMMIT usually lands
+/// Delays between re-claims after a *published* signal: the writer's COMMIT usually lands
 /// within the first few.
 pub(crate) const BURST: [Duration; 8] = [
     Duration::from_micros(200),
@@ -44,42 +103,83 @@ pub(crate) struct Seen {
     pub committed: u64,
 }
 
-pub(crate) fn seen() -> Seen {
-    Seen { published: PUBLISHED.load(Ordering::Acquire), committed: COMMITTED.load(Ordering::Acquire) }
+impl Wakeup {
+    /// A new line of its own, for the writers and relays of one database.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process's default line: what [`crate::transaction`] signals and what a relay listens
+    /// to unless given another handle.
+    pub fn shared() -> Self {
+        SHARED.clone()
+    }
+
+    pub(crate) fn shared_ref() -> &'static Wakeup {
+        &SHARED
+    }
+
+    /// Whether both handles are the same line.
+    pub fn same_as(&self, other: &Wakeup) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// [`crate::transaction`] signalling this line: runs `body` in a transaction on `conn` and,
+    /// after a successful COMMIT that stored events, wakes the relays listening to this handle.
+    pub async fn transaction<C, R, E, F>(&self, conn: &mut C, body: F) -> std::result::Result<R, E>
+    where
+        C: Database,
+        F: AsyncFnOnce(&mut C) -> std::result::Result<R, E>,
+        E: From<diesel::result::Error>,
+    {
+        crate::writer::transaction_signalling(self, conn, body).await
+    }
+
+    pub(crate) fn seen(&self) -> Seen {
+        Seen {
+            published: self.0.published.load(Ordering::Acquire),
+            committed: self.0.committed.load(Ordering::Acquire),
+        }
+    }
+
+    /// Resolves on the next signal after this call returns: a relay creates it (and `enable`s it)
+    /// before comparing [`seen`](Self::seen), so no signal falls between the two.
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.signal.notified()
+    }
+
+    /// Sent after a COMMIT that stored events.
+    fn committed(&self) {
+        self.0.committed.fetch_add(1, Ordering::Release);
+        self.0.signal.notify_waiters();
+    }
+
+    /// Sent by a `publish` whose transaction commits later, out of sight.
+    fn published(&self) {
+        self.0.published.fetch_add(1, Ordering::Release);
+        self.0.signal.notify_waiters();
+    }
+
+    /// Runs `body` (a whole outermost transaction) and signals *committed* on this line if it
+    /// succeeded and stored events.
+    pub(crate) async fn around_commit<R, E>(&self, body: impl Future<Output = Result<R, E>>) -> Result<R, E> {
+        let (result, stored) = STORED
+            .scope(Cell::new(false), async {
+                let result = body.await;
+                (result, STORED.with(Cell::get))
+            })
+            .await;
+        if result.is_ok() && stored {
+            self.committed();
+        }
+        result
+    }
 }
 
-/// Called by the writer after its INSERT. Inside [`crate::transaction`] it only records that
-/// events were stored (the signal follows the commit); elsewhere it signals at once.
+/// Called by the writer after its INSERT. Inside [`Wakeup::transaction`] it only records that
+/// events were stored (the signal follows the commit); elsewhere it signals the shared line at once.
 pub(crate) fn published() {
     if STORED.try_with(|s| s.set(true)).is_err() {
-        PUBLISHED.fetch_add(1, Ordering::Release);
-        SIGNAL.notify_waiters();
+        SHARED.published();
     }
-}
-
-/// Called after a COMMIT that stored events.
-fn committed() {
-    COMMITTED.fetch_add(1, Ordering::Release);
-    SIGNAL.notify_waiters();
-}
-
-/// Runs `body` (a whole outermost transaction) and sends [`committed`] if it succeeded and
-/// stored events.
-pub(crate) async fn around_commit<R, E>(body: impl Future<Output = Result<R, E>>) -> Result<R, E> {
-    let (result, stored) = STORED
-        .scope(Cell::new(false), async {
-            let result = body.await;
-            (result, STORED.with(Cell::get))
-        })
-        .await;
-    if result.is_ok() && stored {
-        committed();
-    }
-    result
-}
-
-/// Resolves on the next signal after this call returns: a relay creates it (and `enable`s it)
-/// before comparing [`seen`], so no signal falls between the two.
-pub(crate) fn notified() -> tokio::sync::futures::Notified<'static> {
-    SIGNAL.notified()
 }

@@ -158,7 +158,9 @@ where
 }
 
 /// Runs `body` in a transaction on `conn`, like diesel-async's `conn.transaction(body)`, and
-/// after a successful COMMIT wakes the relays running in this process, so events stored by
+/// after a successful COMMIT wakes the relays of this process that listen to
+/// [`Wakeup::shared`](crate::Wakeup::shared) (every relay not given a handle of its own; see
+/// [`Wakeup`](crate::Wakeup) for one handle per database), so events stored by
 /// `body` are claimed at once instead of on a short polling burst: the lowest commit → Kafka
 /// latency (B4 in docs/performance.md).
 ///
@@ -187,6 +189,20 @@ where
     F: AsyncFnOnce(&mut C) -> std::result::Result<R, E>,
     E: From<diesel::result::Error>,
 {
+    transaction_signalling(crate::Wakeup::shared_ref(), conn, body).await
+}
+
+/// [`transaction`], signalling `wakeup` after the outermost COMMIT.
+pub(crate) async fn transaction_signalling<C, R, E, F>(
+    wakeup: &crate::Wakeup,
+    conn: &mut C,
+    body: F,
+) -> std::result::Result<R, E>
+where
+    C: Database,
+    F: AsyncFnOnce(&mut C) -> std::result::Result<R, E>,
+    E: From<diesel::result::Error>,
+{
     use diesel_async::TransactionManager;
     // diesel-async's own `transaction` bounds its closure with a private trait, so a generic
     // wrapper cannot forward to it; this is its body (begin, run, commit or roll back) with the
@@ -209,5 +225,5 @@ where
             },
         }
     };
-    if outermost { crate::wakeup::around_commit(run).await } else { run.await }
+    if outermost { wakeup.around_commit(run).await } else { run.await }
 }

@@ -12,6 +12,7 @@ tests::backends!(
     ten_thousand_events_over_a_hundred_keys,
     retention_mode_keeps_sent_rows_then_cleans_them_up,
     invalid_configuration_fails_at_build,
+    the_inbox_decodes_exactly_what_the_relay_writes,
 );
 
 async fn ten_thousand_events_over_a_hundred_keys<B: Backend>() {
@@ -71,6 +72,61 @@ async fn retention_mode_keeps_sent_rows_then_cleans_them_up<B: Backend>() {
     }
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// The wire format, end to end through the production code on both sides: the relay's encoder
+/// writes the record, the inbox's decoder (`Envelope::from_headers`, what `inbox::classify`
+/// calls) reads back every field the writer stored, and the tests' and bench's encoder
+/// (`Envelope::to_headers`) gives the very same headers.
+async fn the_inbox_decodes_exactly_what_the_relay_writes<B: Backend>() {
+    let db = TestDb::<B>::fresh().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 1).await;
+    let meta = outbox::Metadata::new()
+        .correlation_id("checkout-42")
+        .causation_id("cause-7")
+        .traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header("tenant", "acme")
+        .header("Z-Last", "sorted?");
+    let before = chrono::Utc::now();
+    let mut conn = db.conn().await;
+    let id = outbox::transaction(&mut conn, async |tx| {
+        outbox::publish_with(tx, &rs::Happened::new("k", 1), meta.clone()).await
+    })
+    .await
+    .expect("publish");
+    let after = chrono::Utc::now();
+    let relay = rs::relay(db.pool(2).await, &kafka).source("/tests/wire").build().unwrap();
+    let (stop, task) = rs::spawn(relay);
+    let records = rs::read_topic(&kafka, 1).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let wire = &records[0].headers;
+
+    let decoded = outbox::Envelope::from_headers(wire.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))))
+        .expect("the inbox's decoder accepts what the relay wrote");
+    // (whole seconds: the stored time's precision differs between backends)
+    use chrono::SubsecRound;
+    assert!(
+        before.trunc_subsecs(0) <= decoded.time && decoded.time <= after,
+        "ce_time {} is the write's",
+        decoded.time
+    );
+    let expected = outbox::Envelope {
+        id,
+        event_type: "test.happened".into(),
+        version: 2,
+        source: "/tests/wire".into(),
+        time: decoded.time,
+        correlation_id: Some("checkout-42".into()),
+        causation_id: Some("cause-7".into()),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        headers: [("tenant", "acme"), ("Z-Last", "sorted?")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+    };
+    assert_eq!(decoded, expected);
+    let encoded: std::collections::HashMap<String, String> = expected.to_headers().into_iter().collect();
+    assert_eq!(&encoded, wire, "Envelope::to_headers writes what the relay writes");
 }
 
 async fn invalid_configuration_fails_at_build<B: Backend>() {

@@ -191,3 +191,69 @@ async fn postgres_relay_claims_once_per_event_at_a_low_rate() {
         "scans of the pending index for {EVENTS} events published one at a time: {claims}"
     );
 }
+
+/// Two relays on two databases in one process, each listening to its own `outbox::Wakeup`: a
+/// commit through database A's handle wakes relay A (it publishes with a one-hour poll
+/// interval, so only the wake-up can have made it claim) and not relay B, whose claims are
+/// counted as above: B claims in its first round and never again, where a process-wide signal
+/// would make it claim once per commit on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_relay_of_its_own_database_only() {
+    let (db_a, db_b) = (TestDb::<tests::backend::Pg>::fresh().await, TestDb::<tests::backend::Pg>::fresh().await);
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 2).await;
+    let (pool_a, pool_b) = (db_a.pool(4).await, db_b.pool(4).await);
+    let relay = |pool| rs::relay(pool, &kafka).poll_interval(Duration::from_secs(3600)).listen(false);
+    let relay_a = relay(pool_a.clone()).wakeup(outbox::Wakeup::new()).build().unwrap();
+    let relay_b = relay(pool_b.clone()).wakeup(outbox::Wakeup::new()).build().unwrap();
+    let (wakeup_a, wakeup_b) = (relay_a.wakeup(), relay_b.wakeup());
+    assert!(!wakeup_a.same_as(&wakeup_b) && !wakeup_a.same_as(&outbox::Wakeup::shared()));
+    let (stop_a, task_a) = rs::spawn(relay_a);
+    let (stop_b, task_b) = rs::spawn(relay_b);
+
+    const EVENTS: i64 = 20;
+    let mut conn = db_a.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        let id = wakeup_a
+            .transaction(&mut conn, async |tx| outbox::publish(tx, &Happened::new("k", n as u64)).await)
+            .await
+            .unwrap();
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = kafka.read_all(rs::TOPIC, ids.len(), Duration::from_secs(20), Duration::from_millis(200)).await;
+    let report = rs::check_delivery(&records, &ids, &HashSet::new());
+    assert_eq!(report.distinct, ids.len(), "relay A woken by its handle's commits: {report:?}");
+    for (stop, task) in [(stop_a, task_a), (stop_b, task_b)] {
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+    drop((pool_a, pool_b, conn));
+
+    // Backends flush their statistics before they leave pg_stat_activity: once only the
+    // counting session is left, the counts are final.
+    for db in [&db_a, &db_b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db
+            .count("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .await
+            > 0
+        {
+            assert!(std::time::Instant::now() < deadline, "the relays' sessions did not end");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let scans = async |db: &TestDb<tests::backend::Pg>| {
+        db.count(
+            "SELECT COALESCE(sum(idx_scan), 0)::bigint AS n FROM pg_stat_user_indexes \
+             WHERE indexrelname = 'outbox_messages_pending'",
+        )
+        .await
+    };
+    let (claims_a, claims_b) = (scans(&db_a).await, scans(&db_b).await);
+    println!("scans of the pending index: relay A {claims_a}, relay B {claims_b}");
+    assert!(claims_a >= EVENTS, "relay A claimed {claims_a} times for {EVENTS} events");
+    // B: its first round's claim and backlog gauge, its drain check; nothing per commit on A.
+    assert!(claims_b <= 5, "relay B claimed {claims_b} times: woken by commits to another database");
+}

@@ -9,7 +9,6 @@ use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -61,22 +60,24 @@ async fn raw_produce(env: &Env, rows: &[Row]) -> (f64, Option<f64>) {
         .await
         .map_err(|(e, _)| e)
         .expect("warm-up");
+    let time_of_rows = chrono::Utc::now();
     let started = Instant::now();
     let cpu = common::CpuClock::start();
     let mut futures = Vec::with_capacity(rows.len());
     for r in rows {
-        let id = r.id.to_string();
-        let h = [
-            ("ce_specversion", "1.0"),
-            ("ce_id", id.as_str()),
-            ("ce_type", "bench.event"),
-            ("ce_source", "outbox"),
-            ("ce_time", "2026-11-23T10:00:00.000000Z"),
-            ("content-type", "application/json"),
-            ("ce_typeversion", "1"),
-        ]
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(7), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }));
+        // The relay's own encoder (what it writes for an event stored with these fields).
+        let h = outbox::Envelope {
+            id: r.id,
+            event_type: "bench.event".into(),
+            version: 1,
+            source: "outbox".into(),
+            time: time_of_rows,
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            headers: Default::default(),
+        }
+        .to_kafka_headers();
         let mut rec = FutureRecord::to("bench").payload(&r.payload[..]).headers(h);
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());

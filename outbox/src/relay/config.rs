@@ -167,6 +167,7 @@ pub struct RelayBuilder<C: Database = AsyncPgConnection> {
     pub(crate) pool: ConnPool<C>,
     pub(crate) kafka: KafkaConfig,
     pub(crate) config: RelayConfig,
+    pub(crate) wakeup: crate::Wakeup,
 }
 
 impl<C: Database> RelayBuilder<C> {
@@ -324,6 +325,7 @@ impl<C: Database> RelayBuilder<C> {
             owner,
             health,
             delivery_failed: false,
+            wakeup: self.wakeup,
         })
     }
 }

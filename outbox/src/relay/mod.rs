@@ -43,7 +43,7 @@ pub use config::{AfterSend, RelayBuilder, RelayConfig};
 use crate::cancel::sleep_or_cancel;
 use crate::db::{ConnPool, Database, Fence, InFlight, Marks};
 use crate::health::{RelayHealth, RelayRole};
-use crate::{Error, KafkaConfig, Result, RetryPolicy, startup, wakeup};
+use crate::{Error, KafkaConfig, Result, RetryPolicy, Wakeup, startup, wakeup};
 
 /// Publishes the outbox to Kafka. See the [module docs](self).
 pub struct Relay<C: Database = AsyncPgConnection> {
@@ -64,6 +64,8 @@ pub struct Relay<C: Database = AsyncPgConnection> {
     health: RelayHealth,
     /// A delivery failed in the current round: it does not count as a successful one.
     delivery_failed: bool,
+    /// What this process's writers signal (see [`Relay::wakeup`]).
+    pub(crate) wakeup: Wakeup,
 }
 
 impl<C: Database> std::fmt::Debug for Relay<C> {
@@ -78,6 +80,16 @@ struct Lease {
     renewed: Instant,
     /// A relay of another name holding a live lease on this outbox (logged once per change).
     rival: Option<String>,
+}
+
+impl<C: Database> RelayBuilder<C> {
+    /// The wake-up line the relay listens to (default [`Wakeup::shared`], what
+    /// [`crate::transaction`] signals). Give each relay of a multi-database process its own
+    /// ([`Wakeup::new`]) and commit through it: see [`Wakeup`].
+    pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
+        self
+    }
 }
 
 /// How often the lease holder releases held rows whose failing row was retried or discarded by
@@ -96,7 +108,7 @@ impl<C: Database> Relay<C> {
         M: bb8::ManageConnection<Connection = C>,
         M::Error: std::error::Error,
     {
-        RelayBuilder { pool: ConnPool::new(pool), kafka, config: RelayConfig::default() }
+        RelayBuilder { pool: ConnPool::new(pool), kafka, config: RelayConfig::default(), wakeup: Wakeup::shared() }
     }
 
     /// A cheap, cloneable handle on this relay's health (leader or standby, last successful
@@ -104,6 +116,14 @@ impl<C: Database> Relay<C> {
     /// the relay. See [`crate::health`].
     pub fn health(&self) -> RelayHealth {
         self.health.clone()
+    }
+
+    /// The wake-up line this relay listens to: commit through
+    /// [`Wakeup::transaction`](crate::Wakeup::transaction) on it and the relay claims at once.
+    /// [`Wakeup::shared`](crate::Wakeup::shared) (what [`crate::transaction`] signals) unless the
+    /// builder was given another ([`RelayBuilder::wakeup`]).
+    pub fn wakeup(&self) -> Wakeup {
+        self.wakeup.clone()
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -175,11 +195,11 @@ impl<C: Database> Relay<C> {
         info!(relay = %self.config.name, owner = %lease.owner, "relay started");
         let mut failures_in_a_row = 0u32;
         let mut pipeline = Pipeline::default();
-        let mut published = wakeup::seen().published;
+        let mut published = self.wakeup.seen().published;
         let mut burst: Option<usize> = None;
         let mut gauges = crate::metrics::Gauges::new(&self.config.name);
         while !shutdown.is_cancelled() {
-            let before = wakeup::seen();
+            let before = self.wakeup.seen();
             let round = self.round(&mut lease, &mut pipeline, &wake, &shutdown, &mut gauges).await;
             started |= round.is_ok();
             self.report_round(round.is_ok(), &lease);
@@ -194,7 +214,7 @@ impl<C: Database> Relay<C> {
                 }
                 Ok(Round::Idle) => {
                     failures_in_a_row = 0;
-                    let now = wakeup::seen();
+                    let now = self.wakeup.seen();
                     // `outbox::transaction` committed events while this round was claiming:
                     // they are visible now.
                     if now.committed != before.committed {
@@ -221,7 +241,7 @@ impl<C: Database> Relay<C> {
                 }
                 Ok(Round::Standby) => {
                     let wait = self.config.poll_interval.max(self.config.lease / 3);
-                    self.idle(&wake, &shutdown, wait, wakeup::seen()).await;
+                    self.idle(&wake, &shutdown, wait, self.wakeup.seen()).await;
                 }
                 Err(e) if !started && (!e.is_transient() || tokio::time::Instant::now() >= startup_deadline) => {
                     tracing::error!(relay = %self.config.name, error = %e, "relay start-up failed");
@@ -240,7 +260,7 @@ impl<C: Database> Relay<C> {
                     let delay = ROUND_RETRY.delay(failures_in_a_row);
                     let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     warn!(relay = %self.config.name, error = %e, retry_in = ?delay, retry_in_ms, failures_in_a_row, "relay round failed");
-                    self.idle(&wake, &shutdown, delay, wakeup::seen()).await;
+                    self.idle(&wake, &shutdown, delay, self.wakeup.seen()).await;
                 }
             }
         }
@@ -286,10 +306,10 @@ impl<C: Database> Relay<C> {
 
     /// Waits for shutdown, a NOTIFY, a signal of this process's writers (since `seen`) or `d`.
     async fn idle(&self, wake: &Notify, shutdown: &CancellationToken, d: Duration, seen: wakeup::Seen) {
-        let local = wakeup::notified();
+        let local = self.wakeup.notified();
         tokio::pin!(local);
         local.as_mut().enable();
-        if wakeup::seen() != seen {
+        if self.wakeup.seen() != seen {
             return;
         }
         tokio::select! {
@@ -308,14 +328,15 @@ impl<C: Database> Relay<C> {
         shutdown: &CancellationToken,
         gauges: &mut crate::metrics::Gauges,
     ) -> Result<Round> {
-        if pipeline.quiet() {
+        if pipeline.quiet(self.wakeup.seen()) {
             // The last claim found nothing more to publish and nothing was committed here
             // since: instead of claiming again, wait for the oldest batch's acknowledgements or
             // for news, whichever comes first.
-            let local = wakeup::notified();
+            let wakeup = self.wakeup.clone();
+            let local = wakeup.notified();
             tokio::pin!(local);
             local.as_mut().enable();
-            let still_quiet = pipeline.quiet(); // checked again after `enable`: no signal lost
+            let still_quiet = pipeline.quiet(self.wakeup.seen()); // checked again after `enable`: no signal lost
             if let Some(front) = pipeline.window.front_mut()
                 && still_quiet
             {
@@ -334,7 +355,7 @@ impl<C: Database> Relay<C> {
                     _ = shutdown.cancelled() => {}
                 }
             }
-            if pipeline.quiet()
+            if pipeline.quiet(self.wakeup.seen())
                 && let Some(epoch) = lease.epoch
                 && let Some(batch) = pipeline.window.pop_front()
             {
@@ -422,7 +443,7 @@ impl<C: Database> Relay<C> {
             _ => InFlight { first: 1, last: 0, rows: 0 },
         };
         if claim {
-            let seen = wakeup::seen();
+            let seen = self.wakeup.seen();
             let holder = self.fence(lease.owner, epoch);
             let limit = self.config.batch_size as i64;
             let rows = if self.pool.transaction_pooled() {
@@ -546,8 +567,8 @@ impl Pipeline {
     /// Batches are in flight, the last claim found nothing more to publish, and no writer of
     /// this process has signalled since (a NOTIFY ends it too). Lasts at most until the
     /// oldest batch is acknowledged: an idle relay never skips a claim because of it.
-    fn quiet(&self) -> bool {
-        !self.window.is_empty() && self.drained == Some(wakeup::seen())
+    fn quiet(&self, now: wakeup::Seen) -> bool {
+        !self.window.is_empty() && self.drained == Some(now)
     }
 }
 

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::RelayConfig;
 use crate::db::{Claimed, Failure};
-use crate::envelope::{self, format_time};
+use crate::envelope;
 use crate::otel;
 
 /// The result of producing a batch.
@@ -50,30 +50,7 @@ fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
 }
 
 fn headers(row: &Claimed, source: &str) -> OwnedHeaders {
-    let id = row.id.to_string();
-    let time = format_time(row.occurred_at);
-    let version = row.event_version.to_string();
-    let fixed: [(&str, &str); 7] = [
-        (envelope::H_SPECVERSION, envelope::SPEC_VERSION),
-        (envelope::H_ID, &id),
-        (envelope::H_TYPE, &row.event_type),
-        (envelope::H_SOURCE, source),
-        (envelope::H_TIME, &time),
-        (envelope::H_CONTENT_TYPE, envelope::CONTENT_TYPE),
-        (envelope::H_TYPEVERSION, &version),
-    ];
-    let mut h = OwnedHeaders::new_with_capacity(fixed.len() + 4);
-    for (key, value) in fixed {
-        h = h.insert(Header { key, value: Some(value.as_bytes()) });
-    }
-    if let serde_json::Value::Object(extra) = &row.headers {
-        for (key, value) in extra {
-            if let Some(value) = value.as_str() {
-                h = h.insert(Header { key, value: Some(value.as_bytes()) });
-            }
-        }
-    }
-    h
+    envelope::encode(row.id, &row.event_type, row.event_version.into(), source, row.occurred_at, &row.headers)
 }
 
 type Report = <DeliveryFuture as Future>::Output;

@@ -1,0 +1,147 @@
+//! Error classification does not read the server's English: PostgreSQL translates its messages
+//! (`lc_messages`), so the inbox's decisions that once matched message text must hold when the
+//! server answers in German. Each test sets `lc_messages = 'de_DE.UTF-8'` on its database (the
+//! test server's role is a superuser; scripts/pg.sh generates the locale) and first checks that
+//! the server does answer in German.
+//!
+//! What still goes by text, and why, is in docs/databases.md ("Error classification").
+
+use std::time::Duration;
+
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use inbox::{Context, Handler, HandlerError, Inbox};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tests::backend::Pg;
+use tests::inbox_support::{raw_dead_letters, run_until_positions};
+use tests::produce::{CloudEvent, TestProducer};
+use tests::{Effect, TestConn, TestDb, TestKafka};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, outbox::Event)]
+#[event(topic = "orders", name = "order.placed")]
+struct OrderPlaced {
+    #[event(key)]
+    order_id: Uuid,
+    behaviour: String,
+}
+
+/// A fresh database whose sessions speak German, checked on a new session.
+async fn german_db() -> TestDb<Pg> {
+    let db = TestDb::<Pg>::fresh().await;
+    db.exec(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lc_messages = %L', current_database(), 'de_DE.UTF-8'); END $$",
+    )
+    .await;
+    let mut conn = db.conn().await;
+    let err = conn.batch_execute("SELECT 1/0").await.expect_err("division by zero fails");
+    assert!(
+        err.to_string().contains("Division durch Null"),
+        "the server does not answer in German ({err}): it needs the de_DE.UTF-8 locale (scripts/pg.sh \
+         generates it: localedef -i de_DE -f UTF-8 de_DE.UTF-8) and its German messages (postgresql package)"
+    );
+    db.create_effects().await;
+    db
+}
+
+struct Misbehave;
+
+#[inbox::async_trait]
+impl Handler<OrderPlaced, AsyncPgConnection> for Misbehave {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, AsyncPgConnection>) -> Result<(), HandlerError> {
+        let (id, group, attempt) = (cx.message_id(), cx.group().to_owned(), cx.attempt() as i32);
+        cx.conn()
+            .insert_effect(Effect { grp: Some(&group), n: Some(1), attempt: Some(attempt), ..Effect::of(id) })
+            .await?;
+        match e.behaviour.as_str() {
+            "swallow" => {
+                let failed = cx.conn().batch_execute("SELECT * FROM no_such_table").await;
+                let text = failed.expect_err("the statement fails").to_string();
+                assert!(text.contains("existiert nicht"), "in German: {text}");
+            }
+            // The server ends the handler's session (as a restart or pg_terminate_backend would):
+            // FATAL 57P01, "Verbindung wird abgebrochen aufgrund von Anweisung des Administrators".
+            "terminated" if attempt == 1 => {
+                let ended = cx.conn().batch_execute("SELECT pg_terminate_backend(pg_backend_pid())").await;
+                let e = ended.expect_err("the session is terminated");
+                assert!(!e.to_string().contains("terminating connection"), "not in English: {e}");
+                return Err(e.into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+const GROUPS: [(&str, usize); 2] = [("batch", 100), ("single", 1)];
+
+/// Three good messages, the `behaviour` one, three good: one batch in batch mode. Returns the
+/// misbehaving message's id once both groups have moved past every message.
+async fn run(db: &TestDb<Pg>, behaviour: &str) -> Uuid {
+    let kafka = TestKafka::new();
+    kafka.create_topic("orders", 1).await;
+    let event = |b: &str| CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), behaviour: b.into() }).partition(0);
+    let mut input: Vec<CloudEvent> = (0..3).map(|_| event("ok")).collect();
+    input.push(event(behaviour));
+    input.extend((0..3).map(|_| event("ok")));
+    let bad = input[3].id().unwrap();
+    TestProducer::new(&kafka).send_all(&input).await;
+    let mut inboxes = Vec::new();
+    for (group, batch_size) in GROUPS {
+        let inbox = Inbox::builder(db.pool(4).await, tests::produce::inbox_kafka_config(&kafka))
+            .group(group)
+            .batch_size(batch_size)
+            .max_attempts(3)
+            .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .handle(Misbehave)
+            .build()
+            .unwrap();
+        inboxes.push((inbox, input.len() as i64));
+    }
+    let n = input.len() as i64;
+    let reached = run_until_positions(db, inboxes, Duration::from_secs(30)).await;
+    assert_eq!(reached, [n, n], "{behaviour}: both groups moved past every message");
+    for (group, _) in GROUPS {
+        let sql = format!("SELECT count(*) AS n FROM effects WHERE grp = '{group}' AND message_id <> '{bad}'");
+        assert_eq!(db.count(&sql).await, n - 1, "{behaviour} ({group}): every good message took effect once");
+    }
+    bad
+}
+
+/// A handler that swallows a failed statement and returns Ok leaves the transaction aborted:
+/// found by the probe after the handler (a statement the live connection refuses), not by the
+/// server's "current transaction is aborted" text — here "aktuelle Transaktion wurde abgebrochen".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transaction_is_found_in_german() {
+    let db = german_db().await;
+    let bad = run(&db, "swallow").await;
+    for (group, _) in GROUPS {
+        let dead: Vec<_> = raw_dead_letters(&db, group)
+            .await
+            .into_iter()
+            .map(|d| (d.message_id, d.reason, d.error.contains("abgebrochen")))
+            .collect();
+        assert_eq!(
+            dead,
+            [(Some(bad.to_string()), "handler_aborted_transaction".to_owned(), true)],
+            "({group}): dead-lettered as an aborted transaction, with the server's German text"
+        );
+    }
+}
+
+/// A handler whose session the server ended is retried (transient) on a new connection, not
+/// dead-lettered: the inbox sees that the connection no longer answers. The server's message
+/// ("Verbindung wird abgebrochen ...") does not contain the English "terminating connection"
+/// that `is_transient_db_error` matches, so before the probe this message was dead-lettered as
+/// `handler_failed` at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_session_is_retried_in_german() {
+    let db = german_db().await;
+    let bad = run(&db, "terminated").await;
+    for (group, _) in GROUPS {
+        assert!(raw_dead_letters(&db, group).await.is_empty(), "({group}): nothing dead-lettered");
+        let sql =
+            format!("SELECT count(*) AS n FROM effects WHERE grp = '{group}' AND message_id = '{bad}' AND attempt = 2");
+        assert_eq!(db.count(&sql).await, 1, "({group}): the second attempt took effect (the first was rolled back)");
+    }
+}
