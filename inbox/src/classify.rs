@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::raw_headers::{self, RawHeader};
 
 use crate::UnknownTypePolicy;
-use crate::builder::InboxConfig;
+use crate::config::InboxConfig;
 use outbox::Database;
 
 use crate::registry::{Registry, Route};

@@ -32,9 +32,9 @@ use crate::Error;
 use crate::classify::{Plan, classify};
 use crate::context::Context;
 use crate::error::config_error;
-use crate::inbox::Shared;
 use crate::message::MessageMeta;
 use crate::process::{error_chain, panic_message, rollback_all, server_rejected, transaction_depth};
+use crate::shared::Shared;
 
 /// How many dead-letter ids one look-up returns; a replay pages through larger selections.
 const PAGE: i64 = 100;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 use outbox::db::{ConnPool, Database};
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset};
@@ -18,28 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::builder::InboxConfig;
+use crate::config::InboxConfig;
 use crate::error::kafka_error;
+use crate::flow::Flow;
 use crate::health::{InboxHealth, InboxState};
-use crate::partition::{Flow, PartitionWorker};
+use crate::partition::PartitionWorker;
 use crate::rebalance::{InboxContext, RebalanceEvent, TopicPartition};
 use crate::registry::Registry;
+use crate::shared::{Consumer, Shared};
 use crate::store::{StoredPosition, store};
-
-pub(crate) type Consumer = StreamConsumer<InboxContext>;
-
-/// What every task of one inbox shares.
-pub(crate) struct Shared<C: Database> {
-    pub pool: ConnPool<C>,
-    pub registry: Registry<C>,
-    pub options: InboxConfig,
-    /// The Kafka cluster id, set once when `run` starts (`None`: the cluster reported none).
-    pub cluster_id: OnceLock<Option<String>>,
-    /// The most bytes one partition has held buffered (see [`BufferWatermark`]).
-    pub high_water: Arc<AtomicUsize>,
-    /// What [`Inbox::health`] reports.
-    pub health: InboxHealth,
-}
 
 /// The most bytes (keys, payloads, headers) one partition of an [`Inbox`] has held in its
 /// buffer and its batch in hand since the inbox was built: at most `max_buffered_bytes`
@@ -196,7 +183,7 @@ impl<C: Database> Inbox<C> {
             let mut background = JoinSet::new();
             background.spawn(crate::prune::run(shared.clone(), stop.clone()));
             background.spawn(crate::dead_letters::run_requested(shared.clone(), stop.clone()));
-            background.spawn(crate::metrics::dead_letter_depth(shared.clone(), stop.clone()));
+            background.spawn(crate::gauges::dead_letter_depth(shared.clone(), stop.clone()));
             let mut lp = Loop { shared, consumer, slots: HashMap::new(), workers: JoinSet::new(), stop };
             let result = lp.run(events).await;
             lp.finish().await;

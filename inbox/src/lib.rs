@@ -49,9 +49,12 @@
 
 mod builder;
 mod classify;
+mod config;
 mod context;
 mod dead_letters;
 mod error;
+mod flow;
+mod gauges;
 mod handler;
 pub mod health;
 mod inbox;
@@ -65,12 +68,14 @@ mod prune;
 mod raw_headers;
 mod rebalance;
 mod registry;
+mod shared;
 mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use builder::{InboxBuilder, InboxConfig, UnknownTypePolicy};
+pub use builder::InboxBuilder;
+pub use config::{InboxConfig, UnknownTypePolicy};
 pub use context::Context;
 pub use dead_letters::{ReplayReport, Replayer};
 pub use handler::{Handler, HandlerError};

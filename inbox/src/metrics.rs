@@ -3,14 +3,7 @@
 //! What each metric means, its labels and unit: the metrics table in `docs/operations.md`
 //! (a test checks that table against [`describe`]).
 
-use std::sync::Arc;
-
 use metrics::Unit;
-use outbox::Database;
-use tokio_util::sync::CancellationToken;
-
-use crate::inbox::Shared;
-use crate::store::store;
 
 /// Counter: messages whose handler succeeded and whose transaction committed.
 pub const HANDLED_TOTAL: &str = "inbox_handled_total";
@@ -50,26 +43,6 @@ pub fn describe() {
     );
     metrics::describe_counter!(PRUNED_TOTAL, Unit::Count, "dedup rows deleted by the retention task");
     metrics::describe_gauge!(DEAD_LETTERS, Unit::Count, "dead letters stored for the group");
-}
-
-/// Refreshes the group's dead-letter gauge every `metrics_interval` until `stop`.
-pub(crate) async fn dead_letter_depth<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {
-    let o = &shared.options;
-    loop {
-        let count = match shared.pool.get().await {
-            Ok(mut conn) => store(&mut *conn).dead_letter_count(&o.group).await.map_err(outbox::Error::from),
-            Err(e) => Err(e),
-        };
-        match count {
-            Ok(n) => metrics::gauge!(DEAD_LETTERS, "group" => o.group.clone()).set(n as f64),
-            Err(e) => tracing::debug!(error = %e, "inbox: cannot count dead letters"),
-        }
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(o.metrics_interval) => {}
-        }
-    }
 }
 
 /// What one committed transaction did, reported only after the commit so rolled-back work is
@@ -203,24 +176,5 @@ pub(crate) mod tests {
                 "inbox_handler_seconds{group=inventory,topic=orders,type=order.placed} observed",
             ]
         );
-    }
-
-    #[test]
-    fn lag_from_librdkafka_statistics() {
-        use rdkafka::ClientContext;
-        use rdkafka::statistics::{Partition, Statistics, Topic};
-        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let context = crate::rebalance::InboxContext { events, group: "inventory".into() };
-        let mut topic = Topic::default();
-        let partition =
-            |id, desired, lag| Partition { partition: id, desired, consumer_lag_stored: lag, ..Partition::default() };
-        topic.partitions.insert(3, partition(3, true, 42));
-        topic.partitions.insert(-1, partition(-1, true, 7)); // librdkafka's internal partition
-        topic.partitions.insert(4, partition(4, false, 9)); // not assigned here
-        let mut stats = Statistics::default();
-        stats.topics.insert("orders".into(), topic);
-        let capture = Capture::default();
-        metrics::with_local_recorder(&capture, || context.stats(stats));
-        assert_eq!(capture.lines(), ["inbox_lag{group=inventory,topic=orders,partition=3} 42"]);
     }
 }

@@ -33,10 +33,10 @@ use uuid::Uuid;
 
 use crate::classify::{Plan, classify, dead_letter_headers};
 use crate::context::Context;
-use crate::inbox::{Consumer, Shared};
+use crate::flow::Flow;
 use crate::message::MessageMeta;
 use crate::metrics::{Tally, handler_seconds};
-use crate::partition::Flow;
+use crate::shared::{Consumer, Shared};
 
 /// One Kafka message and what to do with it.
 pub(crate) struct Item<C: Database> {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use outbox::Database;
 
-use crate::inbox::Shared;
+use crate::shared::Shared;
 use crate::store::store;
 
 pub(crate) async fn run<C: Database>(shared: Arc<Shared<C>>, stop: CancellationToken) {

@@ -73,3 +73,25 @@ impl ConsumerContext for InboxContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lag_from_librdkafka_statistics() {
+        use rdkafka::ClientContext;
+        use rdkafka::statistics::{Partition, Statistics, Topic};
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let context = super::InboxContext { events, group: "inventory".into() };
+        let mut topic = Topic::default();
+        let partition =
+            |id, desired, lag| Partition { partition: id, desired, consumer_lag_stored: lag, ..Partition::default() };
+        topic.partitions.insert(3, partition(3, true, 42));
+        topic.partitions.insert(-1, partition(-1, true, 7)); // librdkafka's internal partition
+        topic.partitions.insert(4, partition(4, false, 9)); // not assigned here
+        let mut stats = Statistics::default();
+        stats.topics.insert("orders".into(), topic);
+        let capture = crate::metrics::tests::Capture::default();
+        metrics::with_local_recorder(&capture, || context.stats(stats));
+        assert_eq!(capture.lines(), ["inbox_lag{group=inventory,topic=orders,partition=3} 42"]);
+    }
+}

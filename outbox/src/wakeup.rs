@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::Database;
-
 /// The wake-up line between the writers and the relays of one database, in one process.
 ///
 /// A relay listens to one `Wakeup` ([`RelayBuilder::wakeup`](crate::relay::RelayBuilder::wakeup),
@@ -122,17 +120,6 @@ impl Wakeup {
     /// Whether both handles are the same line.
     pub fn same_as(&self, other: &Wakeup) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    /// [`crate::transaction`] signalling this line: runs `body` in a transaction on `conn` and,
-    /// after a successful COMMIT that stored events, wakes the relays listening to this handle.
-    pub async fn transaction<C, R, E, F>(&self, conn: &mut C, body: F) -> std::result::Result<R, E>
-    where
-        C: Database,
-        F: AsyncFnOnce(&mut C) -> std::result::Result<R, E>,
-        E: From<diesel::result::Error>,
-    {
-        crate::writer::transaction_signalling(self, conn, body).await
     }
 
     pub(crate) fn seen(&self) -> Seen {

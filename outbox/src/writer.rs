@@ -192,6 +192,21 @@ where
     transaction_signalling(crate::Wakeup::shared_ref(), conn, body).await
 }
 
+// The writer's side of a wake-up line (here rather than in `wakeup.rs`, which the writer uses:
+// the line knows nothing of transactions).
+impl crate::Wakeup {
+    /// [`crate::transaction`] signalling this line: runs `body` in a transaction on `conn` and,
+    /// after a successful COMMIT that stored events, wakes the relays listening to this handle.
+    pub async fn transaction<C, R, E, F>(&self, conn: &mut C, body: F) -> std::result::Result<R, E>
+    where
+        C: Database,
+        F: AsyncFnOnce(&mut C) -> std::result::Result<R, E>,
+        E: From<diesel::result::Error>,
+    {
+        transaction_signalling(self, conn, body).await
+    }
+}
+
 /// [`transaction`], signalling `wakeup` after the outermost COMMIT.
 pub(crate) async fn transaction_signalling<C, R, E, F>(
     wakeup: &crate::Wakeup,
