@@ -6,9 +6,6 @@ use outbox::RetryPolicy;
 
 use crate::Error;
 use crate::error::config_error;
-// The docs link the builder's setters and the inbox's `run`.
-#[cfg(doc)]
-use crate::{Inbox, InboxBuilder};
 
 /// What to do with a message whose `ce_type` has no registered handler on its topic.
 ///
@@ -29,7 +26,7 @@ pub enum UnknownTypePolicy {
 pub(crate) const MAX_BATCH_SIZE: usize = 5_000;
 
 /// Every option of an inbox, as data: [`Default`] holds the defaults (each field's doc says
-/// which), [`InboxBuilder::config`] takes a whole configuration, and the builder's setters change
+/// which), [`InboxBuilder::config`](crate::InboxBuilder::config) takes a whole configuration, and the builder's setters change
 /// one field. It reads from and writes to any serde format; durations are written in
 /// [humantime](https://docs.rs/humantime) form (`"100ms"`, `"30s"`, `"7days"`), a missing field
 /// keeps its default, and an unknown field is an error. See docs/configuration.md.
@@ -42,7 +39,7 @@ pub(crate) const MAX_BATCH_SIZE: usize = 5_000;
 /// assert_eq!(config.batch_size, inbox::InboxConfig::default().batch_size);
 /// ```
 ///
-/// Checked by [`InboxBuilder::build`] (and [`validate`](Self::validate)), not on deserialising.
+/// Checked by [`InboxBuilder::build`](crate::InboxBuilder::build) (and [`validate`](Self::validate)), not on deserialising.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InboxConfig {
@@ -51,7 +48,7 @@ pub struct InboxConfig {
     /// every event use two groups.
     pub group: String,
     /// How many messages of one partition share one transaction. Default 100; 1 to 5,000 (see
-    /// [`InboxBuilder::batch_size`]).
+    /// [`InboxBuilder::batch_size`](crate::InboxBuilder::batch_size)).
     pub batch_size: usize,
     /// How many times a handler is called for a message that keeps failing with a transient
     /// error before the message is dead-lettered with reason `retries_exhausted`, counting the
@@ -70,7 +67,7 @@ pub struct InboxConfig {
     /// What to do with event types that have no handler on their topic. Default
     /// [`UnknownTypePolicy::DeadLetter`] (`"dead_letter"`); or `"skip"`.
     pub unknown_types: UnknownTypePolicy,
-    /// How long dedup rows are kept (see [`InboxBuilder::dedup_window`]). Default 7 days;
+    /// How long dedup rows are kept (see [`InboxBuilder::dedup_window`](crate::InboxBuilder::dedup_window)). Default 7 days;
     /// positive.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -86,11 +83,11 @@ pub struct InboxConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long one handler call may take before it is abandoned and counted as a transient
-    /// failure (see [`InboxBuilder::handler_timeout`]). Default 60 s; positive.
+    /// failure (see [`InboxBuilder::handler_timeout`](crate::InboxBuilder::handler_timeout)). Default 60 s; positive.
     #[serde(with = "humantime_serde")]
     pub handler_timeout: Duration,
     /// The most bytes (keys + payloads + headers) one partition holds between Kafka and its
-    /// handler (see [`InboxBuilder::max_buffered_bytes`]). Default 16 MiB (16777216); at least 1.
+    /// handler (see [`InboxBuilder::max_buffered_bytes`](crate::InboxBuilder::max_buffered_bytes)). Default 16 MiB (16777216); at least 1.
     pub max_buffered_bytes: usize,
     /// Where a partition with no stored position starts: `false` at the beginning of its log,
     /// `true` at the group's committed Kafka offset (see
