@@ -356,7 +356,7 @@ where
     producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
 
     // 6. Wait for the consumer to skip the duplicate and dead-letter the hostile message.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let (mut duplicates, mut dead) = counters(&group);
     while (duplicates < 1 || dead < 1) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -136,7 +136,7 @@ impl<C: Database> InboxBuilder<C> {
     }
 
     /// The delay before the first retry and the cap on later ones; delays double per attempt,
-    /// with jitter (a random delay between half and all of it) (default 100 ms and 10 s). The partition waits while a message is retried;
+    /// with jitter (a random delay between half and all of it) (default 200 ms and 10 s). The partition waits while a message is retried;
     /// other partitions keep flowing.
     ///
     /// Sets [`InboxConfig::retry`] (keeping its `jitter`); see also [`retry`](Self::retry).

@@ -51,9 +51,21 @@ use tokio::sync::Notify;
 /// ```
 ///
 /// A `publish` inside a plain diesel transaction signals the handle of the
-/// [`Wakeup::transaction`] it runs in, if any, and [`Wakeup::shared`] otherwise.
-#[derive(Clone, Default)]
+/// [`Wakeup::transaction`] it runs in, if any, and [`Wakeup::shared`] otherwise. **So a relay
+/// given a line of its own hears only commits made through that handle**: events stored by
+/// `publish` in any other transaction (your own diesel `transaction`, an inbox handler's
+/// `cx.publish`) reach it at its poll interval (100 ms by default), not at once. Nothing is
+/// lost either way; only the latency differs.
+#[derive(Clone)]
 pub struct Wakeup(Arc<Line>);
+
+/// [`Wakeup::shared`]: a handle made by `Default` (e.g. `..Default::default()` in a struct of
+/// yours) is the process's line, as the docs promise, not a private line nothing signals.
+impl Default for Wakeup {
+    fn default() -> Self {
+        Self::shared()
+    }
+}
 
 #[derive(Default)]
 struct Line {
@@ -73,7 +85,7 @@ impl std::fmt::Debug for Wakeup {
     }
 }
 
-static SHARED: LazyLock<Wakeup> = LazyLock::new(Wakeup::default);
+static SHARED: LazyLock<Wakeup> = LazyLock::new(|| Wakeup(Arc::default()));
 
 tokio::task_local! {
     /// Set inside [`Wakeup::transaction`]: whether the transaction stored events.
@@ -104,7 +116,7 @@ pub(crate) struct Seen {
 impl Wakeup {
     /// A new line of its own, for the writers and relays of one database.
     pub fn new() -> Self {
-        Self::default()
+        Self(Arc::default())
     }
 
     /// The process's default line: what [`crate::transaction`] signals and what a relay listens

@@ -195,6 +195,22 @@ async fn relay_config_reads_from_serde_and_build_checks_it() {
     assert_eq!(config.batch_size, RelayConfig::default().batch_size);
     let e = serde_json::from_str::<RelayConfig>(r#"{ "lease_ms": 100 }"#).expect_err("unknown field").to_string();
     assert!(e.contains("unknown field `lease_ms`"), "{e}");
+    // `after_send`: delete takes no retention (serde's internally tagged unit variants would
+    // ignore the field), keep needs one, an unknown field or mode is named.
+    for (text, expected) in [
+        (r#"{ "after_send": { "mode": "delete", "retention": "7days" } }"#, "applies to mode = \"keep\" only"),
+        (r#"{ "after_send": { "mode": "keep" } }"#, "needs a `retention`"),
+        (r#"{ "after_send": { "mode": "keep", "retention": "1h", "ttl": "1h" } }"#, "unknown field `ttl`"),
+        (r#"{ "after_send": { "mode": "archive" } }"#, "unknown variant `archive`"),
+    ] {
+        let e = serde_json::from_str::<RelayConfig>(text).expect_err(text).to_string();
+        assert!(e.contains(expected), "{text}: {e}");
+    }
+    let delete: RelayConfig = serde_json::from_str(r#"{ "after_send": { "mode": "delete" } }"#).expect("delete");
+    assert_eq!(delete.after_send, AfterSend::Delete);
+    let round_trip: RelayConfig =
+        serde_json::from_str(&serde_json::to_string(&config).expect("serialize")).expect("read back");
+    assert_eq!(round_trip, config);
     let kafka = || outbox::KafkaConfig::new("127.0.0.1:1");
     assert!(Relay::builder(pool(), kafka()).config(config.clone()).build().is_ok());
     let e = Relay::builder(pool(), kafka()).config(RelayConfig { batch_size: 0, ..config.clone() }).build();

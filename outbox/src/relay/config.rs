@@ -14,7 +14,7 @@ use crate::{Error, KafkaConfig, Result, RetryPolicy};
 /// In a configuration file: `after_send = { mode = "delete" }` or
 /// `after_send = { mode = "keep", retention = "7days" }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "AfterSendFields", into = "AfterSendFields")]
 pub enum AfterSend {
     /// Delete it in the same statement that confirms delivery (default: least table churn).
     Delete,
@@ -22,9 +22,50 @@ pub enum AfterSend {
     /// than `retention` in small batches.
     Keep {
         /// How long sent rows are kept.
-        #[serde(with = "humantime_serde")]
         retention: Duration,
     },
+}
+
+/// [`AfterSend`] as written in a file. serde's internally tagged enums ignore
+/// `deny_unknown_fields` on a unit variant (serde-rs/serde#2294), which would let
+/// `{ mode = "delete", retention = "7days" }` through with the retention silently dropped: the
+/// fields are read flat and checked here instead.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterSendFields {
+    mode: AfterSendMode,
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    retention: Option<Duration>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AfterSendMode {
+    Delete,
+    Keep,
+}
+
+impl TryFrom<AfterSendFields> for AfterSend {
+    type Error = String;
+    fn try_from(f: AfterSendFields) -> std::result::Result<Self, String> {
+        match (f.mode, f.retention) {
+            (AfterSendMode::Delete, None) => Ok(AfterSend::Delete),
+            (AfterSendMode::Delete, Some(_)) => {
+                Err("after_send: `retention` applies to mode = \"keep\" only (mode = \"delete\" keeps nothing)".into())
+            }
+            (AfterSendMode::Keep, Some(retention)) => Ok(AfterSend::Keep { retention }),
+            (AfterSendMode::Keep, None) => Err("after_send: mode = \"keep\" needs a `retention`".into()),
+        }
+    }
+}
+
+impl From<AfterSend> for AfterSendFields {
+    fn from(a: AfterSend) -> Self {
+        match a {
+            AfterSend::Delete => AfterSendFields { mode: AfterSendMode::Delete, retention: None },
+            AfterSend::Keep { retention } => AfterSendFields { mode: AfterSendMode::Keep, retention: Some(retention) },
+        }
+    }
 }
 
 /// Every option of the relay, as data: [`Default`] holds the defaults (each field's doc says
