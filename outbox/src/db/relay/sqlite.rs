@@ -69,7 +69,7 @@ impl ClaimedRow {
     }
 }
 
-/// "An earlier unsent row of m's key is held, or failing" (see db/postgres.rs). The term
+/// "An earlier unsent row of m's key is held, or failing" (see db/relay/postgres.rs). The term
 /// `(attempts > 0 OR held = 1)` repeats the partial index's condition word for word: SQLite uses
 /// a partial index only when the query contains its terms (without it every probe scanned all
 /// earlier rows).
@@ -85,7 +85,7 @@ macro_rules! blocked_by_earlier_row {
     };
 }
 
-/// "An earlier unsent row of m's key has failed" (see db/postgres.rs).
+/// "An earlier unsent row of m's key has failed" (see db/relay/postgres.rs).
 macro_rules! failing_earlier_row {
     () => {
         concat!(
@@ -95,7 +95,7 @@ macro_rules! failing_earlier_row {
     };
 }
 
-// The same claim as PostgreSQL's (see db/postgres.rs for why each clause is there). SQLite has
+// The same claim as PostgreSQL's (see db/relay/postgres.rs for why each clause is there). SQLite has
 // one writer at a time, so seqs become visible in order and the in-flight guard never fires;
 // it is kept so both backends run the same relay logic.
 const CLAIM: &str = concat!(
@@ -116,7 +116,7 @@ const CLAIM: &str = concat!(
     ") <= ?4 ORDER BY m.seq LIMIT ?1) ORDER BY seq"
 );
 
-// As on PostgreSQL: no lease while a relay of another name holds a live one (db/postgres.rs).
+// As on PostgreSQL: no lease while a relay of another name holds a live one (db/relay/postgres.rs).
 const ACQUIRE: &str = concat!(
     "INSERT INTO outbox_relay_leases (name, owner, epoch, expires_at) SELECT ?1, ?2, 1, ",
     now_ms!(),
@@ -158,7 +158,7 @@ const MARK_SENT: &str = concat!(
     ", last_error = NULL WHERE seq IN (SELECT value FROM json_each(?1))"
 );
 
-// Only a key's head (counted) gets a retry delay; its later rows stay due (db/postgres.rs).
+// Only a key's head (counted) gets a retry delay; its later rows stay due (db/relay/postgres.rs).
 const RECORD_FAILURE: &str = concat!(
     "UPDATE outbox_messages SET attempts = attempts + ?2, last_error = ?3, next_attempt_at = CASE WHEN ?2 = 1 THEN ",
     now_ms!(),
