@@ -103,8 +103,11 @@ async fn one_consumer_stops_mid_stream<B: Backend>(abort: bool) {
     }
     println!("stopped with {at_stop} of {TOTAL} handled; partitions left unfinished by a: {taken_over:?}");
     // On SQLite one transaction writes at a time and its busy-wait is not fair, so `a` can finish
-    // its partitions before `b` commits anything; on PostgreSQL the stop reliably leaves work.
-    if <B::Conn as outbox::Database>::NAME == "postgres" {
+    // its partitions before `b` commits anything; on tansu the group's rebalance takes seconds,
+    // long enough for `a` to finish the partitions it keeps (seen: 260 of 400 handled, none of
+    // a's left). On PostgreSQL with the mock cluster the stop reliably leaves work, and this
+    // pass is the one that must take it over; the checks below hold either way.
+    if <B::Conn as outbox::Database>::NAME == "postgres" && kafka.mock().is_some() {
         assert!(!taken_over.is_empty(), "a had unfinished partitions when it stopped (nothing to take over otherwise)");
     }
 

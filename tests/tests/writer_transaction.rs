@@ -253,7 +253,10 @@ async fn a_commit_wakes_the_relay_of_its_own_database_only() {
     };
     let (claims_a, claims_b) = (scans(&db_a).await, scans(&db_b).await);
     println!("scans of the pending index: relay A {claims_a}, relay B {claims_b}");
-    assert!(claims_a >= EVENTS, "relay A claimed {claims_a} times for {EVENTS} events");
+    // A was woken: every event reached the topic with a one-hour poll interval (above). How
+    // many claims that took depends on the broker's ack latency (a commit made while a batch is
+    // in flight is claimed with the next one: 20 on the mock, 15 seen on tansu).
+    assert!(claims_a > claims_b, "relay A claimed {claims_a} times, relay B {claims_b}");
     // B: its first round's claim and backlog gauge, its drain check; nothing per commit on A.
     assert!(claims_b <= 5, "relay B claimed {claims_b} times: woken by commits to another database");
 }
