@@ -14,6 +14,20 @@ use outbox::Database;
 use outbox::db::Backend;
 use uuid::Uuid;
 
+/// A `count(*) AS n`, the same column type on both backends.
+#[derive(diesel::QueryableByName)]
+pub(super) struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub n: i64,
+}
+
+/// A dead letter's `id`, the same column type on both backends.
+#[derive(diesel::QueryableByName)]
+pub(super) struct DeadLetterId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+}
+
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;

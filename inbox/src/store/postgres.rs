@@ -10,6 +10,7 @@ use outbox::db::prepared::prepared;
 use outbox::schema::{inbox_dead_letters, inbox_offsets};
 use uuid::Uuid;
 
+use super::{Count, DeadLetterId};
 use super::{
     DeadLetterFilter, InboxStore, NewDeadLetter, NewDedup, NewPosition, StoredDeadLetter, StoredPosition, in_tx,
 };
@@ -131,18 +132,6 @@ struct DeadLetterRow<'a> {
     reason: &'a str,
     error: &'a str,
     attempts: i32,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct DeadLetterId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
 }
 
 #[derive(QueryableByName)]

@@ -11,6 +11,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use outbox::sqlite::SqliteConnection;
 use uuid::Uuid;
 
+use super::{Count, DeadLetterId};
 use super::{DeadLetterFilter, InboxStore, NewDeadLetter, NewDedup, NewPosition, StoredDeadLetter, StoredPosition};
 
 /// Milliseconds since the Unix epoch, in SQL (as the outbox's SQLite statements compute it).
@@ -95,18 +96,6 @@ struct Position {
     cluster_id: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
     last_fingerprint: Option<i64>,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct DeadLetterId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
 }
 
 #[derive(QueryableByName)]
