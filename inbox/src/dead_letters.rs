@@ -8,7 +8,11 @@
 //! `FOR UPDATE SKIP LOCKED`; SQLite: `BEGIN IMMEDIATE` already excludes other writers), runs the
 //! handler and deletes the row, so the effects commit exactly once, however many replays run at
 //! once or one after the other. A replay that fails again is rolled back and recorded on the row
-//! (new reason and error, one more attempt, request cleared) in a transaction of its own.
+//! (new reason and error, one more attempt, request cleared) in a transaction of its own. A
+//! replay whose database connection failed (the session was lost: the server restarted, or
+//! `pg_terminate_backend`) says nothing about the message: the dead letter is left as it was (a
+//! requested replay stays requested, for the next poll) and the replay returns the error, as the
+//! consumer retries such a message instead of dead-lettering it.
 //!
 //! Ordering: the partition moved past the message when it was dead-lettered, so a replayed
 //! message runs after every later message of its key. See docs/dead-letters.md.
@@ -33,7 +37,7 @@ use crate::classify::{Plan, classify};
 use crate::context::Context;
 use crate::error::config_error;
 use crate::message::MessageMeta;
-use crate::process::{error_chain, panic_message, rollback_all, server_rejected, transaction_depth};
+use crate::process::{connection_lost, error_chain, panic_message, rollback_all, server_rejected, transaction_depth};
 use crate::shared::Shared;
 
 /// How many dead-letter ids one look-up returns; a replay pages through larger selections.
@@ -103,7 +107,9 @@ impl<C: Database> Replayer<C> {
     /// order, and returns what happened to them. Dead letters of other groups are never touched
     /// (their handlers are another service's). A selection naming another group is an
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) error; a database error ends the replay
-    /// with that error (the dead letters replayed before it stay replayed).
+    /// with that error (the dead letters replayed before it stay replayed). That includes a
+    /// connection lost while a handler ran (the server ended the session): the dead letter being
+    /// replayed is left as it was, not counted as failed, and a later replay can take it.
     ///
     /// Each replay calls the handler once ([`Context::attempt`] is the dead letter's attempts
     /// plus one) and is bounded by the handler timeout; failures are not retried here.
@@ -136,11 +142,19 @@ struct Failure {
     error: String,
     /// The handler was abandoned mid-call (timeout): its connection is dropped, not reused.
     abandoned: bool,
+    /// The database connection failed, not the message: nothing is recorded on the dead letter
+    /// and the replay returns this error.
+    lost: Option<diesel::result::Error>,
 }
 
 impl Failure {
     fn new(reason: impl Into<Cow<'static, str>>, error: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), error: error.into(), abandoned: false }
+        Failure { reason: reason.into(), error: error.into(), abandoned: false, lost: None }
+    }
+
+    /// The connection failed under the replay (`e`): see [`Failure::lost`].
+    fn lost(e: diesel::result::Error) -> Self {
+        Failure { lost: Some(e), ..Failure::new("", "") }
     }
 }
 
@@ -208,6 +222,15 @@ async fn replay_one<C: Database>(shared: &Shared<C>, id: i64, requested: bool) -
         rollback_all(conn).await;
     }
     drop(pooled); // the pool tests it before its next use
+    if let Some(e) = failure.lost {
+        tracing::warn!(
+            group = %shared.options.group,
+            dead_letter = row.id,
+            error = %e,
+            "inbox: the database connection failed during a dead-letter replay; the dead letter is unchanged"
+        );
+        return Err(e.into());
+    }
     record_failure(shared, &row, &failure).await?;
     Ok(Outcome::Failed)
 }
@@ -236,7 +259,9 @@ async fn handle<C: Database>(
     }
     let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
     call_handler(shared, conn, &mut plan, msg, row.id, attempt, token).await?;
-    let db = |e: diesel::result::Error| Failure::new("handler_failed", format!("the database failed: {e}"));
+    // The handler's transaction checked out as ours and usable: the inbox's own statements
+    // failing is the database's doing, not the message's.
+    let db = Failure::lost;
     if let Some(message_id) = plan.id() {
         let dedup = NewDedup {
             consumer_group: &shared.options.group,
@@ -400,6 +425,9 @@ async fn call_handler<C: Database>(
     match store(&mut *conn).same_transaction(token).await {
         Ok(true) => {}
         Ok(false) => return Err(ended()),
+        // A connection that no longer answers was lost (the server ended the session), whatever
+        // the handler returned: as the consumer, which retries such a message (`process.rs`).
+        Err(e) if connection_lost(&e) => return Err(Failure::lost(e)),
         // The handler failed: its own error says more than the aborted transaction.
         Err(_) if !matches!(result, Ok(Ok(()))) => {}
         Err(e) if server_rejected(&e) => {
@@ -411,7 +439,7 @@ async fn call_handler<C: Database>(
                 ),
             ));
         }
-        Err(e) => return Err(Failure::new("handler_failed", format!("the database connection failed: {e}"))),
+        Err(e) => return Err(Failure::lost(e)),
     }
     match result {
         Ok(Ok(())) => Ok(()),

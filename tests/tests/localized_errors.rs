@@ -6,10 +6,12 @@
 //!
 //! What still goes by text, and why, is in docs/databases.md ("Error classification").
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
-use inbox::{Context, Handler, HandlerError, Inbox};
+use inbox::{Context, Handler, HandlerError, Inbox, ReplaySelection};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tests::backend::Pg;
@@ -144,4 +146,89 @@ async fn a_terminated_session_is_retried_in_german() {
             format!("SELECT count(*) AS n FROM effects WHERE grp = '{group}' AND message_id = '{bad}' AND attempt = 2");
         assert_eq!(db.count(&sql).await, 1, "({group}): the second attempt took effect (the first was rolled back)");
     }
+}
+
+#[derive(Debug, PartialEq, diesel::QueryableByName)]
+struct DeadLetterState {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    reason: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    error: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    requested: bool,
+}
+
+/// Fails for good when consumed (so the message is dead-lettered), ends its own session on the
+/// first replay (as a server restart would), and takes effect on the second.
+#[derive(Default)]
+struct EndsOnFirstReplay {
+    calls: AtomicU32,
+}
+
+#[inbox::async_trait]
+impl Handler<OrderPlaced, AsyncPgConnection> for Arc<EndsOnFirstReplay> {
+    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, AsyncPgConnection>) -> Result<(), HandlerError> {
+        match self.calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(HandlerError::permanent("not yet")),
+            1 => {
+                let ended = cx.conn().batch_execute("SELECT pg_terminate_backend(pg_backend_pid())").await;
+                Err(ended.expect_err("the session is terminated").into())
+            }
+            _ => {
+                let id = cx.message_id();
+                cx.conn().insert_effect(Effect { grp: Some("replayed"), ..Effect::of(id) }).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A replay whose session the server ends is not a failure of the message: the dead letter keeps
+/// its reason, error, attempts and replay request, and the replay returns the error; the next
+/// replay handles it once. Before, the lost session was recorded on the row as `handler_failed`
+/// (one more attempt, request cleared), so an operator's requested replay was silently dropped
+/// by a server restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_session_ends_leaves_the_dead_letter_as_it_was() {
+    let db = german_db().await;
+    let kafka = TestKafka::new();
+    kafka.create_topic("orders", 1).await;
+    let record = CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), behaviour: "replay".into() }).partition(0);
+    let id = record.id().unwrap();
+    TestProducer::new(&kafka).send_all(std::slice::from_ref(&record)).await;
+    let handler = Arc::new(EndsOnFirstReplay::default());
+    let consumer = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(&kafka))
+        .group("g")
+        .handle(handler.clone())
+        .build()
+        .unwrap();
+    let reached = run_until_positions(&db, vec![(consumer, 1)], Duration::from_secs(30)).await;
+    assert_eq!(reached, [1], "the inbox moved past the message");
+    let state = async || -> Vec<DeadLetterState> {
+        let sql =
+            "SELECT reason, error, attempts, replay_requested_at IS NOT NULL AS requested FROM inbox_dead_letters";
+        diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut db.conn().await).await.expect("dead letters")
+    };
+    db.exec("UPDATE inbox_dead_letters SET replay_requested_at = now()").await;
+    let before = state().await;
+    assert!(matches!(before.as_slice(), [d] if d.reason == "handler_failed" && d.requested), "{before:?}");
+
+    let replayer = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(&kafka))
+        .group("g")
+        .handle(handler.clone())
+        .build()
+        .unwrap()
+        .replayer();
+    let lost = replayer.replay(&ReplaySelection::all()).await;
+    assert!(lost.is_err(), "the replay whose session ended returns the error: {lost:?}");
+    assert_eq!(state().await, before, "the dead letter is as it was (reason, error, attempts, request)");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2, "the handler ran once in the first replay");
+
+    let report = replayer.replay(&ReplaySelection::all()).await.expect("the second replay");
+    assert_eq!((report.handled, report.failed, report.skipped), (1, 0, 0));
+    assert!(state().await.is_empty(), "the dead letter was deleted with the effect");
+    let sql = format!("SELECT count(*) AS n FROM effects WHERE grp = 'replayed' AND message_id = '{id}'");
+    assert_eq!(db.count(&sql).await, 1, "the replay took effect once");
 }
