@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 use outbox::db::{ConnPool, Database};
-use outbox::{Event, RetryPolicy};
+use outbox::{Event, RetryPolicy, Wakeup};
 use serde::de::DeserializeOwned;
 
 use crate::config::{InboxConfig, UnknownTypePolicy};
@@ -49,6 +49,7 @@ pub struct InboxBuilder<C: Database = AsyncPgConnection> {
     kafka: KafkaConfig,
     handlers: Vec<Arc<dyn ErasedHandler<C>>>,
     options: InboxConfig,
+    wakeup: Wakeup,
 }
 
 impl<C: Database> std::fmt::Debug for InboxBuilder<C> {
@@ -75,6 +76,7 @@ impl<C: Database> Inbox<C> {
             kafka: kafka.into(),
             handlers: Vec::new(),
             options: InboxConfig::default(),
+            wakeup: Wakeup::shared(),
         }
     }
 }
@@ -275,6 +277,16 @@ impl<C: Database> InboxBuilder<C> {
         self
     }
 
+    /// The relays' wake-up line that handlers' [`Context::publish`](crate::Context::publish)
+    /// signals (default [`Wakeup::shared`], what a relay given no handle listens to). The inbox
+    /// signals it once a batch whose handlers published has committed, so the relay claims the
+    /// follow-up events at once instead of at its poll interval. Give it the handle of the relay
+    /// of this inbox's database when that relay has one of its own ([`Wakeup`]).
+    pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
+        self
+    }
+
     /// How often the `inbox_dead_letters` gauge is read from the database (one count over the
     /// group's dead letters). Default 10 s.
     pub fn metrics_interval(mut self, interval: Duration) -> Self {
@@ -307,6 +319,6 @@ impl<C: Database> InboxBuilder<C> {
         options.validate()?;
         crate::metrics::describe();
         let consumer_config = crate::kafka::consumer_config(&self.kafka, &options.group)?;
-        Ok(Inbox::new(self.pool, consumer_config, registry, options))
+        Ok(Inbox::new(self.pool, consumer_config, registry, options, self.wakeup))
     }
 }

@@ -177,7 +177,7 @@ async fn replay_matching<C: Database>(
             if stop.is_some_and(CancellationToken::is_cancelled) {
                 return Ok(report);
             }
-            report.add(replay_one(shared, id, filter.requested).await?);
+            report.add(shared.wakeup.signal_after(replay_one(shared, id, filter.requested)).await?);
         }
         match ids.last() {
             // Failed rows still match: page on by id, never back over them.

@@ -66,6 +66,7 @@ impl<C: Database> Inbox<C> {
         consumer_config: ClientConfig,
         registry: Registry<C>,
         options: InboxConfig,
+        wakeup: outbox::Wakeup,
     ) -> Self {
         let health = InboxHealth::new(&options.group);
         let shared = Shared {
@@ -75,6 +76,7 @@ impl<C: Database> Inbox<C> {
             cluster_id: OnceLock::new(),
             high_water: Arc::new(AtomicUsize::new(0)),
             health,
+            wakeup,
         };
         Self { shared: Arc::new(shared), consumer_config }
     }

@@ -54,7 +54,8 @@ impl<C: Database> PartitionWorker<C> {
             }
             let bytes: usize = batch.iter().map(crate::raw_headers::size).sum();
             self.flow.taken(batch.len());
-            let progress = processor.process(batch).await;
+            // A handler's `cx.publish` wakes the relays once the batch's transactions ended.
+            let progress = self.shared.wakeup.signal_after(processor.process(batch)).await;
             self.flow.finished(bytes);
             if progress == Progress::Interrupted {
                 // No longer retrying here (revoked or shutting down).

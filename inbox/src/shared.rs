@@ -27,4 +27,6 @@ pub(crate) struct Shared<C: Database> {
     pub high_water: Arc<AtomicUsize>,
     /// What [`Inbox::health`] reports.
     pub health: InboxHealth,
+    /// Signalled after a batch (or a replay) whose handlers published commits.
+    pub wakeup: outbox::Wakeup,
 }

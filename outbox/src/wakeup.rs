@@ -51,11 +51,12 @@ use tokio::sync::Notify;
 /// ```
 ///
 /// A `publish` inside a plain diesel transaction signals the handle of the
-/// [`Wakeup::transaction`] it runs in, if any, and [`Wakeup::shared`] otherwise. **So a relay
-/// given a line of its own hears only commits made through that handle**: events stored by
-/// `publish` in any other transaction (your own diesel `transaction`, an inbox handler's
-/// `cx.publish`) reach it at its poll interval (100 ms by default), not at once. Nothing is
-/// lost either way; only the latency differs.
+/// [`Wakeup::transaction`] (or [`Wakeup::signal_after`]) it runs in, if any, and
+/// [`Wakeup::shared`] otherwise. **So a relay given a line of its own hears only commits made
+/// through that handle**: give the same handle to the inbox whose handlers publish
+/// (`InboxBuilder::wakeup`); events stored by `publish` in any other transaction (your own diesel
+/// `transaction`) reach it at its poll interval (100 ms by default), not at once. Nothing is lost
+/// either way; only the latency differs.
 #[derive(Clone)]
 pub struct Wakeup(Arc<Line>);
 
@@ -162,17 +163,39 @@ impl Wakeup {
     /// Runs `body` (a whole outermost transaction) and signals *committed* on this line if it
     /// succeeded and stored events.
     pub(crate) async fn around_commit<R, E>(&self, body: impl Future<Output = Result<R, E>>) -> Result<R, E> {
-        let (result, stored) = STORED
-            .scope(Cell::new(false), async {
-                let result = body.await;
-                (result, STORED.with(Cell::get))
-            })
-            .await;
+        let (result, stored) = stored_in(body).await;
         if result.is_ok() && stored {
             self.committed();
         }
         result
     }
+
+    /// Runs `body` and then, if `publish` stored events inside it, signals *committed* on this
+    /// line: for code that runs its transactions itself instead of through
+    /// [`Wakeup::transaction`]. `body` must end every transaction it opens (the signal says the
+    /// rows are visible); one that rolled back after publishing costs the relays a claim that
+    /// finds nothing. A `publish` inside `body` signals nothing by itself, so relays on
+    /// [`Wakeup::shared`] do not re-claim before the commit either.
+    ///
+    /// The `inbox` crate runs each batch of messages it handles in this (see its
+    /// `InboxBuilder::wakeup`), so a handler's `cx.publish` wakes the relay once the batch commits.
+    pub async fn signal_after<F: Future>(&self, body: F) -> F::Output {
+        let (output, stored) = stored_in(body).await;
+        if stored {
+            self.committed();
+        }
+        output
+    }
+}
+
+/// Runs `body` in a scope of its own: whether `publish` stored events inside it.
+async fn stored_in<F: Future>(body: F) -> (F::Output, bool) {
+    STORED
+        .scope(Cell::new(false), async {
+            let output = body.await;
+            (output, STORED.with(Cell::get))
+        })
+        .await
 }
 
 /// Called by the writer after its INSERT. Inside [`Wakeup::transaction`] it only records that
