@@ -19,10 +19,10 @@ use outbox::embedded::EmbeddedKafka;
 use outbox::relay::Relay;
 use outbox::sqlite::SqliteConnection;
 use outbox::{Database, KafkaConfig};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -428,13 +428,20 @@ async fn read_run(brokers: &str, run_id: &str, expected: usize, timeout: Duratio
     let brokers = brokers.to_owned();
     let run_id = run_id.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Vec<RunRecord>, BoxError> {
+        // Every partition from its beginning, assigned rather than subscribed: a one-off read
+        // joins no consumer group (a group join takes seconds on some brokers) and commits
+        // nothing. librdkafka still wants a group id for an assignment.
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("quickstart-reader-{}", Uuid::now_v7()))
-            .set("auto.offset.reset", "earliest")
+            .set("group.id", "quickstart-reader")
             .set("enable.auto.commit", "false")
             .create()?;
-        consumer.subscribe(&[TOPIC])?;
+        let metadata = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(10))?;
+        let mut partitions = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            partitions.add_partition_offset(TOPIC, p.id(), Offset::Beginning)?;
+        }
+        consumer.assign(&partitions)?;
         let mut out: HashMap<String, RunRecord> = HashMap::new();
         let deadline = Instant::now() + timeout;
         while out.len() < expected && Instant::now() < deadline {
