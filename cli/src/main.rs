@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind as ClapErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
+use inbox::ops::{DeadLetterSelection, ReplaySelection};
+use outbox::ops::{self, Selection};
 use outbox::{Database, ErrorKind};
 use uuid::Uuid;
 
@@ -308,10 +309,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Migrate => {
             match &target {
-                Target::Postgres(url) => outbox::migrate(&mut connect(url, cli.transaction_pooling).await?).await?,
-                Target::Sqlite(url) => outbox::migrate(&mut connect_sqlite(url).await?).await?,
+                Target::Postgres(url) => migrate(&mut connect(url, cli.transaction_pooling).await?).await?,
+                Target::Sqlite(url) => migrate(&mut connect_sqlite(url).await?).await?,
             }
-            println!("outbox schema is up to date");
+            println!("outbox and inbox schema is up to date");
             Ok(())
         }
         Command::Relay(args) => relay::run(&target, cli.transaction_pooling, args).await,
@@ -376,20 +377,37 @@ impl Target {
     }
 }
 
+/// The sets `outbox migrate` applies and the operations' hint checks: the outbox's tables, then
+/// the inbox's (the two do not depend on each other).
+const SETS: [&outbox::migrations::Migrations; 2] = [&outbox::MIGRATIONS, &inbox::MIGRATIONS];
+
+async fn migrate<C: Database>(conn: &mut C) -> Result<(), Failure> {
+    for set in SETS {
+        set.apply(conn).await?;
+    }
+    Ok(())
+}
+
 async fn operate<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure> {
     let result = run_op(conn, op).await;
-    // A failure on a schema that lacks migrations gets the hint; the schema is read from the
-    // catalog (to_regclass, sqlite_master), not from the server's error text, which PostgreSQL
-    // translates (lc_messages).
-    if let Err(Failure::Runtime(message)) = &result
-        && let Ok(missing) = conn.missing_migrations().await
-        && !missing.is_empty()
-    {
-        return Err(Failure::Runtime(format!(
-            "{message}\n(the schema lacks {} of {} migrations: has `outbox migrate` been run on this database?)",
-            missing.len(),
-            C::MIGRATION_COUNT
-        )));
+    // A failure on a schema that lacks migrations (of either set: the operations read both
+    // crates' tables) gets the hint; the schema is read from the catalog (to_regclass,
+    // sqlite_master), not from the server's error text, which PostgreSQL translates
+    // (lc_messages).
+    if let Err(Failure::Runtime(message)) = &result {
+        let (mut missing, mut total) = (0, 0);
+        for set in SETS {
+            match set.missing(conn).await {
+                Ok(m) => missing += m.len(),
+                Err(_) => return result,
+            }
+            total += set.versions::<C>().len();
+        }
+        if missing > 0 {
+            return Err(Failure::Runtime(format!(
+                "{message}\n(the schema lacks {missing} of {total} migrations: has `outbox migrate` been run on this database?)"
+            )));
+        }
     }
     result
 }
@@ -397,7 +415,7 @@ async fn operate<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failur
 async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure> {
     match op {
         OpsCommand::Status { json, check } => {
-            let status = ops::status(conn).await?;
+            let status = output::Status { outbox: ops::status(conn).await?, inbox: inbox::ops::status(conn).await? };
             if json {
                 print_json(&status)?
             } else {
@@ -410,7 +428,7 @@ async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure
                     .require_lease(!check.no_lease_ok);
                 // After --json the verdict goes to stderr, so stdout stays one JSON document.
                 let verdict = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
-                match outbox::health::check_outbox(&status, &thresholds) {
+                match outbox::health::check_outbox(&status.outbox, &thresholds) {
                     Ok(()) => verdict("check: ok".into()),
                     Err(unhealthy) => {
                         for reason in unhealthy.reasons {
@@ -438,7 +456,7 @@ async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure
             warn_unmatched(n, asked, "parked messages");
         }
         OpsCommand::DeadLetters(DeadLetterCommand::List { group, limit, json }) => {
-            let dead = ops::list_dead_letters(conn, group.as_deref(), limit).await?;
+            let dead = inbox::ops::list_dead_letters(conn, group.as_deref(), limit).await?;
             if json { print_json(&dead)? } else { print_dead_letters(&dead) }
         }
         OpsCommand::DeadLetters(DeadLetterCommand::Replay { ids, group, reason, .. }) => {
@@ -450,7 +468,7 @@ async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure
             if let Some(reason) = reason {
                 selection = selection.with_reason(reason);
             }
-            let n = ops::request_replay(conn, &selection).await?;
+            let n = inbox::ops::request_replay(conn, &selection).await?;
             println!(
                 "requested a replay of {n} dead letter(s); a running inbox of each one's group replays it within its \
                  replay poll interval (5 s by default)"
@@ -463,7 +481,7 @@ async fn run_op<C: Database>(conn: &mut C, op: OpsCommand) -> Result<(), Failure
                 Some(group) => DeadLetterSelection::Group(group),
                 None => DeadLetterSelection::Ids(ids),
             };
-            let n = ops::discard_dead_letters(conn, selection).await?;
+            let n = inbox::ops::discard_dead_letters(conn, selection).await?;
             println!("discarded {n} dead letter(s)");
             warn_unmatched(n, asked, "dead letters");
         }

@@ -12,7 +12,18 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> 
     Ok(())
 }
 
-pub(crate) fn print_status(s: &ops::Status) {
+/// What `status` shows: the outbox's figures and the inbox's, one JSON object (the inbox's fields
+/// beside the outbox's, as `dead_letters`).
+#[derive(serde::Serialize)]
+pub(crate) struct Status {
+    #[serde(flatten)]
+    pub outbox: ops::Status,
+    #[serde(flatten)]
+    pub inbox: inbox::ops::Status,
+}
+
+pub(crate) fn print_status(status: &Status) {
+    let s = &status.outbox;
     let oldest = s.oldest_pending_age.map(|d| format!(" (oldest {})", age(d))).unwrap_or_default();
     println!("outbox: {} pending{oldest}, {} parked, {} sent and kept", s.pending, s.parked, s.sent_kept);
     match &s.lease {
@@ -43,7 +54,7 @@ pub(crate) fn print_status(s: &ops::Status) {
             }
         }
     }
-    println!("inbox dead letters: {}", s.dead_letters);
+    println!("inbox dead letters: {}", status.inbox.dead_letters);
     if !s.per_topic.is_empty() {
         println!();
         let rows = s.per_topic.iter().map(|t| {
@@ -78,7 +89,7 @@ pub(crate) fn print_parked(parked: &[ops::ParkedMessage]) {
     table(&["SEQ", "ID", "TOPIC", "KEY", "TYPE", "ATTEMPTS", "PARKED AT", "LAST ERROR"], rows);
 }
 
-pub(crate) fn print_dead_letters(dead: &[ops::DeadLetter]) {
+pub(crate) fn print_dead_letters(dead: &[inbox::ops::DeadLetter]) {
     if dead.is_empty() {
         println!("no dead letters");
         return;

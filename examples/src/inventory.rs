@@ -24,7 +24,7 @@ const CREATE_STOCK_RESERVATIONS: &str = "CREATE TABLE IF NOT EXISTS stock_reserv
 
 /// Creates the inbox's tables and the `stock_reservations` table (both idempotent).
 pub async fn prepare(conn: &mut AsyncPgConnection) -> Result<(), BoxError> {
-    outbox::migrate(conn).await?;
+    inbox::migrate(conn).await?;
     diesel::sql_query(CREATE_STOCK_RESERVATIONS).execute(conn).await?;
     Ok(())
 }

@@ -69,7 +69,8 @@ const CREATE_TABLES: [&str; 2] = [
      (order_id TEXT NOT NULL, run_id TEXT NOT NULL, sku TEXT NOT NULL, quantity INTEGER NOT NULL)",
 ];
 
-/// Creates the application's tables (idempotent); the SDK's come from [`outbox::migrate`].
+/// Creates the application's tables (idempotent); the SDK's come from [`outbox::migrate`] and
+/// [`inbox::migrate`].
 pub async fn create_tables<C: Shop>(conn: &mut C) -> QueryResult<()> {
     for sql in CREATE_TABLES {
         diesel_async::SimpleAsyncConnection::batch_execute(conn, sql).await?;
@@ -289,6 +290,7 @@ where
 {
     // 1. Schema: the SDK's tables, then the application's.
     outbox::migrate(conn).await?;
+    inbox::migrate(conn).await?;
     create_tables(conn).await?;
     let group = format!("quickstart-inventory-{run_id}");
 

@@ -259,7 +259,7 @@ impl<C: Database> InboxBuilder<C> {
     }
 
     /// How often a running inbox looks for dead letters of its group whose replay was requested
-    /// with `outbox dead-letters replay` or [`outbox::ops::request_replay`] (default 5 s): one
+    /// with `outbox dead-letters replay` or [`inbox::ops::request_replay`](crate::ops::request_replay) (default 5 s): one
     /// indexed query per interval while there are none. Each requested dead letter is replayed
     /// once by one instance of the group (see [`Inbox::replayer`] and docs/dead-letters.md).
     pub fn replay_poll_interval(mut self, interval: Duration) -> Self {

@@ -21,11 +21,11 @@ use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use crate::ops::ReplaySelection;
 use crate::store::{DeadLetterFilter, NewDedup, StoredDeadLetter, store};
 use diesel_async::{AsyncPgConnection, TransactionManager};
 use futures_util::FutureExt;
 use outbox::Database;
-use outbox::ops::ReplaySelection;
 use outbox::raw_headers::{escape, sanitize_text};
 use rdkafka::Timestamp;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -118,11 +118,16 @@ impl<C: Database> Replayer<C> {
         if let Some(other) = selection.group.as_deref().filter(|g| *g != group) {
             return Err(config_error(format!(
                 "inbox: this inbox (group `{group}`) cannot replay dead letters of group `{}`; replay them with \
-                 that group's inbox, or request it with outbox::ops::request_replay",
+                 that group's inbox, or request it with inbox::ops::request_replay",
                 escape(other.as_bytes())
             )));
         }
-        let filter = DeadLetterFilter { group: Some(group), ..DeadLetterFilter::of(selection, false) };
+        let filter = DeadLetterFilter {
+            group: Some(group),
+            ids: selection.ids.as_deref(),
+            reason: selection.reason.as_deref(),
+            requested: false,
+        };
         replay_matching(&self.shared, &filter, None).await
     }
 }

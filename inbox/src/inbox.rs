@@ -137,7 +137,7 @@ impl<C: Database> Inbox<C> {
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), Error> {
         let shared = self.shared;
         let deadline = tokio::time::Instant::now() + shared.options.startup_timeout;
-        if !outbox::startup::wait_for_schema(&shared.pool, deadline, &shutdown).await? {
+        if !outbox::startup::wait_for_schema(&shared.pool, &crate::MIGRATIONS, deadline, &shutdown).await? {
             return Ok(());
         }
         let (events_tx, events) = mpsc::unbounded_channel();

@@ -42,8 +42,9 @@
 //! # }
 //! ```
 //!
-//! The tables are created by [`outbox::migrate`]. See the crate README for error semantics,
-//! every option, the dedup window trade-off, metric names and the tests behind each guarantee.
+//! The tables are created by [`migrate`] (or the `outbox migrate` command, which also creates
+//! the outbox's). See the crate README for error semantics, every option, the dedup window
+//! trade-off, metric names and the tests behind each guarantee.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -61,6 +62,8 @@ mod inbox;
 mod kafka;
 mod message;
 pub mod metrics;
+mod migrate;
+pub mod ops;
 mod otel;
 mod partition;
 mod process;
@@ -81,7 +84,10 @@ pub use dead_letters::{ReplayReport, Replayer};
 pub use handler::{Handler, HandlerError};
 pub use health::{InboxHealth, InboxThresholds};
 pub use inbox::{BufferWatermark, Inbox};
-pub use outbox::ops::ReplaySelection;
+#[cfg(feature = "sqlite")]
+pub use migrate::SQLITE_MIGRATIONS;
+pub use migrate::{MIGRATIONS, POSTGRES_MIGRATIONS, migrate};
+pub use ops::ReplaySelection;
 pub use outbox::{Error, ErrorKind, KafkaConfig};
 
 /// Re-exported so handlers can be written as `#[inbox::async_trait] impl Handler<E> for H`.

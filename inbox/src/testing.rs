@@ -252,6 +252,7 @@ impl<C: Store> Harness<C> {
         {
             let mut conn = pool.get().await.map_err(pool_error)?;
             outbox::migrate(&mut *conn).await?;
+            crate::migrate(&mut *conn).await?;
         }
         Ok(Self {
             kafka: EmbeddedKafka::start()?,
@@ -385,7 +386,7 @@ impl<C: Store> Harness<C> {
     /// Waits until everything is done: no message waits in the outbox (parked ones aside; the
     /// messages a parked one holds back do count), and every started inbox has a stored
     /// position at the end of each partition of its topics — on two looks in a row over the same
-    /// log ends. Replays requested with `ops::request_replay` are not waited for.
+    /// log ends. Replays requested with `inbox::ops::request_replay` are not waited for.
     pub async fn until_quiet(&mut self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Quiet twice in a row, over the same log ends: the outbox and the positions are read in

@@ -43,6 +43,7 @@ pub mod health;
 mod kafka;
 pub mod metrics;
 mod migrate;
+pub mod migrations;
 pub mod ops;
 #[cfg(feature = "otel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
@@ -65,7 +66,7 @@ pub use kafka::KafkaConfig;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use migrate::SQLITE_MIGRATIONS;
-pub use migrate::{POSTGRES_MIGRATIONS, migrate, set_notify};
+pub use migrate::{MIGRATIONS, POSTGRES_MIGRATIONS, migrate, set_notify};
 pub use retry::RetryPolicy;
 pub use wakeup::Wakeup;
 pub use writer::{Batch, publish, publish_all, publish_with, transaction};

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{ConnPool, Database};
+use crate::migrations::Migrations;
 use crate::{Error, ErrorKind, Result, RetryPolicy};
 
 /// How long `run` waits at start-up for the database and the brokers unless told otherwise.
@@ -24,12 +25,15 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pauses between looks at the database while it is not ready: 50 ms doubling to 2 s.
 const SCHEMA_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2)).without_jitter();
 
-/// Waits until a connection can be had and the schema has every migration this build needs.
-/// A schema that is missing or behind fails at once (waiting does not migrate it); a database
-/// that cannot be reached fails when `deadline` passes, with the last error.
+/// Waits until a connection can be had and the schema has every migration of `set` this build
+/// has (the relay checks [`outbox::MIGRATIONS`](crate::MIGRATIONS), the inbox its own set).
+/// A schema that is missing or behind fails at once (waiting does not migrate it), with an
+/// error that says to run `outbox migrate` or the set's `migrate`; a database that cannot be
+/// reached fails when `deadline` passes, with the last error.
 /// Returns `Ok(false)` when `shutdown` fired first.
 pub async fn wait_for_schema<C: Database>(
     pool: &ConnPool<C>,
+    set: &Migrations,
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Result<bool> {
@@ -49,7 +53,7 @@ pub async fn wait_for_schema<C: Database>(
             ));
         };
         let error = match got {
-            Ok(mut conn) => match conn.missing_migrations().await {
+            Ok(mut conn) => match set.missing(&mut *conn).await {
                 Ok(missing) if missing.is_empty() => {
                     conn.release();
                     return Ok(true);
@@ -58,10 +62,15 @@ pub async fn wait_for_schema<C: Database>(
                     return Err(Error::new(
                         ErrorKind::Schema,
                         format!(
-                            "the database schema is not migrated: missing {} ({}); run `outbox migrate` \
-                             or `outbox::migrate` first",
+                            "the database schema is not migrated for the {name}: missing {} ({}); run \
+                             `outbox migrate` or `{name}::migrate` first",
                             missing.join(", "),
-                            if missing.len() == C::MIGRATION_COUNT { "no migration applied" } else { "behind" }
+                            if missing.len() == set.versions::<C>().len() {
+                                "none of its migrations applied"
+                            } else {
+                                "behind"
+                            },
+                            name = set.name(),
                         ),
                     ));
                 }

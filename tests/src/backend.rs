@@ -23,7 +23,7 @@ use uuid::Uuid;
 pub trait Backend: Send + Sync + Sized + 'static {
     /// `"postgres"` or `"sqlite"`.
     const NAME: &'static str;
-    /// How many migrations `outbox::migrate` records on this backend.
+    /// How many migrations `outbox::migrate` and `inbox::migrate` record on this backend.
     const MIGRATIONS: usize;
     /// The SDK connection type.
     type Conn: outbox::Database + TestConn;
@@ -80,7 +80,7 @@ pub struct Sqlite;
 
 impl Backend for Pg {
     const NAME: &'static str = "postgres";
-    const MIGRATIONS: usize = outbox::POSTGRES_MIGRATIONS.len();
+    const MIGRATIONS: usize = outbox::POSTGRES_MIGRATIONS.len() + inbox::POSTGRES_MIGRATIONS.len();
     type Conn = AsyncPgConnection;
     type Manager = AsyncDieselConnectionManager<AsyncPgConnection>;
 
@@ -104,7 +104,7 @@ impl Backend for Pg {
 
 impl Backend for Sqlite {
     const NAME: &'static str = "sqlite";
-    const MIGRATIONS: usize = outbox::SQLITE_MIGRATIONS.len();
+    const MIGRATIONS: usize = outbox::SQLITE_MIGRATIONS.len() + inbox::SQLITE_MIGRATIONS.len();
     type Conn = SqliteConnection;
     type Manager = AsyncDieselConnectionManager<SqliteConnection>;
 

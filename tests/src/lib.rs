@@ -88,7 +88,8 @@ impl<B: Backend> TestDb<B> {
     pub async fn fresh() -> Self {
         let db = Self::empty().await;
         let mut conn = db.conn().await;
-        outbox::migrate(&mut conn).await.expect("migrate");
+        outbox::migrate(&mut conn).await.expect("migrate the outbox");
+        inbox::migrate(&mut conn).await.expect("migrate the inbox");
         db
     }
 

@@ -148,7 +148,7 @@ async fn a_header_key_that_is_not_utf8_is_dead_lettered<B: Backend>() {
     assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, 1, "the good record was handled");
 }
 
-/// `outbox::ops::list_dead_letters` (and so `outbox dead-letters list`) shows the raw headers
+/// `inbox::ops::list_dead_letters` (and so `outbox dead-letters list`) shows the raw headers
 /// decoded and escaped, in order, duplicates included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_listing_shows_raw_headers_escaped() {
@@ -164,7 +164,7 @@ async fn dead_letter_listing_shows_raw_headers_escaped() {
          attempts, raw_headers) VALUES ('g', 'orders', 0, 1, 'invalid_id', 'x', 0, '\\x{hex}'::bytea)"
     ))
     .await;
-    let listed = outbox::ops::list_dead_letters(&mut db.conn().await, Some("g"), 10).await.unwrap();
+    let listed = inbox::ops::list_dead_letters(&mut db.conn().await, Some("g"), 10).await.unwrap();
     let headers = &listed[0].headers;
     let want = [("ce_id", Some("a\\u{0}b")), ("\\xFFk", None), ("ce_id", Some("2"))];
     let want: Vec<(String, Option<String>)> =

@@ -2,7 +2,7 @@
 //! transaction that also deletes the dead letter, so a replay takes effect once however often it
 //! is asked for and however many inboxes replay at once; a replay that fails again leaves the
 //! dead letter with the new error and one more attempt. Operators request replays through
-//! `outbox::ops::request_replay` (the CLI's `dead-letters replay`), and a running inbox picks
+//! `inbox::ops::request_replay` (the CLI's `dead-letters replay`), and a running inbox picks
 //! them up. Retention pruning deletes dead letters past their retention only.
 
 use std::sync::Arc;
@@ -332,7 +332,7 @@ async fn two_inboxes_replaying_at_once_run_the_effects_once<B: Backend>() {
 }
 
 async fn request<B: Backend>(db: &TestDb<B>, selection: &ReplaySelection) -> u64 {
-    outbox::ops::request_replay(&mut db.conn().await, selection).await.unwrap()
+    inbox::ops::request_replay(&mut db.conn().await, selection).await.unwrap()
 }
 
 /// Polls `sql` (a one-value query) until it returns exactly `want`.

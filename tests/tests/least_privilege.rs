@@ -17,8 +17,9 @@ use std::time::Duration;
 use diesel::QueryableByName;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use inbox::ops::{DeadLetterSelection, ReplaySelection};
 use inbox::{Context, Handler, HandlerError, Inbox};
-use outbox::ops::{self, DeadLetterSelection, ReplaySelection, Selection};
+use outbox::ops::{self, Selection};
 use outbox::relay::AfterSend;
 use tests::inbox_support::run_until_positions;
 use tests::produce::{CloudEvent, TestProducer, inbox_kafka_config};
@@ -79,10 +80,12 @@ impl Roles {
         self.db.exec(sql).await
     }
 
-    /// `outbox::migrate` as the owner, then docs/grants.sql as the owner (the documented order).
+    /// `outbox::migrate` and `inbox::migrate` as the owner, then docs/grants.sql as the owner
+    /// (the documented order).
     async fn migrate_and_grant(&self) {
         let mut owner = self.conn("outbox_owner").await;
-        outbox::migrate(&mut owner).await.expect("migrate as the schema owner");
+        outbox::migrate(&mut owner).await.expect("migrate the outbox as the schema owner");
+        inbox::migrate(&mut owner).await.expect("migrate the inbox as the schema owner");
         diesel_async::SimpleAsyncConnection::batch_execute(&mut owner, &self.rename(GRANTS_SQL))
             .await
             .expect("docs/grants.sql as the schema owner");
@@ -228,7 +231,9 @@ async fn each_component_does_its_whole_job_as_its_own_role() {
     outbox::set_notify(&mut roles.conn("outbox_owner").await, true).await.expect("set_notify as the owner");
     // Every role may call migrate at start-up: a no-op on a current schema.
     for r in ["outbox_writer", "outbox_relay", "inbox_consumer", "outbox_operator"] {
-        outbox::migrate(&mut roles.conn(r).await).await.unwrap_or_else(|e| panic!("migrate as {r}: {e}"));
+        let mut conn = roles.conn(r).await;
+        outbox::migrate(&mut conn).await.unwrap_or_else(|e| panic!("outbox::migrate as {r}: {e}"));
+        inbox::migrate(&mut conn).await.unwrap_or_else(|e| panic!("inbox::migrate as {r}: {e}"));
     }
     println!("migrate as each service role on a current schema: ok (no-op)");
 
@@ -335,9 +340,9 @@ async fn each_component_does_its_whole_job_as_its_own_role() {
 
     // The operator lists the dead letter and asks for a replay; the consumer's replay fails again
     // (still no handler for its type) and records that on the row; the operator discards it.
-    let dead = ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
+    let dead = inbox::ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
     assert_eq!(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), vec!["unknown_type"]);
-    let requested = ops::request_replay(&mut operator, &ReplaySelection::all().in_group(group)).await;
+    let requested = inbox::ops::request_replay(&mut operator, &ReplaySelection::all().in_group(group)).await;
     assert_eq!(requested.expect("request a replay"), 1);
     let replayer = Inbox::builder(roles.pool("inbox_consumer", 2).await, inbox_kafka_config(&kafka))
         .group(group)
@@ -347,9 +352,12 @@ async fn each_component_does_its_whole_job_as_its_own_role() {
         .replayer();
     let report = replayer.replay(&ReplaySelection::all()).await.expect("replay as inbox_consumer");
     assert_eq!((report.handled, report.failed), (0, 1));
-    let dead = ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
+    let dead = inbox::ops::list_dead_letters(&mut operator, Some(group), 10).await.expect("list dead letters");
     assert_eq!((dead[0].attempts, dead[0].replay_requested_at), (1, None), "the failed replay was recorded");
-    assert_eq!(ops::discard_dead_letters(&mut operator, DeadLetterSelection::Group(group.into())).await.unwrap(), 1);
+    assert_eq!(
+        inbox::ops::discard_dead_letters(&mut operator, DeadLetterSelection::Group(group.into())).await.unwrap(),
+        1
+    );
 
     // The consumer prunes its dedup rows once they are older than its window.
     let pruning = Inbox::builder(roles.pool("inbox_consumer", 2).await, inbox_kafka_config(&kafka))
@@ -538,22 +546,43 @@ async fn a_component_cannot_touch_another_components_tables() {
 #[tokio::test]
 async fn migrate_as_a_service_role_needs_the_owner_only_while_migrations_are_pending() {
     let roles = Roles::create().await;
-    // Nothing migrated yet: a service role cannot apply the migrations and says so.
+    // Nothing migrated yet: a service role cannot apply the migrations and says so, from the
+    // catalog's answer (no CREATE on the schema) before any statement is refused.
     let err = outbox::migrate(&mut roles.conn("outbox_relay").await).await.expect_err("not the owner");
-    println!("migrate as the relay before the owner migrated: {err}");
+    println!("outbox::migrate as the relay before the owner migrated: {err}");
     let text = err.to_string();
-    assert!(text.contains("run migrate as the schema owner") && text.contains("permission denied"), "{text}");
-    assert_eq!(roles.db.count("SELECT count(*) AS n FROM pg_tables WHERE tablename LIKE 'outbox%'").await, 0);
+    assert!(text.contains("outbox::migrate: 2 of 2 migrations are not applied"), "{text}");
+    assert!(text.contains("lacks CREATE on schema ") && text.contains("run migrate as the schema owner"), "{text}");
+    let err = inbox::migrate(&mut roles.conn("inbox_consumer").await).await.expect_err("not the owner");
+    println!("inbox::migrate as the consumer before the owner migrated: {err}");
+    let text = err.to_string();
+    assert!(text.contains("inbox::migrate: 3 of 3 migrations are not applied"), "{text}");
+    assert!(text.contains("run migrate as the schema owner"), "{text}");
+    let tables = "SELECT count(*) AS n FROM pg_tables WHERE tablename LIKE 'outbox%' OR tablename LIKE 'inbox%'";
+    assert_eq!(roles.db.count(tables).await, 0);
+    // The owner applied the outbox's set only: the inbox's is pending, and the version table
+    // exists now, but the consumer may not INSERT into it nor CREATE in the schema.
+    outbox::migrate(&mut roles.conn("outbox_owner").await).await.expect("migrate the outbox as the owner");
+    roles.admin_exec(&format!("GRANT SELECT ON outbox_schema_migrations TO {}", roles.name("inbox_consumer"))).await;
+    let err = inbox::migrate(&mut roles.conn("inbox_consumer").await).await.expect_err("not the owner");
+    println!("inbox::migrate as the consumer with only the outbox's set applied: {err}");
+    let text = err.to_string();
+    assert!(text.contains(" and INSERT on outbox_schema_migrations"), "{text}");
     roles.migrate_and_grant().await;
     outbox::migrate(&mut roles.conn("outbox_relay").await).await.expect("a no-op on a current schema");
+    inbox::migrate(&mut roles.conn("outbox_relay").await).await.expect("a no-op on a current schema");
     // The migrations table: only the owner writes it.
     let applied = roles.db.count("SELECT count(*) AS n FROM outbox_schema_migrations").await;
-    assert_eq!(applied, outbox::POSTGRES_MIGRATIONS.len() as i64);
+    assert_eq!(applied, (outbox::POSTGRES_MIGRATIONS.len() + inbox::POSTGRES_MIGRATIONS.len()) as i64);
     // Without even SELECT on it (grants of an older docs/grants.sql), the error names the fix.
     roles.admin_exec(&format!("REVOKE SELECT ON outbox_schema_migrations FROM {}", roles.name("outbox_writer"))).await;
-    let err = outbox::migrate(&mut roles.conn("outbox_writer").await).await.expect_err("cannot read the versions");
-    println!("migrate as the writer without SELECT on outbox_schema_migrations: {err}");
-    assert!(err.to_string().contains("grant SELECT on outbox_schema_migrations"), "{err}");
+    for err in [
+        outbox::migrate(&mut roles.conn("outbox_writer").await).await.expect_err("cannot read the versions"),
+        inbox::migrate(&mut roles.conn("outbox_writer").await).await.expect_err("cannot read the versions"),
+    ] {
+        println!("migrate as the writer without SELECT on outbox_schema_migrations: {err}");
+        assert!(err.to_string().contains("grant SELECT on outbox_schema_migrations"), "{err}");
+    }
 }
 
 /// A relay whose role lacks one grant (UPDATE on its lease table) is started: `Relay::run`

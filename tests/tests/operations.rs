@@ -1,13 +1,14 @@
-//! `outbox::ops`: what an operator sees and repairs, on PostgreSQL and SQLite. A message parked
-//! for real by the relay is listed with its error, retried (and then delivered ahead of the
-//! messages it held back, in key order) or discarded (releasing its key); inbox dead letters are
-//! listed and discarded.
+//! `outbox::ops` and `inbox::ops`: what an operator sees and repairs, on PostgreSQL and SQLite.
+//! A message parked for real by the relay is listed with its error, retried (and then delivered
+//! ahead of the messages it held back, in key order) or discarded (releasing its key); inbox dead
+//! letters are listed and discarded (`inbox::ops`).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use diesel_async::AsyncConnection;
-use outbox::ops::{self, DeadLetterSelection, Selection};
+use inbox::ops::DeadLetterSelection;
+use outbox::ops::{self, Selection};
 use tests::relay_support::{self as rs, Happened};
 use tests::{Backend, TestConn, TestDb, TestKafka};
 use uuid::Uuid;
@@ -77,7 +78,8 @@ async fn parked_messages_are_listed_retried_in_key_order_and_discarded<B: Backen
 
     let status = send(ops::status(&mut conn)).await.unwrap();
     println!("{status:?}");
-    assert_eq!((status.pending, status.parked, status.sent_kept, status.dead_letters), (3, 2, 0, 0));
+    assert_eq!((status.pending, status.parked, status.sent_kept), (3, 2, 0));
+    assert_eq!(inbox::ops::status(&mut conn).await.unwrap().dead_letters, 0);
     assert!(status.oldest_pending_age.is_some());
     assert_eq!(status.per_topic.len(), 1);
     let topic = &status.per_topic[0];
@@ -159,9 +161,10 @@ async fn dead_letters_are_listed_newest_first_and_discarded<B: Backend>() {
     let db = TestDb::<B>::fresh().await;
     let mut conn = db.conn().await;
     let empty = ops::status(&mut conn).await.unwrap();
-    assert_eq!((empty.pending, empty.parked, empty.dead_letters), (0, 0, 0));
+    assert_eq!((empty.pending, empty.parked), (0, 0));
+    assert_eq!(inbox::ops::status(&mut conn).await.unwrap().dead_letters, 0);
     assert!(empty.lease.is_none() && empty.per_topic.is_empty() && empty.oldest_pending_age.is_none());
-    assert!(send(ops::list_dead_letters(&mut conn, None, 10)).await.unwrap().is_empty());
+    assert!(send(inbox::ops::list_dead_letters(&mut conn, None, 10)).await.unwrap().is_empty());
 
     let ago = |mins: u64| B::Conn::sql_ago(Duration::from_secs(60 * mins));
     let raw = outbox::raw_headers::encode([(&b"ce_type"[..], Some(&b"x\x1b"[..])), (&[0xff][..], None)]);
@@ -188,12 +191,12 @@ async fn dead_letters_are_listed_newest_first_and_discarded<B: Backend>() {
     ))
     .await;
 
-    let all = ops::list_dead_letters(&mut conn, None, 10).await.unwrap();
+    let all = inbox::ops::list_dead_letters(&mut conn, None, 10).await.unwrap();
     assert_eq!(
         all.iter().map(|d| d.error.as_str()).collect::<Vec<_>>(),
         ["other group", "third: missing ce_id", "second", "first"]
     );
-    let g1 = ops::list_dead_letters(&mut conn, Some("g1"), 2).await.unwrap();
+    let g1 = inbox::ops::list_dead_letters(&mut conn, Some("g1"), 2).await.unwrap();
     assert_eq!(g1.iter().map(|d| d.error.as_str()).collect::<Vec<_>>(), ["third: missing ce_id", "second"]);
     assert_eq!(g1[0].message_id, None);
     assert_eq!((g1[0].reason.as_str(), g1[0].partition, g1[0].offset), ("invalid_message", 0, 12));
@@ -203,18 +206,24 @@ async fn dead_letters_are_listed_newest_first_and_discarded<B: Backend>() {
     // The raw headers, decoded and escaped.
     assert_eq!(all[3].headers.to_string(), "ce_type=x\\u{1b}, \\xFF");
     assert!(all[3].created_at < all[0].created_at);
-    assert!(ops::list_dead_letters(&mut conn, Some("nobody"), 10).await.unwrap().is_empty());
-    assert_eq!(ops::status(&mut conn).await.unwrap().dead_letters, 4);
+    assert!(inbox::ops::list_dead_letters(&mut conn, Some("nobody"), 10).await.unwrap().is_empty());
+    assert_eq!(inbox::ops::status(&mut conn).await.unwrap().dead_letters, 4);
 
     let first = all[3].id;
-    assert_eq!(send(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![first, -1]))).await.unwrap(), 1);
-    assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![])).await.unwrap(), 0);
-    assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("nobody".into())).await.unwrap(), 0);
-    assert_eq!(ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("g1".into())).await.unwrap(), 2);
-    let left = ops::list_dead_letters(&mut conn, None, 10).await.unwrap();
+    assert_eq!(
+        send(inbox::ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![first, -1]))).await.unwrap(),
+        1
+    );
+    assert_eq!(inbox::ops::discard_dead_letters(&mut conn, DeadLetterSelection::Ids(vec![])).await.unwrap(), 0);
+    assert_eq!(
+        inbox::ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("nobody".into())).await.unwrap(),
+        0
+    );
+    assert_eq!(inbox::ops::discard_dead_letters(&mut conn, DeadLetterSelection::Group("g1".into())).await.unwrap(), 2);
+    let left = inbox::ops::list_dead_letters(&mut conn, None, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].consumer_group, "g2");
-    assert_eq!(ops::status(&mut conn).await.unwrap().dead_letters, 1);
+    assert_eq!(inbox::ops::status(&mut conn).await.unwrap().dead_letters, 1);
 }
 
 /// Inside a transaction of the caller's, an operation runs in a savepoint: rolled back with the

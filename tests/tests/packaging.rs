@@ -6,10 +6,11 @@
 //! checks that every path named by `include_str!` / `include_bytes!` in the crate's sources
 //! (`#[doc = include_str!(..)]` included) resolves inside the crate's directory and is in the
 //! list. A file read from `../../../somewhere` builds in the repository but not from the
-//! published tarball: this test fails on it with the file and line. For `outbox` it also checks
-//! that every migration (`migrations/{postgres,sqlite}/*/{up,down}.sql`) is packaged and that the
-//! repository's top-level `migrations/` is the same folder (a symlink to `outbox/migrations`),
-//! so the two cannot drift apart.
+//! published tarball: this test fails on it with the file and line. For `outbox` and `inbox` it
+//! also checks that every migration of the crate (`migrations/{postgres,sqlite}/*/{up,down}.sql`)
+//! is packaged and embedded, and that the repository's top-level `migrations/` (one ordered folder
+//! for diesel CLI) links every version folder of both crates and nothing else, so they cannot
+//! drift apart.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -178,10 +179,11 @@ fn outbox_macros_package_has_every_file_it_reads() {
 }
 
 #[test]
-fn inbox_package_has_every_file_it_reads() {
+fn inbox_package_has_every_file_it_reads_and_every_migration() {
     let (listed, includes) = check_crate("inbox", "inbox");
     println!("inbox: {} files packaged, {includes} include_str!/include_bytes! checked", listed.len());
     assert!(listed.contains("README.md"), "inbox/README.md (the crate README) is not packaged");
+    check_migrations("inbox", &listed, [inbox::POSTGRES_MIGRATIONS, inbox::SQLITE_MIGRATIONS]);
 }
 
 #[test]
@@ -189,31 +191,66 @@ fn outbox_package_has_every_file_it_reads_and_every_migration() {
     let (listed, includes) = check_crate("outbox", "outbox");
     println!("outbox: {} files packaged, {includes} include_str!/include_bytes! checked", listed.len());
     assert!(listed.contains("README.md"), "outbox/README.md (the crate README) is not packaged");
+    check_migrations("outbox", &listed, [outbox::POSTGRES_MIGRATIONS, outbox::SQLITE_MIGRATIONS]);
+}
 
-    let root = workspace();
-    for backend in ["postgres", "sqlite"] {
-        let dir = root.join("outbox/migrations").join(backend);
-        let mut ups = 0;
-        let mut versions: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{} (the embedded migrations) cannot be read: {e}", dir.display()))
-            .map(|e| e.expect("read a directory entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        versions.sort();
+/// The version folders of `dir/migrations/{backend}`, sorted.
+fn version_dirs(dir: &Path, backend: &str) -> Vec<String> {
+    let dir = dir.join("migrations").join(backend);
+    let mut versions: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{} (the migrations) cannot be read: {e}", dir.display()))
+        .map(|e| e.expect("read a directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    versions
+}
+
+/// Every migration folder of `krate` is packaged (up and down) and is the crate's embedded set
+/// for its backend (`[postgres, sqlite]`), in order.
+fn check_migrations(krate: &str, listed: &BTreeSet<String>, embedded: [&[(&str, &str)]; 2]) {
+    let root = workspace().join(krate);
+    for (backend, embedded) in ["postgres", "sqlite"].into_iter().zip(embedded) {
+        let versions = version_dirs(&root, backend);
+        assert!(!versions.is_empty(), "no {backend} migration found in {krate}/migrations/{backend}");
         for version in &versions {
             for file in ["up.sql", "down.sql"] {
                 let rel = format!("migrations/{backend}/{version}/{file}");
-                assert!(listed.contains(&rel), "outbox/{rel} is not in the outbox package");
-                println!("  packaged {rel}");
-                ups += usize::from(file == "up.sql");
+                assert!(listed.contains(&rel), "{krate}/{rel} is not in the {krate} package");
+                println!("  packaged {krate}/{rel}");
             }
         }
-        assert!(ups > 0, "no {backend} migration found in outbox/migrations/{backend}");
+        let names: Vec<&str> = embedded.iter().map(|(v, _)| *v).collect();
+        assert_eq!(names, versions, "{krate}'s embedded {backend} migrations are not its folders");
     }
+}
 
-    // The repository's top-level migrations/ (for diesel CLI users and the docs) is the packaged
-    // folder itself, not a copy that could drift.
-    let top = root.join("migrations");
-    let top_real = std::fs::canonicalize(&top).unwrap_or_else(|e| panic!("{}: {e}", top.display()));
-    let packaged = std::fs::canonicalize(root.join("outbox/migrations")).expect("outbox/migrations exists");
-    assert_eq!(top_real, packaged, "top-level migrations/ must be a symlink to outbox/migrations");
+/// The repository's top-level migrations/ (for diesel CLI users and the docs) is one ordered
+/// folder per backend of relative symlinks, one per version folder of the two crates, so it is
+/// the packaged folders themselves, not a copy that could drift.
+#[test]
+fn top_level_migrations_link_every_crate_migration() {
+    let root = workspace();
+    for backend in ["postgres", "sqlite"] {
+        let top = root.join("migrations").join(backend);
+        let mut expected: Vec<(String, PathBuf)> = Vec::new();
+        for krate in ["outbox", "inbox"] {
+            for v in version_dirs(&root.join(krate), backend) {
+                let target = root.join(krate).join("migrations").join(backend).join(&v);
+                expected.push((v, std::fs::canonicalize(&target).expect("a version folder exists")));
+            }
+        }
+        expected.sort();
+        let names: BTreeSet<&String> = expected.iter().map(|(v, _)| v).collect();
+        assert_eq!(names.len(), expected.len(), "a {backend} version is in both crates: {expected:?}");
+        let found = version_dirs(&root, backend);
+        assert_eq!(found, expected.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(), "{}", top.display());
+        for (version, target) in &expected {
+            let link = top.join(version);
+            let to = std::fs::read_link(&link).unwrap_or_else(|e| panic!("{} is not a symlink: {e}", link.display()));
+            assert!(to.is_relative(), "{} links to an absolute path {}", link.display(), to.display());
+            let real = std::fs::canonicalize(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+            assert_eq!(&real, target, "{} links elsewhere", link.display());
+        }
+        println!("migrations/{backend}: {} versions linked", expected.len());
+    }
 }

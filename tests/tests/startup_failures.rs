@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 tests::backends!(
     a_relay_on_an_unmigrated_database_fails_at_once,
     an_inbox_on_an_unmigrated_database_fails_at_once,
+    an_inbox_on_a_database_with_only_the_outbox_tables_fails_at_once,
     a_relay_whose_brokers_never_answer_fails_at_its_deadline,
     an_inbox_whose_topic_does_not_exist_fails_at_its_deadline,
     a_relay_started_during_an_outage_delivers_once_the_brokers_are_back,
@@ -60,6 +61,29 @@ async fn an_inbox_on_an_unmigrated_database_fails_at_once<B: Backend>() {
         .unwrap();
     let e = run_to_error("inbox, no schema", inbox.run(CancellationToken::new())).await;
     assert_eq!(e.kind(), ErrorKind::Schema);
+    let text = e.to_string();
+    assert!(text.contains("`inbox::migrate`") && text.contains("`outbox migrate`"), "the error says what to do: {e}");
+}
+
+/// The inbox checks its own set: the outbox's tables (all a relay needs) are not enough.
+async fn an_inbox_on_a_database_with_only_the_outbox_tables_fails_at_once<B: Backend>() {
+    let db = TestDb::<B>::empty().await;
+    outbox::migrate(&mut db.conn().await).await.unwrap();
+    let kafka = TestKafka::new();
+    kafka.create_topic(rs::TOPIC, 1).await;
+    let inbox = Inbox::builder(db.pool(2).await, kafka.brokers())
+        .group("startup")
+        .handle(Ignore)
+        .startup_timeout(AN_HOUR)
+        .build()
+        .unwrap();
+    let e = run_to_error("inbox, only the outbox's tables", inbox.run(CancellationToken::new())).await;
+    assert_eq!(e.kind(), ErrorKind::Schema);
+    let text = e.to_string();
+    for version in inbox::MIGRATIONS.versions::<B::Conn>().iter().map(|(v, _)| v) {
+        assert!(text.contains(version), "the error names {version}: {e}");
+    }
+    assert!(text.contains("none of its migrations applied") && text.contains("`inbox::migrate`"), "{e}");
 }
 
 async fn a_relay_whose_brokers_never_answer_fails_at_its_deadline<B: Backend>() {

@@ -189,16 +189,25 @@ async fn migrations_applied_twice_succeed<B: Backend>() {
     let db = TestDb::<B>::fresh().await; // migrated once already
     let mut conn = db.conn().await;
     outbox::migrate(&mut conn).await.unwrap();
+    inbox::migrate(&mut conn).await.unwrap();
     outbox::migrate(&mut conn).await.unwrap();
+    inbox::migrate(&mut conn).await.unwrap();
     assert_eq!(db.count("SELECT count(*) AS n FROM outbox_schema_migrations").await, B::MIGRATIONS as i64);
-    // Concurrent first-time migration of a fresh (empty) database from several instances.
+    // Concurrent first-time migration of a fresh (empty) database from several instances, half
+    // of them applying the inbox's set first: the sets do not depend on each other.
     let fresh = TestDb::<B>::empty().await;
     let tasks: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let url = fresh.url.clone();
             tokio::spawn(async move {
                 let mut c = B::connect(&url).await;
-                outbox::migrate(&mut c).await
+                if i % 2 == 0 {
+                    outbox::migrate(&mut c).await?;
+                    inbox::migrate(&mut c).await
+                } else {
+                    inbox::migrate(&mut c).await?;
+                    outbox::migrate(&mut c).await
+                }
             })
         })
         .collect();

@@ -24,7 +24,8 @@ impl Env {
         diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create bench db");
         let db_url = with_database(&server, &name);
         let mut conn = AsyncPgConnection::establish(&db_url).await.expect("connect bench db");
-        outbox::migrate(&mut conn).await.expect("migrate");
+        outbox::migrate(&mut conn).await.expect("migrate the outbox");
+        inbox::migrate(&mut conn).await.expect("migrate the inbox");
         let (brokers, mock) = match std::env::var("KAFKA_BROKERS") {
             Ok(b) if !b.is_empty() => (b, None),
             _ => {

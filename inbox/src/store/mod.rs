@@ -1,7 +1,7 @@
 //! The inbox's storage: its statements on `inbox_messages` (dedup), `inbox_offsets` (positions)
 //! and `inbox_dead_letters`, one [`InboxStore`] implementation per backend (`postgres.rs`,
 //! `sqlite.rs`); the control flow around them (process.rs, dead_letters.rs, prune.rs) is written
-//! once. The tables themselves are created by `outbox::migrate` (docs/databases.md).
+//! once. The tables themselves are created by [`crate::migrate`] (docs/databases.md).
 //!
 //! The inbox is generic over `C: outbox::Database`; [`store`] picks this crate's implementation
 //! for the concrete connection behind `C` ([`outbox::db::Database::backend`]).
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 /// A `count(*) AS n`, the same column type on both backends.
 #[derive(diesel::QueryableByName)]
-pub(super) struct Count {
+pub(crate) struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub n: i64,
 }
@@ -30,7 +30,7 @@ pub(super) struct DeadLetterId {
 
 mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 /// The statements of the inbox, one implementation per backend. Crate-private, so sealed.
 #[async_trait::async_trait]
@@ -225,18 +225,6 @@ pub(crate) struct DeadLetterFilter<'a> {
     pub reason: Option<&'a str>,
     /// Only rows with a replay request.
     pub requested: bool,
-}
-
-impl<'a> DeadLetterFilter<'a> {
-    /// The rows `selection` names (`requested`: only those with a pending request).
-    pub(crate) fn of(selection: &'a outbox::ops::ReplaySelection, requested: bool) -> Self {
-        Self {
-            group: selection.group.as_deref(),
-            ids: selection.ids.as_deref(),
-            reason: selection.reason.as_deref(),
-            requested,
-        }
-    }
 }
 
 /// A dead letter as a replay reads it back: the stored record and its bookkeeping.

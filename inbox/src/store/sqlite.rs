@@ -20,6 +20,7 @@ macro_rules! now_ms {
         "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
     };
 }
+pub(crate) use now_ms;
 
 // One statement per row (SQLite runs in-process; a round trip is a function call). ON CONFLICT
 // DO NOTHING under the write lock: exactly one transaction sees an id as new.
@@ -126,7 +127,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-fn json_array<T: serde::Serialize>(values: &[T]) -> String {
+pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
 }
 

@@ -1,18 +1,29 @@
-//! The migration runner's statements ([`outbox::migrate`](crate::migrate) and the start-up
-//! check), implemented in `postgres.rs` and `sqlite.rs`. Crate-private.
+//! The migration runner's SQL, one text per backend (`postgres.rs`, `sqlite.rs`): the control
+//! flow is written once, in [`outbox::migrations`](crate::migrations). Crate-private.
 
-use crate::Result;
+/// The statements of the migration runner for one backend. Every one reads or writes
+/// `outbox_schema_migrations`, the one version table of every set (the outbox's and the inbox's).
+pub struct MigrationSql {
+    /// One row, `present` (bool): whether the version table exists.
+    pub table_exists: &'static str,
+    /// One row of the role's rights (`readable`, `recordable`, `creatable`: bools; `schema`,
+    /// `role`: text), asked of the catalog before anything is applied. `None`: the backend has no
+    /// privileges (SQLite: the file's permissions decide).
+    pub rights: Option<&'static str>,
+    /// Run first in the applying transaction, to serialise concurrent runners; `None` when the
+    /// transaction's start takes the lock already (SQLite's `BEGIN IMMEDIATE`).
+    pub lock: Option<&'static str>,
+    /// Creates the version table when it does not exist.
+    pub create_table: &'static str,
+    /// Records one version (bound as the one parameter), doing nothing when it is recorded:
+    /// reports one row when this call recorded it.
+    pub record: &'static str,
+    /// Whether this backend applies a set's SQLite half (else its PostgreSQL half).
+    pub sqlite: bool,
+}
 
-/// The migration runner's statements, one implementation per backend.
-#[async_trait::async_trait]
+/// What a backend gives the migration runner: its SQL.
 pub trait MigrationStore: Send {
-    /// How many migrations this build has for the backend.
-    const MIGRATION_COUNT: usize;
-
-    /// Applies the migrations this database lacks (nothing when it is current).
-    async fn migrate_schema(&mut self) -> Result<()>;
-
-    /// The migrations of this build not applied to this database (all of them when it was
-    /// never migrated), in order.
-    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>>;
+    /// The runner's statements on this backend.
+    const MIGRATION_SQL: &'static MigrationSql;
 }

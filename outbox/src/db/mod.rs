@@ -32,7 +32,8 @@ pub(crate) mod private {
 ///
 /// Sealed: the statements are the SDK's SQL, not an extension point. They are grouped by the
 /// client that runs them, one sealed trait each, all of them supertraits of this one:
-/// [`WriterStore`] (`publish`), [`RelayStore`] (the relay) and the migrations (crate-private);
+/// [`WriterStore`] (`publish`), [`RelayStore`] (the relay) and the migration runner's SQL
+/// (crate-private, behind [`Migrations`](crate::migrations::Migrations));
 /// [`outbox::ops`](crate::ops) and the inbox reach their own statements through
 /// [`backend`](Self::backend). Write your own code against the concrete
 /// connection type (`Handler<E, C>` and `Context<C>` in the inbox crate give you `&mut C`), or
@@ -78,4 +79,25 @@ impl std::fmt::Debug for Backend<'_> {
 pub fn transaction_depth<C: AsyncConnection>(conn: &mut C) -> QueryResult<Option<u32>> {
     use diesel_async::TransactionManager;
     C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth().map(|d| d.map(|d| d.get()))
+}
+
+/// Runs `body` in a read transaction (PostgreSQL and SQLite: a plain `BEGIN`, so SQLite does not
+/// take the write lock; a savepoint inside an open transaction). The writes use
+/// `outbox::transaction` (SQLite: `BEGIN IMMEDIATE`).
+pub(crate) async fn read<C: Database, R>(
+    conn: &mut C,
+    body: impl AsyncFnOnce(&mut C) -> crate::Result<R>,
+) -> crate::Result<R> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::begin_transaction(conn).await?;
+    match body(&mut *conn).await {
+        Ok(value) => {
+            C::TransactionManager::commit_transaction(conn).await?;
+            Ok(value)
+        }
+        Err(error) => match C::TransactionManager::rollback_transaction(conn).await {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
 }

@@ -1,4 +1,4 @@
-//! PostgreSQL: the connection's migrations, the writer's statements and the NOTIFY listener (the
+//! PostgreSQL: the migration runner's SQL, the writer's statements and the NOTIFY listener (the
 //! relay's statements are in `relay/postgres.rs`, the inbox's in the inbox crate). Every statement
 //! on the writer's and the relay's paths is a prepared statement (one round trip after its first
 //! run, see `prepared`); the claim and the marks are shaped so that per-key order, fencing and
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use diesel::sql_types::{Array, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -72,149 +72,35 @@ struct Row<'a> {
     occurred_at: DateTime<Utc>,
 }
 
-/// The embedded PostgreSQL migrations, in order: `(version, up.sql)`.
+/// The embedded PostgreSQL migrations of the outbox's tables, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../migrations/postgres/00000000000001_outbox/up.sql")),
-    ("00000000000002_inbox", include_str!("../../migrations/postgres/00000000000002_inbox/up.sql")),
-    (
-        "00000000000003_inbox_raw_headers",
-        include_str!("../../migrations/postgres/00000000000003_inbox_raw_headers/up.sql"),
-    ),
     ("00000000000004_relay_held_keys", include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql")),
-    (
-        "00000000000005_inbox_dead_letter_replay",
-        include_str!("../../migrations/postgres/00000000000005_inbox_dead_letter_replay/up.sql"),
-    ),
 ];
 
-/// How many embedded migrations `outbox_schema_migrations` does not list (all of them when the
-/// table does not exist). Only reads, so any role with SELECT on that table may ask.
-async fn pending_migrations(conn: &mut AsyncPgConnection) -> Result<usize> {
-    #[derive(QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    #[derive(QueryableByName)]
-    struct Applied {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let table: Exists = diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
-        .get_result(conn)
-        .await?;
-    if !table.exists {
-        return Ok(MIGRATIONS.len());
-    }
-    let versions: Vec<&str> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
-    let applied: Applied =
-        diesel::sql_query("SELECT count(*) AS n FROM outbox_schema_migrations WHERE version = ANY($1)")
-            .bind::<Array<Text>, _>(versions)
-            .get_result(conn)
-            .await?;
-    Ok(MIGRATIONS.len().saturating_sub(usize::try_from(applied.n).unwrap_or(0)))
-}
-
-// Serialises concurrent `migrate` calls (several service instances starting at once).
-const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
-
-#[async_trait::async_trait]
 impl super::migrations::MigrationStore for AsyncPgConnection {
-    const MIGRATION_COUNT: usize = MIGRATIONS.len();
-
-    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
-        #[derive(QueryableByName)]
-        struct Exists {
-            #[diesel(sql_type = Bool)]
-            exists: bool,
-        }
-        #[derive(QueryableByName)]
-        struct Applied {
-            #[diesel(sql_type = Text)]
-            version: String,
-        }
-        // In a transaction: behind a transaction pooler (outbox::pooler) a lone statement's
-        // prepare and run may reach two server connections.
-        let applied: Vec<Applied> = in_tx!(self, tx => {
-            let table: Exists =
-                diesel::sql_query("SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS exists")
-                    .get_result(tx)
-                    .await?;
-            if table.exists {
-                diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(tx).await
-            } else {
-                Ok(Vec::new())
-            }
-        })?;
-        let applied: Vec<String> = applied.into_iter().map(|a| a.version).collect();
-        Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a == v)).collect())
-    }
-
-    async fn migrate_schema(&mut self) -> Result<()> {
-        // Already current: return before the statements that need the schema owner's rights
-        // (CREATE TABLE IF NOT EXISTS checks CREATE on the schema even when the table exists),
-        // so services running as least-privilege roles can call `migrate` at start-up.
-        let pending = pending_migrations(self).await.map_err(|e| {
-            if e.to_string().contains("permission denied") {
-                crate::Error::with_source(
-                    crate::ErrorKind::Database,
-                    format!(
-                        "outbox::migrate: cannot read the applied migrations ({e}); grant SELECT on \
-                         outbox_schema_migrations (docs/grants.sql) or run migrate as the schema owner"
-                    ),
-                    e,
-                )
-            } else {
-                e
-            }
-        })?;
-        if pending == 0 {
-            return Ok(());
-        }
-        let applied = self
-            .transaction::<_, crate::Error, _>(async |tx| {
-                diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                    .bind::<BigInt, _>(MIGRATION_LOCK)
-                    .execute(tx)
-                    .await?;
-                diesel::sql_query(
-                    "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
-                    version TEXT PRIMARY KEY,
-                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-                )
-                .execute(tx)
-                .await?;
-                for (version, up) in MIGRATIONS {
-                    let inserted = diesel::sql_query(
-                        "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
-                    )
-                    .bind::<Text, _>(*version)
-                    .execute(tx)
-                    .await?;
-                    if inserted == 1 {
-                        tracing::info!(version, "applying outbox migration");
-                        diesel_async::SimpleAsyncConnection::batch_execute(tx, up).await?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        applied.map_err(|e| {
-            if e.to_string().contains("permission denied") {
-                crate::Error::with_source(
-                    crate::ErrorKind::Database,
-                    format!(
-                        "outbox::migrate: {pending} of {} migrations are not applied and this role may not apply \
-                         them ({e}); run migrate as the schema owner (docs/roles.md)",
-                        MIGRATIONS.len()
-                    ),
-                    e,
-                )
-            } else {
-                e
-            }
-        })
-    }
+    const MIGRATION_SQL: &'static super::migrations::MigrationSql = &super::migrations::MigrationSql {
+        table_exists: "SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS present",
+        // Asked of the catalog, not read from an error's text (which lc_messages translates).
+        // has_table_privilege of a NULL regclass (no table yet) is NULL: nothing to be refused.
+        // CREATE on the schema is needed even when every table exists: CREATE TABLE IF NOT
+        // EXISTS checks it first.
+        rights: Some(
+            "SELECT COALESCE(has_table_privilege(to_regclass('outbox_schema_migrations'), 'SELECT'), true) AS readable,
+                    COALESCE(has_table_privilege(to_regclass('outbox_schema_migrations'), 'INSERT'), true) AS recordable,
+                    COALESCE(has_schema_privilege(current_schema(), 'CREATE'), false) AS creatable,
+                    COALESCE(current_schema()::text, '(no schema on the search_path)') AS schema,
+                    current_user::text AS role",
+        ),
+        // Serialises concurrent runs (several service instances starting at once), of either
+        // crate's set: one key, "outbox" in ASCII.
+        lock: Some("SELECT pg_advisory_xact_lock(122550254464888)"),
+        create_table: "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
+            version TEXT PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        record: "INSERT INTO outbox_schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+        sqlite: false,
+    };
 }
 
 #[async_trait::async_trait]

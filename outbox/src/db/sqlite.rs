@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use diesel::connection::AnsiTransactionManager;
 use diesel::prelude::*;
-use diesel::sql_types::Text;
-use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 
 use super::{Database, NewMessage};
 use crate::{Error, ErrorKind, Result};
@@ -21,19 +20,10 @@ pub type SqliteConnection = diesel_async::sync_connection_wrapper::SyncConnectio
 
 impl super::private::Sealed for SqliteConnection {}
 
-/// The embedded SQLite migrations, in order: `(version, up.sql)`.
+/// The embedded SQLite migrations of the outbox's tables, in order: `(version, up.sql)`.
 pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000001_outbox", include_str!("../../migrations/sqlite/00000000000001_outbox/up.sql")),
-    ("00000000000002_inbox", include_str!("../../migrations/sqlite/00000000000002_inbox/up.sql")),
-    (
-        "00000000000003_inbox_raw_headers",
-        include_str!("../../migrations/sqlite/00000000000003_inbox_raw_headers/up.sql"),
-    ),
     ("00000000000004_relay_held_keys", include_str!("../../migrations/sqlite/00000000000004_relay_held_keys/up.sql")),
-    (
-        "00000000000005_inbox_dead_letter_replay",
-        include_str!("../../migrations/sqlite/00000000000005_inbox_dead_letter_replay/up.sql"),
-    ),
 ];
 
 /// Milliseconds since the Unix epoch, in SQL.
@@ -77,54 +67,23 @@ pub(crate) fn json_array<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
 }
 
-#[async_trait::async_trait]
 impl super::migrations::MigrationStore for SqliteConnection {
-    const MIGRATION_COUNT: usize = MIGRATIONS.len();
-
-    async fn missing_migrations(&mut self) -> Result<Vec<&'static str>> {
-        #[derive(QueryableByName)]
-        struct Applied {
-            #[diesel(sql_type = Text)]
-            version: String,
-        }
-        // SQLite resolves names at prepare time too: look the table up first.
-        let table: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "(SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox_schema_migrations')",
-        ))
-        .get_result(self)
-        .await?;
-        let applied: Vec<Applied> = if table > 0 {
-            diesel::sql_query("SELECT version FROM outbox_schema_migrations").load(self).await?
-        } else {
-            Vec::new()
-        };
-        Ok(MIGRATIONS.iter().map(|(v, _)| *v).filter(|v| !applied.iter().any(|a| a.version == *v)).collect())
-    }
-
-    async fn migrate_schema(&mut self) -> Result<()> {
-        self.immediate_transaction::<_, Error, _>(async |tx| {
-            tx.batch_execute(concat!(
-                "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (version TEXT PRIMARY KEY, ",
-                "applied_at INTEGER NOT NULL DEFAULT (",
-                now_ms!(),
-                "))"
-            ))
-            .await?;
-            for (version, up) in MIGRATIONS {
-                let inserted =
-                    diesel::sql_query("INSERT OR IGNORE INTO outbox_schema_migrations (version) VALUES (?1)")
-                        .bind::<Text, _>(*version)
-                        .execute(tx)
-                        .await?;
-                if inserted == 1 {
-                    tracing::info!(version, "applying outbox migration (sqlite)");
-                    tx.batch_execute(up).await?;
-                }
-            }
-            Ok(())
-        })
-        .await
-    }
+    const MIGRATION_SQL: &'static super::migrations::MigrationSql = &super::migrations::MigrationSql {
+        // SQLite resolves names at prepare time: the table is looked up before it is read.
+        table_exists: "SELECT count(*) > 0 AS present FROM sqlite_master WHERE type = 'table' \
+                       AND name = 'outbox_schema_migrations'",
+        rights: None,
+        // The runner's transaction starts with BEGIN IMMEDIATE: the write lock is taken then.
+        lock: None,
+        create_table: concat!(
+            "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (version TEXT PRIMARY KEY, ",
+            "applied_at INTEGER NOT NULL DEFAULT (",
+            now_ms!(),
+            "))"
+        ),
+        record: "INSERT OR IGNORE INTO outbox_schema_migrations (version) VALUES (?1)",
+        sqlite: true,
+    };
 }
 
 #[async_trait::async_trait]

@@ -141,7 +141,7 @@ impl<C: Database> Relay<C> {
     /// what was acknowledged, releases the lease and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.config.startup_timeout;
-        if !startup::wait_for_schema(&self.pool, deadline, &shutdown).await? {
+        if !startup::wait_for_schema(&self.pool, &crate::MIGRATIONS, deadline, &shutdown).await? {
             return Ok(());
         }
         // The brokers are probed beside the first rounds (a relay started during a short outage
