@@ -37,19 +37,21 @@
 //!
 //! Not `Send` (the embedded cluster is not): keep the harness in the test's body.
 
-use std::collections::HashMap;
+mod kafka;
+mod store;
+mod waits;
+
+pub use store::{DeadLetter, Store};
+
 use std::time::Duration;
 
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use outbox::embedded::EmbeddedKafka;
 use outbox::relay::Relay;
-use outbox::{Database, ErrorKind, Event, KafkaConfig};
+use outbox::{ErrorKind, Event, KafkaConfig};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,13 +59,13 @@ use uuid::Uuid;
 
 use crate::{Error, Inbox, InboxBuilder};
 
+use kafka::find_record;
+
 /// The pool type the harness hands out: diesel-async's bb8 pool of `C`.
 pub type Pool<C> = bb8::Pool<<C as Store>::Manager>;
 
 /// How long one Kafka request of the harness may take (metadata, watermarks, a produce).
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the waits look at the tables.
-const POLL: Duration = Duration::from_millis(20);
 
 /// The SDK running against a database and an in-process Kafka cluster. See the
 /// [module docs](self).
@@ -92,126 +94,6 @@ impl<C: Store> std::fmt::Debug for Harness<C> {
             .finish_non_exhaustive()
     }
 }
-
-/// A dead letter as the harness reads it back: see `docs/dead-letters.md` for the reasons.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The message id (`ce_id`); `None` when the record had no valid one.
-    #[diesel(sql_type = Nullable<Text>)]
-    pub message_id: Option<String>,
-    /// The topic it was read from.
-    #[diesel(sql_type = Text)]
-    pub topic: String,
-    /// Its partition.
-    #[diesel(sql_type = Integer)]
-    pub partition: i32,
-    /// Its offset.
-    #[diesel(sql_type = BigInt)]
-    pub offset: i64,
-    /// Machine-readable kind, e.g. `unknown_type`, `invalid_payload`, `handler_failed`.
-    #[diesel(sql_type = Text)]
-    pub reason: String,
-    /// Human-readable detail.
-    #[diesel(sql_type = Text)]
-    pub error: String,
-    /// Handler attempts made.
-    #[diesel(sql_type = Integer)]
-    pub attempts: i32,
-    /// The record's payload, as received.
-    #[diesel(sql_type = Nullable<Binary>)]
-    pub payload: Option<Vec<u8>>,
-    #[diesel(sql_type = Text)]
-    consumer_group: String,
-}
-
-#[derive(QueryableByName)]
-struct Position {
-    #[diesel(sql_type = Text)]
-    consumer_group: String,
-    #[diesel(sql_type = Text)]
-    topic: String,
-    #[diesel(sql_type = Integer)]
-    kafka_partition: i32,
-    #[diesel(sql_type = BigInt)]
-    next_offset: i64,
-}
-
-#[derive(QueryableByName)]
-struct GroupCount {
-    #[diesel(sql_type = Text)]
-    consumer_group: String,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-// The same text on both backends, without parameters (the harness filters by group itself):
-// its tables hold one test's rows.
-const HANDLED: &str = "SELECT m.consumer_group, count(*) AS n FROM inbox_messages m \
-     WHERE NOT EXISTS (SELECT 1 FROM inbox_dead_letters d \
-                       WHERE d.consumer_group = m.consumer_group AND d.message_id = m.message_id) \
-     GROUP BY m.consumer_group";
-const POSITIONS: &str = "SELECT consumer_group, topic, kafka_partition, next_offset FROM inbox_offsets";
-const DEAD_LETTERS: &str = "SELECT consumer_group, CAST(message_id AS TEXT) AS message_id, topic, \
-     kafka_partition AS partition, kafka_offset AS \"offset\", reason, error, attempts, payload \
-     FROM inbox_dead_letters ORDER BY id";
-const PENDING: &str = "SELECT count(*) AS n FROM outbox_messages WHERE sent_at IS NULL AND parked_at IS NULL";
-
-/// The databases the harness runs on: PostgreSQL (`AsyncPgConnection`) and, with the `sqlite`
-/// feature, SQLite. Sealed.
-#[async_trait::async_trait]
-pub trait Store: Database + private::Sealed {
-    /// diesel-async's pool manager of this connection type.
-    type Manager: bb8::ManageConnection<Connection = Self, Error = diesel_async::pooled_connection::PoolError>;
-    #[doc(hidden)]
-    async fn handled(&mut self) -> diesel::QueryResult<Vec<(String, i64)>>;
-    #[doc(hidden)]
-    async fn positions(&mut self) -> diesel::QueryResult<Vec<(String, String, i32, i64)>>;
-    #[doc(hidden)]
-    async fn dead_letters(&mut self) -> diesel::QueryResult<Vec<DeadLetter>>;
-    #[doc(hidden)]
-    async fn pending(&mut self) -> diesel::QueryResult<i64>;
-}
-
-mod private {
-    pub trait Sealed {}
-}
-
-macro_rules! store {
-    ($conn:ty) => {
-        impl private::Sealed for $conn {}
-
-        #[async_trait::async_trait]
-        impl Store for $conn {
-            type Manager = AsyncDieselConnectionManager<$conn>;
-            async fn handled(&mut self) -> diesel::QueryResult<Vec<(String, i64)>> {
-                let rows: Vec<GroupCount> = diesel_async::RunQueryDsl::load(diesel::sql_query(HANDLED), self).await?;
-                Ok(rows.into_iter().map(|r| (r.consumer_group, r.n)).collect())
-            }
-            async fn positions(&mut self) -> diesel::QueryResult<Vec<(String, String, i32, i64)>> {
-                let rows: Vec<Position> = diesel_async::RunQueryDsl::load(diesel::sql_query(POSITIONS), self).await?;
-                Ok(rows.into_iter().map(|r| (r.consumer_group, r.topic, r.kafka_partition, r.next_offset)).collect())
-            }
-            async fn dead_letters(&mut self) -> diesel::QueryResult<Vec<DeadLetter>> {
-                diesel_async::RunQueryDsl::load(diesel::sql_query(DEAD_LETTERS), self).await
-            }
-            async fn pending(&mut self) -> diesel::QueryResult<i64> {
-                let row: Count = diesel_async::RunQueryDsl::get_result(diesel::sql_query(PENDING), self).await?;
-                Ok(row.n)
-            }
-        }
-    };
-}
-
-store!(AsyncPgConnection);
-#[cfg(feature = "sqlite")]
-store!(outbox::sqlite::SqliteConnection);
 
 #[cfg(feature = "sqlite")]
 impl Harness<outbox::sqlite::SqliteConnection> {
@@ -369,44 +251,6 @@ impl<C: Store> Harness<C> {
         self.deliver_raw(&topic, key.as_deref(), payload.as_deref(), &headers).await
     }
 
-    /// Waits until the inbox of `group` has handled at least `n` messages (dedup rows that are
-    /// not dead letters: handled, or skipped as unknown types under
-    /// [`UnknownTypePolicy::Skip`](crate::UnknownTypePolicy::Skip)); returns the count.
-    pub async fn until_handled(&mut self, group: &str, n: i64, timeout: Duration) -> Result<i64, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let handled = self.handled(group).await?;
-            if handled >= n {
-                return Ok(handled);
-            }
-            self.pause(deadline, || format!("{handled} of {n} messages handled by `{group}`")).await?;
-        }
-    }
-
-    /// Waits until everything is done: no message waits in the outbox (parked ones aside; the
-    /// messages a parked one holds back do count), and every started inbox has a stored
-    /// position at the end of each partition of its topics — on two looks in a row over the same
-    /// log ends. Replays requested with `inbox::ops::request_replay` are not waited for.
-    pub async fn until_quiet(&mut self, timeout: Duration) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Quiet twice in a row, over the same log ends: the outbox and the positions are read in
-        // separate statements, so a handler committing its position with a follow-up between
-        // them, or a relay producing one right after, would pass a single look.
-        let mut quiet_at: Option<Vec<(Partition, i64)>> = None;
-        loop {
-            let (behind, ends) = self.behind().await?;
-            if behind.is_empty() {
-                if quiet_at.as_ref() == Some(&ends) {
-                    return Ok(());
-                }
-                quiet_at = Some(ends);
-            } else {
-                quiet_at = None;
-            }
-            self.pause(deadline, || format!("not quiet: {}", behind.join("; "))).await?;
-        }
-    }
-
     /// Messages the inbox of `group` has handled so far (see [`until_handled`](Self::until_handled)).
     pub async fn handled(&self, group: &str) -> Result<i64, Error> {
         let mut conn = self.pool.get().await.map_err(pool_error)?;
@@ -457,69 +301,6 @@ impl<C: Store> Harness<C> {
         }
         Ok(self.producer.as_ref().expect("set above"))
     }
-
-    /// What keeps the harness from being quiet, one line each (empty when quiet), and the log
-    /// ends it compared with.
-    async fn behind(&self) -> Result<(Vec<String>, Vec<(Partition, i64)>), Error> {
-        let mut behind = Vec::new();
-        let (pending, positions) = {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            (conn.pending().await?, conn.positions().await?)
-        };
-        if pending > 0 {
-            behind.push(format!("{pending} messages in the outbox"));
-        }
-        let stored: HashMap<(String, String, i32), i64> =
-            positions.into_iter().map(|(g, t, p, next)| ((g, t, p), next)).collect();
-        let brokers = self.kafka.bootstrap_servers().to_owned();
-        let topics = self.topics();
-        let ends = tokio::task::spawn_blocking(move || log_ends(&brokers, &topics))
-            .await
-            .map_err(|e| fail(ErrorKind::Kafka, "harness: the watermark read panicked", e))??;
-        for r in &self.inboxes {
-            for ((topic, partition), end) in ends.iter().filter(|((t, _), _)| r.topics.contains(&t.as_str())) {
-                let at = stored.get(&(r.group.clone(), topic.clone(), *partition)).copied().unwrap_or(0);
-                if at < *end {
-                    behind.push(format!("`{}` at {at} of {end} on {topic}/{partition}", r.group));
-                }
-            }
-        }
-        Ok((behind, ends))
-    }
-
-    /// Sleeps one poll interval, or fails: past `deadline` (with `what`), or when the relay or
-    /// an inbox has stopped (with its error).
-    async fn pause(&mut self, deadline: tokio::time::Instant, what: impl FnOnce() -> String) -> Result<(), Error> {
-        if let Some(stopped) = self.stopped().await {
-            return Err(stopped);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(plain(ErrorKind::Timeout, format!("harness: timed out: {}", what())));
-        }
-        tokio::time::sleep(POLL).await;
-        Ok(())
-    }
-
-    /// The error of the first task that has ended (they run until shutdown); a task's panic
-    /// is resumed here, in the test.
-    async fn stopped(&mut self) -> Option<Error> {
-        if let Some(i) = self.inboxes.iter().position(|r| r.task.is_finished()) {
-            let r = self.inboxes.remove(i);
-            return Some(stopped(format!("the inbox of `{}`", r.group), joined(r.task.await)));
-        }
-        if let Some(task) = self.relay.take_if(|t| t.is_finished()) {
-            return Some(stopped("the relay".to_owned(), joined(task.await)));
-        }
-        None
-    }
-}
-
-/// The error for a task that ended before shutdown: its own error's kind, with who stopped.
-fn stopped(who: String, result: Result<(), Error>) -> Error {
-    match result {
-        Ok(()) => plain(ErrorKind::Config, format!("harness: {who} stopped before shutdown without an error")),
-        Err(e) => Error::other(e.kind(), format!("harness: {who} stopped: {e}"), Some(Box::new(e))),
-    }
 }
 
 /// A task's result, with its panic resumed on the caller's thread.
@@ -551,76 +332,4 @@ fn pool_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 
 fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> Error {
     fail(ErrorKind::Kafka, format!("harness: {what}: {e}"), e)
-}
-
-fn consumer(brokers: &str) -> Result<BaseConsumer, Error> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "inbox-harness")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| kafka_error("cannot create a consumer", e))
-}
-
-/// A topic and one of its partitions.
-type Partition = (String, i32);
-
-/// The log end (high watermark) of every partition of `topics`.
-fn log_ends(brokers: &str, topics: &[&str]) -> Result<Vec<(Partition, i64)>, Error> {
-    let consumer = consumer(brokers)?;
-    let mut ends = Vec::new();
-    for topic in topics {
-        let metadata =
-            consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT).map_err(|e| kafka_error("cannot read metadata", e))?;
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)
-                    .map_err(|e| kafka_error("cannot read watermarks", e))?;
-                ends.push(((topic.to_string(), p.id()), high));
-            }
-        }
-    }
-    Ok(ends)
-}
-
-type Found = (String, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
-
-/// Reads `topics` from the beginning up to their current ends for the record whose `ce_id`
-/// header is `id`.
-fn find_record(brokers: &str, topics: &[&str], id: &str) -> Result<Option<Found>, Error> {
-    let ends = log_ends(brokers, topics)?;
-    let consumer = consumer(brokers)?;
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0;
-    for ((topic, partition), end) in &ends {
-        if *end > 0 {
-            assignment
-                .add_partition_offset(topic, *partition, rdkafka::Offset::Beginning)
-                .map_err(|e| kafka_error("cannot assign", e))?;
-            remaining += 1;
-        }
-    }
-    consumer.assign(&assignment).map_err(|e| kafka_error("cannot assign", e))?;
-    let ends: HashMap<Partition, i64> = ends.into_iter().collect();
-    let deadline = std::time::Instant::now() + KAFKA_TIMEOUT;
-    while remaining > 0 && std::time::Instant::now() < deadline {
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let msg = msg.map_err(|e| kafka_error("cannot read", e))?;
-        if let Some(headers) = msg.headers()
-            && headers.iter().any(|h| h.key == "ce_id" && h.value == Some(id.as_bytes()))
-        {
-            let headers = headers.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect();
-            return Ok(Some((
-                msg.topic().to_owned(),
-                msg.key().map(<[u8]>::to_vec),
-                msg.payload().map(<[u8]>::to_vec),
-                headers,
-            )));
-        }
-        if ends.get(&(msg.topic().to_owned(), msg.partition())).is_some_and(|end| msg.offset() + 1 >= *end) {
-            remaining -= 1;
-        }
-    }
-    Ok(None)
 }
