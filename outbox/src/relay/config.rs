@@ -341,26 +341,15 @@ impl<C: Database> RelayBuilder<C> {
                  publish"
                 .into());
         }
-        let mut producer_config = self.kafka.producer_config()?;
         let config = self.config;
-        let delivery_timeout = self.kafka.delivery_timeout()?;
-        // The queue must hold a whole batch: the relay produces it without awaiting each message.
-        let queue = (config.batch_size * 2).max(100_000).to_string();
-        if self.kafka.get("queue.buffering.max.messages").is_none() {
-            producer_config.set("queue.buffering.max.messages", &queue);
-        }
-        let producer = producer_config
-            .create()
-            .map_err(|e| Error::with_source(crate::ErrorKind::Config, format!("kafka producer: {e}"), e))?;
+        let sink = super::sink::Kafka::new(&self.kafka, config.batch_size)?;
         crate::metrics::describe();
         let owner = uuid::Uuid::now_v7();
         let health = crate::health::RelayHealth::new(&config.name, owner);
         Ok(Relay {
             pool: self.pool,
-            producer,
-            producer_config,
+            sink: Box::new(sink),
             config,
-            delivery_timeout,
             marked: false,
             purged: Default::default(),
             owner,

@@ -23,23 +23,23 @@
 //! first — at a low rate, one claim per event instead of three.
 //!
 //! Here: the [`Relay`], its start-up and its loop between rounds (waits, backoff, shutdown).
-//! A round itself (lease, claim, produce, mark) is in `round`, producing a batch and collecting
-//! its reports in `publish`, the builder and options in `config`, the retention cleanup of
-//! [`AfterSend::Keep`] in `retention`.
+//! A round itself (lease, claim, produce, mark) is in `round`, handing a batch to the sink and
+//! collecting its answers into what the mark records in `publish`, the seam to where messages go
+//! (what a sink must guarantee) in `sink` and the Kafka sink in `sink::kafka`, the builder and
+//! options in `config`, the retention cleanup of [`AfterSend::Keep`] in `retention`.
 
 mod config;
 mod publish;
 mod retention;
 mod round;
+mod sink;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
-use rdkafka::ClientConfig;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -56,11 +56,9 @@ use retention::cleanup;
 /// Publishes the outbox to Kafka. See the [module docs](self).
 pub struct Relay<C: Database = AsyncPgConnection> {
     pool: ConnPool<C>,
-    producer: FutureProducer,
-    producer_config: ClientConfig,
+    /// Where the messages go (Kafka; see `sink` for what a sink guarantees).
+    sink: Box<dyn sink::Sink>,
     config: RelayConfig,
-    /// From the Kafka configuration's `message.timeout.ms` (see `KafkaConfig::delivery_timeout`).
-    delivery_timeout: Option<Duration>,
     /// A batch was marked since the run loop last looked: the relay is making progress.
     marked: bool,
     /// Everything in flight was purged (a delivery failed, a batch timed out, or shutdown): no
@@ -153,11 +151,10 @@ impl<C: Database> Relay<C> {
         let stop = shutdown.child_token();
         let startup_failed: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
         let probe = {
-            let (config, stop, failed) = (self.producer_config.clone(), stop.clone(), startup_failed.clone());
+            let (stop, failed) = (stop.clone(), startup_failed.clone());
+            let probe = self.sink.probe(deadline, stop.clone());
             tokio::spawn(async move {
-                let outcome =
-                    startup::wait_for_brokers(&config, startup::ClientKind::Producer, &[], deadline, &stop).await;
-                if let Err(e) = outcome {
+                if let Err(e) = probe.await {
                     tracing::error!(error = %e, "relay start-up failed");
                     *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     stop.cancel();
@@ -330,7 +327,7 @@ impl<C: Database> Relay<C> {
 struct Pipeline {
     window: VecDeque<publish::Produced>,
     /// Keys rejected synchronously in the current window: their later rows are not produced.
-    held: HashSet<(String, String)>,
+    held: sink::Held,
     /// Set when a claim returned less than a full batch: what this process's writers had
     /// signalled just before it (see [`Pipeline::quiet`]).
     drained: Option<wakeup::Seen>,

@@ -12,8 +12,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{AfterSend, Lease, PIPELINE_DEPTH, Pipeline, Relay, Round, publish};
+use crate::Result;
 use crate::db::{Database, Fence, InFlight, Marks};
-use crate::{Error, Result};
 
 /// How often the lease holder releases held rows whose failing row was retried or discarded by
 /// an operator while the hold was being written (see `Database::release_orphans`).
@@ -41,7 +41,7 @@ impl<C: Database> Relay<C> {
             if let Some(front) = pipeline.window.front_mut()
                 && still_quiet
             {
-                let deadline = front.deadline(self.delivery_timeout);
+                let deadline = front.deadline(self.sink.delivery_timeout());
                 tokio::select! {
                     _ = front.acked() => {}
                     // Past its delivery timeout: `finish` fails what is still in flight.
@@ -158,8 +158,7 @@ impl<C: Database> Relay<C> {
             conn.release();
             if !rows.is_empty() {
                 let purged = self.purged.clone();
-                let batch =
-                    publish::produce(&self.producer, rows, &self.config.source, &mut pipeline.held, purged).await;
+                let batch = publish::produce(&*self.sink, rows, &self.config.source, &mut pipeline.held, purged).await;
                 pipeline.window.push_back(batch);
                 if pipeline.window.len() < PIPELINE_DEPTH {
                     return Ok(Round::Busy);
@@ -197,7 +196,7 @@ impl<C: Database> Relay<C> {
         async {
             let produced_at = batch.produced_at();
             let topics = crate::metrics::TopicsOf::new(&batch.rows);
-            let outcome = publish::collect(batch, &self.config, self.delivery_timeout, shutdown).await;
+            let outcome = publish::collect(batch, &self.config, self.sink.delivery_timeout(), shutdown).await;
             crate::metrics::batch(&self.config.name, n, produced_at.elapsed().as_secs_f64());
             let mut conn = self.pool.get().await?;
             let marks = Marks {
@@ -234,14 +233,10 @@ impl<C: Database> Relay<C> {
                 }
             }
             if outcome.fatal {
-                // An idempotent producer that hit a fatal error can not be used again. Failing
-                // the round makes the loop back off (a producer that turns fatal at once again
-                // is not recreated in a tight loop) and drops the batches produced with it.
-                self.producer = self.producer_config.create().map_err(Error::from)?;
-                return Err(Error::new(
-                    crate::ErrorKind::Kafka,
-                    "the kafka producer hit a fatal error; recreated it, its unacknowledged messages will be sent again",
-                ));
+                // A sink that hit a fatal error (an idempotent producer's) is rebuilt. Failing
+                // the round makes the loop back off (a sink that turns fatal at once again is
+                // not rebuilt in a tight loop) and drops the batches sent through the old one.
+                return Err(self.sink.recover());
             }
             Ok(())
         }
