@@ -11,7 +11,8 @@ use outbox::relay::{AfterSend, Relay, RelayBuilder, RelayConfig};
 use outbox::{Database, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Failure, Target};
+use crate::Failure;
+use crate::connect::Target;
 
 /// bb8's default pool size, which the PostgreSQL pool keeps when --pool-size is not given;
 /// `outbox::sqlite::pool` takes it explicitly.

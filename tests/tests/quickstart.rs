@@ -1,4 +1,4 @@
-//! The quickstart's whole flow (examples/src/quickstart.rs) as a test: on the test script's
+//! The quickstart's whole flow (examples/src/quickstart/) as a test: on the test script's
 //! PostgreSQL, and on SQLite (the zero-setup default). Its report must add up: published =
 //! committed, handled = committed with no double effect, the deliberate duplicate skipped, the
 //! hostile message dead-lettered, nothing from a rolled-back order seen.

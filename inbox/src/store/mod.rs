@@ -1,6 +1,6 @@
 //! The inbox's storage: its statements on `inbox_messages` (dedup), `inbox_offsets` (positions)
 //! and `inbox_dead_letters`, one [`InboxStore`] implementation per backend (`postgres.rs`,
-//! `sqlite.rs`); the control flow around them (process.rs, dead_letters.rs, prune.rs) is written
+//! `sqlite.rs`); the control flow around them (process.rs, dead_letters/, prune.rs) is written
 //! once. The tables themselves are created by [`crate::migrate`] (docs/databases.md).
 //!
 //! The inbox is generic over `C: outbox::Database`; [`store`] picks this crate's implementation
