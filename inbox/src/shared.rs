@@ -2,9 +2,10 @@
 //! A leaf of the runtime: the consumer loop, the partition tasks, pruning, replay and the gauges
 //! all read it, and it names none of them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, OnceLock};
 
 use outbox::db::{ConnPool, Database};
 use rdkafka::consumer::StreamConsumer;
@@ -29,4 +30,27 @@ pub(crate) struct Shared<C: Database> {
     pub health: InboxHealth,
     /// Signalled after a batch (or a replay) whose handlers published commits.
     pub wakeup: outbox::Wakeup,
+    /// Dead letters whose replays lost their database connection, and how often in a row.
+    pub replays_lost: LostReplays,
+}
+
+/// Per dead letter, the replays in a row that lost their database connection (in this process):
+/// a replay that keeps losing it is recorded as failed after `max_attempts` (see the
+/// `dead_letters` module).
+#[derive(Default)]
+pub(crate) struct LostReplays(Mutex<HashMap<i64, u32>>);
+
+impl LostReplays {
+    /// One more lost replay of `dead_letter`; returns how many in a row.
+    pub fn count(&self, dead_letter: i64) -> u32 {
+        let mut lost = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = lost.entry(dead_letter).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// The replay of `dead_letter` ended (handled or recorded).
+    pub fn clear(&self, dead_letter: i64) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&dead_letter);
+    }
 }

@@ -6,8 +6,8 @@
 //!
 //! What still goes by text, and why, is in docs/databases.md ("Error classification").
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
@@ -151,6 +151,8 @@ async fn a_terminated_session_is_retried_in_german() {
 #[derive(Debug, PartialEq, diesel::QueryableByName)]
 struct DeadLetterState {
     #[diesel(sql_type = diesel::sql_types::Text)]
+    behaviour: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
     reason: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
     error: String,
@@ -160,29 +162,100 @@ struct DeadLetterState {
     requested: bool,
 }
 
-/// Fails for good when consumed (so the message is dead-lettered), ends its own session on the
-/// first replay (as a server restart would), and takes effect on the second.
+/// The dead letters, oldest first, each with the `behaviour` of its payload.
+async fn dead_letter_states(db: &TestDb<Pg>) -> Vec<DeadLetterState> {
+    let sql = "SELECT convert_from(payload, 'UTF8')::json->>'behaviour' AS behaviour, reason, error, attempts, \
+               replay_requested_at IS NOT NULL AS requested FROM inbox_dead_letters ORDER BY id";
+    diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut db.conn().await).await.expect("dead letters")
+}
+
+/// Fails for good when consumed (so every message is dead-lettered). Replayed, it ends its own
+/// session (as a server restart would) once (`ends-once`), every time (`ends-always`) or never
+/// (`ok`), and otherwise takes effect.
 #[derive(Default)]
-struct EndsOnFirstReplay {
-    calls: AtomicU32,
+struct EndsItsSession {
+    calls: Mutex<HashMap<Uuid, u32>>,
+}
+
+impl EndsItsSession {
+    fn calls(&self, id: Uuid) -> u32 {
+        self.calls.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
 }
 
 #[inbox::async_trait]
-impl Handler<OrderPlaced, AsyncPgConnection> for Arc<EndsOnFirstReplay> {
-    async fn handle(&self, _: OrderPlaced, cx: &mut Context<'_, AsyncPgConnection>) -> Result<(), HandlerError> {
-        match self.calls.fetch_add(1, Ordering::SeqCst) {
-            0 => Err(HandlerError::permanent("not yet")),
-            1 => {
-                let ended = cx.conn().batch_execute("SELECT pg_terminate_backend(pg_backend_pid())").await;
-                Err(ended.expect_err("the session is terminated").into())
-            }
-            _ => {
-                let id = cx.message_id();
-                cx.conn().insert_effect(Effect { grp: Some("replayed"), ..Effect::of(id) }).await?;
-                Ok(())
-            }
+impl Handler<OrderPlaced, AsyncPgConnection> for Arc<EndsItsSession> {
+    async fn handle(&self, e: OrderPlaced, cx: &mut Context<'_, AsyncPgConnection>) -> Result<(), HandlerError> {
+        let id = cx.message_id();
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(id).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let ends = match e.behaviour.as_str() {
+            "ends-once" => call == 2,
+            "ends-always" => true,
+            _ => false,
+        };
+        if call == 1 {
+            Err(HandlerError::permanent("not yet"))
+        } else if ends {
+            let ended = cx.conn().batch_execute("SELECT pg_terminate_backend(pg_backend_pid())").await;
+            Err(ended.expect_err("the session is terminated").into())
+        } else {
+            cx.conn().insert_effect(Effect { grp: Some("replayed"), ..Effect::of(id) }).await?;
+            Ok(())
         }
     }
+}
+
+/// Dead-letters one message per behaviour (in this order, on one partition) with `handler`, and
+/// requests their replay. Returns the message ids.
+async fn dead_letter(
+    db: &TestDb<Pg>,
+    kafka: &TestKafka,
+    handler: &Arc<EndsItsSession>,
+    behaviours: &[&str],
+) -> Vec<Uuid> {
+    kafka.create_topic("orders", 1).await;
+    let records: Vec<CloudEvent> = behaviours
+        .iter()
+        .map(|b| CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), behaviour: (*b).into() }).partition(0))
+        .collect();
+    TestProducer::new(kafka).send_all(&records).await;
+    let consumer = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(kafka))
+        .group("g")
+        .handle(handler.clone())
+        .build()
+        .unwrap();
+    let n = records.len() as i64;
+    let reached = run_until_positions(db, vec![(consumer, n)], Duration::from_secs(30)).await;
+    assert_eq!(reached, [n], "the inbox moved past every message");
+    db.exec("UPDATE inbox_dead_letters SET replay_requested_at = now()").await;
+    let dead = dead_letter_states(db).await;
+    assert_eq!(dead.len(), records.len(), "{dead:?}");
+    assert!(dead.iter().all(|d| d.reason == "handler_failed" && d.requested), "{dead:?}");
+    records.iter().map(|r| r.id().unwrap()).collect()
+}
+
+fn replayer(
+    db_pool: outbox::Pool,
+    kafka: &TestKafka,
+    handler: &Arc<EndsItsSession>,
+    max_attempts: u32,
+) -> inbox::Replayer {
+    Inbox::builder(db_pool, tests::produce::inbox_kafka_config(kafka))
+        .group("g")
+        .max_attempts(max_attempts)
+        .handle(handler.clone())
+        .build()
+        .unwrap()
+        .replayer()
+}
+
+async fn effects(db: &TestDb<Pg>, id: Uuid) -> i64 {
+    db.count(&format!("SELECT count(*) AS n FROM effects WHERE grp = 'replayed' AND message_id = '{id}'")).await
 }
 
 /// A replay whose session the server ends is not a failure of the message: the dead letter keeps
@@ -194,41 +267,53 @@ impl Handler<OrderPlaced, AsyncPgConnection> for Arc<EndsOnFirstReplay> {
 async fn a_replay_whose_session_ends_leaves_the_dead_letter_as_it_was() {
     let db = german_db().await;
     let kafka = TestKafka::new();
-    kafka.create_topic("orders", 1).await;
-    let record = CloudEvent::of(&OrderPlaced { order_id: Uuid::now_v7(), behaviour: "replay".into() }).partition(0);
-    let id = record.id().unwrap();
-    TestProducer::new(&kafka).send_all(std::slice::from_ref(&record)).await;
-    let handler = Arc::new(EndsOnFirstReplay::default());
-    let consumer = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(&kafka))
-        .group("g")
-        .handle(handler.clone())
-        .build()
-        .unwrap();
-    let reached = run_until_positions(&db, vec![(consumer, 1)], Duration::from_secs(30)).await;
-    assert_eq!(reached, [1], "the inbox moved past the message");
-    let state = async || -> Vec<DeadLetterState> {
-        let sql =
-            "SELECT reason, error, attempts, replay_requested_at IS NOT NULL AS requested FROM inbox_dead_letters";
-        diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut db.conn().await).await.expect("dead letters")
-    };
-    db.exec("UPDATE inbox_dead_letters SET replay_requested_at = now()").await;
-    let before = state().await;
-    assert!(matches!(before.as_slice(), [d] if d.reason == "handler_failed" && d.requested), "{before:?}");
+    let handler = Arc::new(EndsItsSession::default());
+    let ids = dead_letter(&db, &kafka, &handler, &["ends-once"]).await;
+    let before = dead_letter_states(&db).await;
 
-    let replayer = Inbox::builder(db.pool(2).await, tests::produce::inbox_kafka_config(&kafka))
-        .group("g")
-        .handle(handler.clone())
-        .build()
-        .unwrap()
-        .replayer();
+    let replayer = replayer(db.pool(2).await, &kafka, &handler, 5);
     let lost = replayer.replay(&ReplaySelection::all()).await;
     assert!(lost.is_err(), "the replay whose session ended returns the error: {lost:?}");
-    assert_eq!(state().await, before, "the dead letter is as it was (reason, error, attempts, request)");
-    assert_eq!(handler.calls.load(Ordering::SeqCst), 2, "the handler ran once in the first replay");
+    assert_eq!(
+        dead_letter_states(&db).await,
+        before,
+        "the dead letter is as it was (reason, error, attempts, request)"
+    );
+    assert_eq!(handler.calls(ids[0]), 2, "the handler ran once in the first replay");
 
     let report = replayer.replay(&ReplaySelection::all()).await.expect("the second replay");
     assert_eq!((report.handled, report.failed, report.skipped), (1, 0, 0));
-    assert!(state().await.is_empty(), "the dead letter was deleted with the effect");
-    let sql = format!("SELECT count(*) AS n FROM effects WHERE grp = 'replayed' AND message_id = '{id}'");
-    assert_eq!(db.count(&sql).await, 1, "the replay took effect once");
+    assert!(dead_letter_states(&db).await.is_empty(), "the dead letter was deleted with the effect");
+    assert_eq!(effects(&db, ids[0]).await, 1, "the replay took effect once");
+}
+
+/// A dead letter whose replays always end their session neither holds up the dead letters after
+/// it nor is replayed forever: the replay goes on with the next one (handled) and returns the
+/// error; after `max_attempts` lost replays in a row it is recorded as failed, its request
+/// cleared. Before, the replay stopped at it, so the dead letters after it were never replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_always_loses_its_session_is_bounded_and_holds_up_nothing() {
+    let db = german_db().await;
+    let kafka = TestKafka::new();
+    let handler = Arc::new(EndsItsSession::default());
+    let ids = dead_letter(&db, &kafka, &handler, &["ends-always", "ok"]).await;
+    let before = dead_letter_states(&db).await.remove(0);
+    let replayer = replayer(db.pool(2).await, &kafka, &handler, 2);
+
+    let first = replayer.replay(&ReplaySelection::all()).await;
+    assert!(first.is_err(), "the lost session is reported: {first:?}");
+    assert_eq!(effects(&db, ids[1]).await, 1, "the dead letter after the lost one was replayed");
+    let dead = dead_letter_states(&db).await;
+    let attempts = before.attempts;
+    assert_eq!(dead, [before], "only the lost one is left, unchanged");
+
+    let second = replayer.replay(&ReplaySelection::all()).await.expect("the second replay records the failure");
+    assert_eq!((second.handled, second.failed, second.skipped), (0, 1, 0));
+    let dead = dead_letter_states(&db).await;
+    assert!(
+        matches!(dead.as_slice(), [d] if d.attempts == attempts + 1 && !d.requested && d.error.contains("lost in 2 replays in a row")),
+        "recorded after max_attempts (2) lost replays: {dead:?}"
+    );
+    assert_eq!(handler.calls(ids[0]), 3, "consumed once, replayed twice");
+    assert_eq!(effects(&db, ids[0]).await, 0, "no effect of the lost replays survived");
 }

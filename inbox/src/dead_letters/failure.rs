@@ -12,8 +12,9 @@ pub(super) struct Failure {
     pub(super) error: String,
     /// The handler was abandoned mid-call (timeout): its connection is dropped, not reused.
     pub(super) abandoned: bool,
-    /// The database connection failed, not the message: nothing is recorded on the dead letter
-    /// and the replay returns this error.
+    /// The database connection failed (it no longer answers), not the message: nothing is
+    /// recorded on the dead letter (up to `max_attempts` times in a row) and the replay returns
+    /// this error.
     pub(super) lost: Option<diesel::result::Error>,
 }
 
@@ -22,8 +23,13 @@ impl Failure {
         Failure { reason: reason.into(), error: error.into(), abandoned: false, lost: None }
     }
 
-    /// The connection failed under the replay (`e`): see [`Failure::lost`].
-    pub(super) fn lost(e: diesel::result::Error) -> Self {
-        Failure { lost: Some(e), ..Failure::new("", "") }
+    /// A statement of the replay failed with `e`: a lost connection (see [`Failure::lost`]) when
+    /// the connection no longer answers, else a failure recorded on the dead letter.
+    pub(super) fn database(e: diesel::result::Error) -> Self {
+        if crate::process::connection_lost(&e) {
+            Failure { lost: Some(e), ..Failure::new("", "") }
+        } else {
+            Failure::new("handler_failed", format!("the database failed: {e}"))
+        }
     }
 }

@@ -95,6 +95,7 @@ impl ReplayReport {
             Outcome::Handled => self.handled += 1,
             Outcome::Failed => self.failed += 1,
             Outcome::Skipped => self.skipped += 1,
+            Outcome::Lost(_) => {}
         }
     }
 }
@@ -108,9 +109,13 @@ impl<C: Database> Replayer<C> {
     /// order, and returns what happened to them. Dead letters of other groups are never touched
     /// (their handlers are another service's). A selection naming another group is an
     /// [`ErrorKind::Config`](outbox::ErrorKind::Config) error; a database error ends the replay
-    /// with that error (the dead letters replayed before it stay replayed). That includes a
-    /// connection lost while a handler ran (the server ended the session): the dead letter being
-    /// replayed is left as it was, not counted as failed, and a later replay can take it.
+    /// with that error (the dead letters replayed before it stay replayed). A connection lost
+    /// while a dead letter was replayed (the server ended the session) leaves that dead letter as
+    /// it was, not counted as failed: the replay goes on with the others and then returns the
+    /// error, and a later replay takes it again. After
+    /// [`max_attempts`](crate::InboxConfig::max_attempts) such losses in a row (in this
+    /// process) it is recorded as failed instead, so a handler that always ends its session
+    /// (e.g. past `idle_in_transaction_session_timeout`) is not replayed forever.
     ///
     /// Each replay calls the handler once ([`Context::attempt`](crate::Context::attempt) is the
     /// dead letter's attempts plus one) and is bounded by the handler timeout; failures are not
@@ -134,11 +139,13 @@ impl<C: Database> Replayer<C> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Outcome {
     Handled,
     Failed,
     Skipped,
+    /// The database connection failed under the replay: the dead letter is unchanged.
+    Lost(Error),
 }
 
 /// Replays every dead letter `filter` matches, page by page; stops early when `stop` fires.
@@ -148,6 +155,9 @@ async fn replay_matching<C: Database>(
     stop: Option<&CancellationToken>,
 ) -> Result<ReplayReport, Error> {
     let mut report = ReplayReport::default();
+    // The first lost connection: the dead letters after it are still replayed (a poisoned one
+    // must not hold up the rest of the group), then the replay returns it.
+    let mut lost: Option<Error> = None;
     let mut after = i64::MIN;
     loop {
         let ids = {
@@ -158,14 +168,19 @@ async fn replay_matching<C: Database>(
         };
         for &id in &ids {
             if stop.is_some_and(CancellationToken::is_cancelled) {
-                return Ok(report);
+                return lost.map_or(Ok(report), Err);
             }
-            report.add(shared.wakeup.signal_after(replay::replay_one(shared, id, filter.requested)).await?);
+            match shared.wakeup.signal_after(replay::replay_one(shared, id, filter.requested)).await? {
+                Outcome::Lost(e) => {
+                    lost.get_or_insert(e);
+                }
+                outcome => report.add(outcome),
+            }
         }
         match ids.last() {
             // Failed rows still match: page on by id, never back over them.
             Some(&last) if ids.len() as i64 == PAGE => after = last,
-            _ => return Ok(report),
+            _ => return lost.map_or(Ok(report), Err),
         }
     }
 }

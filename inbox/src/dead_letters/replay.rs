@@ -57,15 +57,27 @@ pub(super) async fn replay_one<C: Database>(shared: &Shared<C>, id: i64, request
         rollback_all(conn).await;
     }
     drop(pooled); // the pool tests it before its next use
-    if let Some(e) = failure.lost {
-        tracing::warn!(
-            group = %shared.options.group,
-            dead_letter = row.id,
-            error = %e,
-            "inbox: the database connection failed during a dead-letter replay; the dead letter is unchanged"
-        );
-        return Err(e.into());
-    }
+    let failure = match failure.lost {
+        Some(e) => {
+            let in_a_row = shared.replays_lost.count(row.id);
+            if in_a_row < shared.options.max_attempts {
+                tracing::warn!(
+                    group = %shared.options.group,
+                    dead_letter = row.id,
+                    error = %e,
+                    lost_in_a_row = in_a_row,
+                    "inbox: the database connection failed during a dead-letter replay; the dead letter is unchanged"
+                );
+                return Ok(Outcome::Lost(e.into()));
+            }
+            Failure::new(
+                "handler_failed",
+                format!("the database connection was lost in {in_a_row} replays in a row, the last time: {e}"),
+            )
+        }
+        None => failure,
+    };
+    shared.replays_lost.clear(row.id);
     record_failure(shared, &row, &failure).await?;
     Ok(Outcome::Failed)
 }
@@ -96,7 +108,7 @@ async fn handle<C: Database>(
     call_handler(shared, conn, &mut plan, msg, row.id, attempt, token).await?;
     // The handler's transaction checked out as ours and usable: the inbox's own statements
     // failing is the database's doing, not the message's.
-    let db = Failure::lost;
+    let db = Failure::database;
     if let Some(message_id) = plan.id() {
         let dedup = NewDedup {
             consumer_group: &shared.options.group,
@@ -126,6 +138,7 @@ async fn commit<C: Database>(
         return Err(e.into());
     }
     pooled.release();
+    shared.replays_lost.clear(row.id);
     tracing::info!(
         group = %shared.options.group,
         dead_letter = row.id,
@@ -229,7 +242,7 @@ async fn call_handler<C: Database>(
         Ok(false) => return Err(ended()),
         // A connection that no longer answers was lost (the server ended the session), whatever
         // the handler returned: as the consumer, which retries such a message (`process.rs`).
-        Err(e) if connection_lost(&e) => return Err(Failure::lost(e)),
+        Err(e) if connection_lost(&e) => return Err(Failure::database(e)),
         // The handler failed: its own error says more than the aborted transaction.
         Err(_) if !matches!(result, Ok(Ok(()))) => {}
         Err(e) if server_rejected(&e) => {
@@ -241,7 +254,7 @@ async fn call_handler<C: Database>(
                 ),
             ));
         }
-        Err(e) => return Err(Failure::lost(e)),
+        Err(e) => return Err(Failure::new("handler_failed", format!("the database connection failed: {e}"))),
     }
     match result {
         Ok(Ok(())) => Ok(()),

@@ -83,6 +83,7 @@ impl<C: Database> Inbox<C> {
             high_water: Arc::new(AtomicUsize::new(0)),
             health,
             wakeup,
+            replays_lost: Default::default(),
         };
         Self { shared: Arc::new(shared), consumer_config }
     }
