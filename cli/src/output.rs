@@ -13,13 +13,13 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> 
 }
 
 /// What `status` shows: the outbox's figures and the inbox's, one JSON object (the inbox's fields
-/// beside the outbox's, as `dead_letters`).
+/// beside the outbox's, as `dead_letters`; absent when the database has no inbox tables).
 #[derive(serde::Serialize)]
 pub(crate) struct Status {
     #[serde(flatten)]
     pub outbox: ops::Status,
     #[serde(flatten)]
-    pub inbox: inbox::ops::Status,
+    pub inbox: Option<inbox::ops::Status>,
 }
 
 pub(crate) fn print_status(status: &Status) {
@@ -54,7 +54,10 @@ pub(crate) fn print_status(status: &Status) {
             }
         }
     }
-    println!("inbox dead letters: {}", status.inbox.dead_letters);
+    match &status.inbox {
+        Some(inbox) => println!("inbox dead letters: {}", inbox.dead_letters),
+        None => println!("inbox dead letters: none (no inbox tables in this database)"),
+    }
     if !s.per_topic.is_empty() {
         println!();
         let rows = s.per_topic.iter().map(|t| {

@@ -164,3 +164,27 @@ async fn status_check_exit_codes() {
     assert_usage_error(&db.run(&["status", "--fail-on-parked"], &[]), &["--check"]);
     db.drop_db().await;
 }
+
+/// A relay-only service migrates only the outbox's tables (`outbox::migrate`): `status` and
+/// `status --check` work there, without the inbox's dead-letter count.
+#[tokio::test]
+async fn status_on_a_database_without_the_inbox_tables() {
+    let db = TestDb::new().await;
+    db.ok(&["migrate"]);
+    db.sql(
+        "DO $$ DECLARE t text; BEGIN
+           FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'inbox\\_%' LOOP
+             EXECUTE format('DROP TABLE %I CASCADE', t);
+           END LOOP;
+         END $$;
+         DELETE FROM outbox_schema_migrations WHERE version LIKE '%inbox%';",
+    )
+    .await;
+    assert_eq!(db.count("SELECT count(*) AS n FROM pg_tables WHERE tablename LIKE 'inbox%'").await, 0);
+    let status = db.json(&["status", "--json"]);
+    assert_eq!(status["pending"], 0, "{status}");
+    assert!(status.get("dead_letters").is_none(), "no dead-letter count without the inbox's tables: {status}");
+    assert!(db.ok(&["status"]).contains("no inbox tables"));
+    assert!(db.ok(&["status", "--check", "--no-lease-ok"]).contains("check: ok"));
+    db.drop_db().await;
+}
