@@ -48,7 +48,9 @@ pub const MIGRATIONS: Migrations = Migrations::new("inbox", POSTGRES_MIGRATIONS,
 /// Creates or upgrades the inbox's tables: applies [`MIGRATIONS`]
 /// ([`Migrations::apply`](outbox::migrations::Migrations::apply)). Applying twice is a no-op.
 /// The outbox's tables are [`outbox::migrate`]'s; the `outbox migrate` command applies both.
-/// The two sets do not depend on each other: call them in either order.
+/// The two sets do not depend on each other: call them in either order. Handlers that publish
+/// follow-ups ([`Context::publish`](crate::Context::publish)) need the outbox's tables too;
+/// [`Inbox::run`](crate::Inbox::run) logs a warning at start when they are missing.
 ///
 /// Runs in one transaction (PostgreSQL: under the advisory lock `outbox::migrate` takes too;
 /// SQLite: `BEGIN IMMEDIATE`), so instances starting together do not race, and a failed upgrade

@@ -147,6 +147,22 @@ impl<C: Database> Inbox<C> {
         if !outbox::startup::wait_for_schema(&shared.pool, &crate::MIGRATIONS, deadline, &shutdown).await? {
             return Ok(());
         }
+        // Handlers that publish follow-ups (`cx.publish`) write the outbox's tables, which
+        // `inbox::migrate` does not create; a consumer that never publishes needs none, so this is
+        // said at start, not refused.
+        if let Ok(mut conn) = shared.pool.get().await {
+            if let Ok(missing) = outbox::MIGRATIONS.missing(&mut *conn).await
+                && !missing.is_empty()
+            {
+                tracing::warn!(
+                    group = %shared.options.group,
+                    missing = ?missing,
+                    "inbox: the outbox's tables are missing or behind (run outbox::migrate or `outbox migrate`): \
+                     handlers that publish with cx.publish will fail"
+                );
+            }
+            conn.release();
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         let context = InboxContext { events: events_tx, group: shared.options.group.clone() };
         let consumer: Consumer = self
