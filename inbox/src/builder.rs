@@ -279,7 +279,7 @@ impl<C: Database> InboxBuilder<C> {
 
     /// The relays' wake-up line that handlers' [`Context::publish`](crate::Context::publish)
     /// signals (default [`Wakeup::shared`], what a relay given no handle listens to). The inbox
-    /// signals it once a batch whose handlers published has committed, so the relay claims the
+    /// signals it after each commit whose handlers published, so the relay claims the
     /// follow-up events at once instead of at its poll interval. Give it the handle of the relay
     /// of this inbox's database when that relay has one of its own ([`Wakeup`]).
     pub fn wakeup(mut self, wakeup: Wakeup) -> Self {

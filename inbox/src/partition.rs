@@ -54,7 +54,8 @@ impl<C: Database> PartitionWorker<C> {
             }
             let bytes: usize = batch.iter().map(crate::raw_headers::size).sum();
             self.flow.taken(batch.len());
-            // A handler's `cx.publish` wakes the relays once the batch's transactions ended.
+            // A handler's `cx.publish` wakes the relays after its transaction's commit
+            // (`Processor::committed`); the scope collects what `publish` stored.
             let progress = self.shared.wakeup.signal_after(processor.process(batch)).await;
             self.flow.finished(bytes);
             if progress == Progress::Interrupted {

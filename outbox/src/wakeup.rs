@@ -178,13 +178,26 @@ impl Wakeup {
     /// [`Wakeup::shared`] do not re-claim before the commit either.
     ///
     /// The `inbox` crate runs each batch of messages it handles in this (see its
-    /// `InboxBuilder::wakeup`), so a handler's `cx.publish` wakes the relay once the batch commits.
+    /// `InboxBuilder::wakeup`) and calls [`signal_stored`](Self::signal_stored) after each of the
+    /// batch's commits, so a handler's `cx.publish` wakes the relay once its transaction commits.
     pub async fn signal_after<F: Future>(&self, body: F) -> F::Output {
         let (output, stored) = stored_in(body).await;
         if stored {
             self.committed();
         }
         output
+    }
+}
+
+impl Wakeup {
+    /// Inside the body of [`signal_after`](Self::signal_after), right after a COMMIT: signals
+    /// *committed* now if `publish` stored events since the body started or since the last call,
+    /// so a body that commits several transactions wakes the relays after each (the inbox calls
+    /// it after each of a batch's commits). Outside such a body it does nothing.
+    pub fn signal_stored(&self) {
+        if STORED.try_with(|s| s.replace(false)).unwrap_or(false) {
+            self.committed();
+        }
     }
 }
 

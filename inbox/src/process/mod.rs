@@ -169,6 +169,8 @@ impl<C: Database> Processor<'_, C> {
     /// After a commit: metrics, and the Kafka offset hint. Storing fails for a partition no
     /// longer assigned to this consumer, which is exactly when it must not be stored.
     fn committed(&self, next_offset: i64, tally: &Tally) {
+        // The relays claim what this transaction's handlers published now, not after the batch.
+        self.shared.wakeup.signal_stored();
         self.flow.replaced();
         self.shared.health.cleared(self.topic, self.partition);
         tally.report(&self.shared.options.group, self.topic);
