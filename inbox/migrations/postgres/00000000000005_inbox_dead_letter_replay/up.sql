@@ -1,5 +1,5 @@
 -- Dead-letter replay (docs/dead-letters.md). An operator asks for a replay by setting
--- replay_requested_at (`outbox dead-letters replay`, `outbox::ops::request_replay`); a running
+-- replay_requested_at (`outbox dead-letters replay`, `inbox::ops::request_replay`); a running
 -- inbox of the row's consumer group picks the requested rows up, runs the handler on the stored
 -- record and deletes the row in the handler's transaction, or records the new failure and clears
 -- the request.
