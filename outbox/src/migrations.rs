@@ -99,14 +99,14 @@ impl Placement {
             ),
             (_, None, _) => format!(
                 "{what}: no schema of role {role}'s search_path ({search_path}) exists, so there is no schema \
-                 to find or create the tables in; set its search_path to the tables' schema (docs/roles.md)"
+                 to find or create the tables in; set its search_path to the tables' schema (docs/databases.md)"
             ),
             (_, Some(current), Some(found)) if current != found => format!(
                 "{what}: the version table outbox_schema_migrations is in schema {found}, but schema {current} \
                  comes first in role {role}'s search_path ({search_path}): migrating would create a second, \
                  empty set of tables in {current}, and the services would use those; put {found} first in the \
                  search_path (ALTER ROLE {role} SET search_path = {found}, ...) or move the tables to \
-                 {current} (docs/roles.md)"
+                 {current} (docs/databases.md)"
             ),
             _ => return Ok(()),
         };
