@@ -12,9 +12,16 @@
 //! A start-up check ([`startup::wait_for_schema`](crate::startup::wait_for_schema)) asks a set
 //! what is [`missing`](Migrations::missing) and refuses to start a service on a schema that is
 //! behind.
+//!
+//! On PostgreSQL, where the tables are is the search path's business, so the runner and the check
+//! refuse a search path that would make them act on other tables than the ones recorded: one
+//! whose first schema the role may not use (PostgreSQL skips it silently), one that names no
+//! existing schema, and one whose first schema is not the one the version table was found in
+//! (`CREATE TABLE IF NOT EXISTS` would make a second, empty set of tables there, and the services
+//! would switch to it, stranding the rows of the first).
 
 use diesel::QueryableByName;
-use diesel::sql_types::{Bool, Text};
+use diesel::sql_types::{Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
 use crate::db::{Backend, Database};
@@ -57,6 +64,56 @@ struct Applied {
     version: String,
 }
 
+/// Where the version table is and where new tables would go (PostgreSQL; see
+/// `MigrationSql::placement`).
+#[derive(QueryableByName)]
+struct Placement {
+    /// The first schema of the search path the role may use (where CREATE TABLE creates).
+    #[diesel(sql_type = Nullable<Text>)]
+    current_schema: Option<String>,
+    /// The first schema the search path names that exists, usable or not.
+    #[diesel(sql_type = Nullable<Text>)]
+    path_schema: Option<String>,
+    /// Whether the role has USAGE on `path_schema` (true when there is none).
+    #[diesel(sql_type = Bool)]
+    usable: bool,
+    /// The schema of the `outbox_schema_migrations` the search path finds.
+    #[diesel(sql_type = Nullable<Text>)]
+    found_in: Option<String>,
+    #[diesel(sql_type = Text)]
+    search_path: String,
+    #[diesel(sql_type = Text)]
+    role: String,
+}
+
+impl Placement {
+    /// Refuses a search path on which `what` (`outbox::migrate`, or the set's name for the
+    /// start-up check) would read or create other tables than the recorded ones.
+    fn check(&self, what: &str) -> Result<()> {
+        let Placement { current_schema, path_schema, usable, found_in, search_path, role } = self;
+        let message = match (path_schema, current_schema, found_in) {
+            (Some(first), _, _) if !usable => format!(
+                "{what}: role {role} has no USAGE on schema {first}, the first schema of its search_path \
+                 ({search_path}), so PostgreSQL skips that schema and the tables in it look absent; grant USAGE \
+                 on schema {first} to {role} (docs/roles.sql)"
+            ),
+            (_, None, _) => format!(
+                "{what}: no schema of role {role}'s search_path ({search_path}) exists, so there is no schema \
+                 to find or create the tables in; set its search_path to the tables' schema (docs/databases.md)"
+            ),
+            (_, Some(current), Some(found)) if current != found => format!(
+                "{what}: the version table outbox_schema_migrations is in schema {found}, but schema {current} \
+                 comes first in role {role}'s search_path ({search_path}): migrating would create a second, \
+                 empty set of tables in {current}, and the services would use those; put {found} first in the \
+                 search_path (ALTER ROLE {role} SET search_path = {found}, ...) or move the tables to \
+                 {current} (docs/databases.md)"
+            ),
+            _ => return Ok(()),
+        };
+        Err(Error::new(ErrorKind::Config, message))
+    }
+}
+
 /// What the catalog says the role may do (PostgreSQL; see `MigrationSql::rights`).
 #[derive(QueryableByName)]
 struct Rights {
@@ -66,10 +123,11 @@ struct Rights {
     recordable: bool,
     #[diesel(sql_type = Bool)]
     creatable: bool,
-    #[diesel(sql_type = Text)]
-    schema: String,
-    #[diesel(sql_type = Text)]
-    role: String,
+    /// Our tables in the schema that the role does not own: `name (owner role), ...`.
+    #[diesel(sql_type = Nullable<Text>)]
+    foreign_tables: Option<String>,
+    #[diesel(embed)]
+    placement: Placement,
 }
 
 impl Migrations {
@@ -103,11 +161,25 @@ impl Migrations {
     /// The migrations of this set not applied to the database behind `conn` (all of them when
     /// it was never migrated), in order. Only reads: any role with SELECT on
     /// `outbox_schema_migrations` may ask.
+    ///
+    /// On PostgreSQL, fails ([`ErrorKind::Config`]) when the search path would hide the recorded
+    /// tables or put new ones elsewhere (see the module's guide): a service must not start on
+    /// other tables than the ones migrated.
     pub async fn missing<C: Database>(&self, conn: &mut C) -> Result<Vec<&'static str>> {
+        self.missing_checked(conn, true).await
+    }
+
+    /// [`missing`](Self::missing), checking the placement first when `placement` (not when
+    /// `apply` has, in its rights query).
+    async fn missing_checked<C: Database>(&self, conn: &mut C, placement: bool) -> Result<Vec<&'static str>> {
         let sql = C::MIGRATION_SQL;
         // In a transaction: behind a transaction pooler (outbox::pooler) a lone statement's
         // prepare and run may reach two server connections.
         let applied: Vec<Applied> = crate::db::read(conn, async |tx| {
+            if let Some(query) = sql.placement.filter(|_| placement) {
+                let p: Placement = on_backend!(tx, c => diesel::sql_query(query).get_result(c).await)?;
+                p.check(self.name)?;
+            }
             let table: Present = on_backend!(tx, c => diesel::sql_query(sql.table_exists).get_result(c).await)?;
             if table.present {
                 let applied = on_backend!(tx, c => {
@@ -130,9 +202,11 @@ impl Migrations {
     /// failed upgrade leaves nothing half-applied. A database that is current is left before any
     /// statement that needs the schema owner's rights, so services running as least-privilege
     /// roles can call it at start-up. On PostgreSQL the role's rights are asked of the catalog
-    /// first (SELECT and INSERT on `outbox_schema_migrations`, CREATE on the current schema):
-    /// a role that may not read the versions, or may not apply the missing ones, gets an error
-    /// that says which grant or role it needs (docs/roles.md).
+    /// first, in one query: where the version table is (see [`missing`](Self::missing)), SELECT
+    /// and INSERT on `outbox_schema_migrations`, CREATE on the current schema and, while
+    /// migrations are pending, the ownership of our tables there. A role that may not read the
+    /// versions, or may not apply the missing ones, gets an error that says which grant or role
+    /// it needs (docs/roles.md).
     pub async fn apply<C: Database>(&self, conn: &mut C) -> Result<()> {
         let sql = C::MIGRATION_SQL;
         let rights: Option<Rights> = match sql.rights {
@@ -144,6 +218,10 @@ impl Migrations {
             ),
             None => None,
         };
+        let what = format!("{}::migrate", self.name);
+        if let Some(r) = &rights {
+            r.placement.check(&what)?;
+        }
         if let Some(r) = &rights
             && !r.readable
         {
@@ -153,21 +231,28 @@ impl Migrations {
                     "{}::migrate: role {} may not read the applied migrations (no SELECT on \
                      outbox_schema_migrations); grant SELECT on outbox_schema_migrations (docs/grants.sql) \
                      or run migrate as the schema owner",
-                    self.name, r.role
+                    self.name, r.placement.role
                 ),
             ));
         }
-        let missing = self.missing(conn).await?;
+        let missing = self.missing_checked(conn, rights.is_none()).await?;
         if missing.is_empty() {
             return Ok(());
         }
         if let Some(r) = &rights
-            && !(r.creatable && r.recordable)
+            && !(r.creatable && r.recordable && r.foreign_tables.is_none())
         {
-            let lacks = match (r.creatable, r.recordable) {
-                (false, false) => format!("CREATE on schema {} and INSERT on outbox_schema_migrations", r.schema),
-                (false, true) => format!("CREATE on schema {}", r.schema),
-                _ => "INSERT on outbox_schema_migrations".to_owned(),
+            // The placement check has made sure there is a current schema.
+            let schema = r.placement.current_schema.as_deref().unwrap_or_default();
+            let lacks = match (r.creatable, r.recordable, &r.foreign_tables) {
+                (false, false, _) => format!("CREATE on schema {schema} and INSERT on outbox_schema_migrations"),
+                (false, true, _) => format!("CREATE on schema {schema}"),
+                (true, false, _) => "INSERT on outbox_schema_migrations".to_owned(),
+                // ALTER TABLE in a pending migration: PostgreSQL allows it to the owner only.
+                (true, true, tables) => format!(
+                    "the ownership of tables {}: the pending migrations alter them",
+                    tables.as_deref().unwrap_or_default()
+                ),
             };
             return Err(Error::new(
                 ErrorKind::Database,
@@ -178,7 +263,7 @@ impl Migrations {
                     missing.len(),
                     self.versions::<C>().len(),
                     missing.join(", "),
-                    r.role
+                    r.placement.role
                 ),
             ));
         }

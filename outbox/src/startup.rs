@@ -27,7 +27,8 @@ const SCHEMA_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(50), Du
 
 /// Waits until a connection can be had and the schema has every migration of `set` this build
 /// has (the relay checks [`outbox::MIGRATIONS`](crate::MIGRATIONS), the inbox its own set).
-/// A schema that is missing or behind fails at once (waiting does not migrate it), with an
+/// A schema that is missing or behind, or a search path that does not lead to the migrated
+/// tables, fails at once (waiting does not migrate it), with an
 /// error that says to run `outbox migrate` or the set's `migrate`; a database that cannot be
 /// reached fails when `deadline` passes, with the last error.
 /// Returns `Ok(false)` when `shutdown` fired first.
@@ -74,6 +75,8 @@ pub async fn wait_for_schema<C: Database>(
                         ),
                     ));
                 }
+                // A search path on the wrong schema (Migrations::missing): waiting does not fix it.
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
                 Err(e) => e,
             },
             Err(e) => e,

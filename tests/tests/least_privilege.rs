@@ -641,3 +641,99 @@ async fn consumer_without_its_offsets_grant_reports_the_permission_error() {
     println!("consumer without SELECT on inbox_offsets: {reported}");
     assert!(reported.contains(wanted), "{reported}");
 }
+
+/// A release behind: the relay's held-keys migration reverted (its down.sql) and unrecorded.
+async fn revert_held_keys(roles: &Roles) {
+    roles.admin_exec(include_str!("../../outbox/migrations/postgres/00000000000004_relay_held_keys/down.sql")).await;
+    roles.admin_exec("DELETE FROM outbox_schema_migrations WHERE version = '00000000000004_relay_held_keys'").await;
+}
+
+/// Sets the session's search_path (as the application's pool would, or `ALTER ROLE ... SET`).
+async fn set_search_path(conn: &mut AsyncPgConnection, path: &str) {
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, &format!("SET search_path = {path}"))
+        .await
+        .expect("SET search_path");
+}
+
+/// The tables are in `public`, a migration is pending, and the session's search_path puts
+/// another existing, writable schema first: applying would create a second, empty set of tables
+/// there (and the services would switch to it). Migrate and the start-up check refuse, naming
+/// both schemas; nothing is created.
+#[tokio::test]
+async fn migrate_refuses_a_search_path_that_puts_another_schema_before_the_tables() {
+    let roles = Roles::create().await;
+    roles.migrate_and_grant().await;
+    revert_held_keys(&roles).await;
+    roles.admin_exec(&format!("CREATE SCHEMA app AUTHORIZATION {}", roles.name("outbox_owner"))).await;
+    let mut owner = roles.conn("outbox_owner").await;
+    set_search_path(&mut owner, "app, public").await;
+    let outcome = outbox::migrate(&mut owner).await;
+    println!("outbox::migrate with search_path app, public and the tables in public: {outcome:?}");
+    let err = outcome.expect_err("the version table is not in the first schema");
+    let text = err.to_string();
+    assert!(text.contains("outbox_schema_migrations is in schema public, but schema app comes first"), "{text}");
+    assert!(text.contains("put public first in the search_path"), "{text}");
+    assert_eq!(roles.db.count("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'app'").await, 0);
+    // The start-up check (what a relay runs) refuses the same search path, even as a reader.
+    roles.admin_exec(&format!("GRANT USAGE ON SCHEMA app TO {}", roles.name("outbox_relay"))).await;
+    let mut relay = roles.conn("outbox_relay").await;
+    set_search_path(&mut relay, "app, public").await;
+    let err = outbox::MIGRATIONS.missing(&mut relay).await.expect_err("the wrong schema first");
+    println!("MIGRATIONS.missing as the relay with search_path app, public: {err}");
+    assert_eq!(err.kind(), outbox::ErrorKind::Config);
+    assert!(err.to_string().contains("is in schema public, but schema app comes first"), "{err}");
+    // With the tables' schema first, it applies.
+    set_search_path(&mut owner, "public, app").await;
+    outbox::migrate(&mut owner).await.expect("migrate with public first");
+    assert_eq!(roles.db.count("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'app'").await, 0);
+}
+
+/// A role without USAGE on the tables' schema: PostgreSQL leaves that schema out of its search
+/// path, so the tables look absent. Migrate and the start-up check say so rather than "not
+/// applied"; a search path naming no existing schema is reported as such.
+#[tokio::test]
+async fn migrate_names_a_missing_usage_on_the_schema_rather_than_pending_migrations() {
+    let roles = Roles::create().await;
+    roles.migrate_and_grant().await;
+    let relay = roles.name("outbox_relay");
+    roles.admin_exec(&format!("REVOKE USAGE ON SCHEMA public FROM PUBLIC, {relay}")).await;
+    let outcome = outbox::migrate(&mut roles.conn("outbox_relay").await).await;
+    println!("outbox::migrate as the relay without USAGE on public: {outcome:?}");
+    let text = outcome.expect_err("no USAGE").to_string();
+    assert!(text.contains(&format!("role {relay} has no USAGE on schema public")), "{text}");
+    assert!(!text.contains("not applied"), "{text}");
+    let err = outbox::MIGRATIONS.missing(&mut roles.conn("outbox_relay").await).await.expect_err("no USAGE");
+    assert!(err.to_string().contains("no USAGE on schema public"), "{err}");
+    let mut owner = roles.conn("outbox_owner").await;
+    set_search_path(&mut owner, "nosuch").await;
+    let text = outbox::migrate(&mut owner).await.expect_err("no schema on the search path").to_string();
+    println!("outbox::migrate with search_path nosuch: {text}");
+    assert!(text.contains("no schema of role ") && text.contains("search_path (nosuch) exists"), "{text}");
+}
+
+/// A role that may CREATE in the schema and write the version table, but does not own the
+/// tables a pending migration alters, is told so before anything runs, naming the tables and
+/// their owner (not the server's "must be owner of table ..." halfway through).
+#[tokio::test]
+async fn migrate_names_the_tables_a_pending_migration_would_alter_but_the_role_does_not_own() {
+    let roles = Roles::create().await;
+    roles.migrate_and_grant().await;
+    revert_held_keys(&roles).await;
+    let deployer = format!("{}_deployer", roles.prefix);
+    roles
+        .admin_exec(&format!(
+            "CREATE ROLE {deployer} LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO {deployer}; \
+             GRANT SELECT, INSERT ON outbox_schema_migrations TO {deployer}"
+        ))
+        .await;
+    let outcome = outbox::migrate(&mut Pg::connect(&as_user(&roles.db.url, &deployer)).await).await;
+    println!("outbox::migrate as a role with CREATE that owns no table: {outcome:?}");
+    let text = outcome.expect_err("not the tables' owner").to_string();
+    let owner = roles.name("outbox_owner");
+    assert!(text.contains("1 of 2 migrations are not applied (00000000000004_relay_held_keys)"), "{text}");
+    assert!(text.contains(&format!("outbox_messages (owner {owner})")), "{text}");
+    assert!(!text.contains("must be owner"), "{text}");
+    // A member of the owner may.
+    roles.admin_exec(&format!("GRANT {owner} TO {deployer}")).await;
+    outbox::migrate(&mut Pg::connect(&as_user(&roles.db.url, &deployer)).await).await.expect("a member of the owner");
+}

@@ -6,9 +6,14 @@
 pub struct MigrationSql {
     /// One row, `present` (bool): whether the version table exists.
     pub table_exists: &'static str,
-    /// One row of the role's rights (`readable`, `recordable`, `creatable`: bools; `schema`,
-    /// `role`: text), asked of the catalog before anything is applied. `None`: the backend has no
-    /// privileges (SQLite: the file's permissions decide).
+    /// One row of where the version table is and where new tables would go (`current_schema`,
+    /// `path_schema`, `found_in`: nullable text; `usable`: bool; `search_path`, `role`: text),
+    /// asked before the versions are read. `None`: the backend has one namespace (SQLite).
+    pub placement: Option<&'static str>,
+    /// One row of the role's rights (`readable`, `recordable`, `creatable`: bools;
+    /// `foreign_tables`: nullable text) and the placement's columns, asked of the catalog before
+    /// anything is applied. `None`: the backend has no privileges (SQLite: the file's
+    /// permissions decide).
     pub rights: Option<&'static str>,
     /// Run first in the applying transaction, to serialise concurrent runners; `None` when the
     /// transaction's start takes the lock already (SQLite's `BEGIN IMMEDIATE`).

@@ -78,20 +78,63 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     ("00000000000004_relay_held_keys", include_str!("../../migrations/postgres/00000000000004_relay_held_keys/up.sql")),
 ];
 
+// The search path as the role's session names it: the first schema it lists that exists
+// (whether or not the role may use it: PostgreSQL skips a schema without USAGE, so to that role
+// current_schema() is a later one, or NULL, and every table looks absent). "$user" is the
+// role's own schema; a quoted name keeps its case. A comma inside a quoted name is not handled.
+macro_rules! path_cte {
+    () => {
+        "WITH path AS (
+            SELECT n.nspname::text AS name, p.ord
+            FROM unnest(string_to_array(current_setting('search_path'), ',')) WITH ORDINALITY AS p(entry, ord)
+            JOIN pg_namespace n ON n.nspname = CASE
+                WHEN btrim(p.entry) IN ('$user', '\"$user\"') THEN current_user::text
+                WHEN btrim(p.entry) LIKE '\"%\"' THEN replace(substr(btrim(p.entry), 2, length(btrim(p.entry)) - 2), '\"\"', '\"')
+                ELSE lower(btrim(p.entry)) END
+        ) "
+    };
+}
+
+// Where the version table is and where new tables would go, one row (`Placement`): the
+// runner refuses when they differ, since CREATE TABLE IF NOT EXISTS would then make a second,
+// empty set of tables in current_schema() that hides the first (outbox::migrations).
+macro_rules! placement_columns {
+    () => {
+        "current_schema()::text AS current_schema,
+         (SELECT name FROM path ORDER BY ord LIMIT 1) AS path_schema,
+         COALESCE(has_schema_privilege((SELECT name FROM path ORDER BY ord LIMIT 1), 'USAGE'), true) AS usable,
+         (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = to_regclass('outbox_schema_migrations')) AS found_in,
+         current_setting('search_path') AS search_path,
+         current_user::text AS role"
+    };
+}
+
 impl super::migrations::MigrationStore for AsyncPgConnection {
     const MIGRATION_SQL: &'static super::migrations::MigrationSql = &super::migrations::MigrationSql {
         table_exists: "SELECT to_regclass('outbox_schema_migrations') IS NOT NULL AS present",
-        // Asked of the catalog, not read from an error's text (which lc_messages translates).
-        // has_table_privilege of a NULL regclass (no table yet) is NULL: nothing to be refused.
-        // CREATE on the schema is needed even when every table exists: CREATE TABLE IF NOT
-        // EXISTS checks it first.
-        rights: Some(
+        placement: Some(concat!(path_cte!(), "SELECT ", placement_columns!())),
+        // Asked of the catalog, not read from an error's text (which lc_messages translates), in
+        // one round trip with the placement. has_table_privilege of a NULL regclass (no table
+        // yet) is NULL: nothing to be refused; the placement check has made sure the table
+        // to_regclass finds is the one in current_schema(). CREATE on the schema is needed even
+        // when every table exists: CREATE TABLE IF NOT EXISTS checks it first. `foreign`: our
+        // tables in current_schema() the role neither owns nor is a member of the owner of; a
+        // pending migration's ALTER TABLE on them would fail with "must be owner".
+        rights: Some(concat!(
+            path_cte!(),
             "SELECT COALESCE(has_table_privilege(to_regclass('outbox_schema_migrations'), 'SELECT'), true) AS readable,
                     COALESCE(has_table_privilege(to_regclass('outbox_schema_migrations'), 'INSERT'), true) AS recordable,
                     COALESCE(has_schema_privilege(current_schema(), 'CREATE'), false) AS creatable,
-                    COALESCE(current_schema()::text, '(no schema on the search_path)') AS schema,
-                    current_user::text AS role",
-        ),
+                    (SELECT string_agg(format('%s (owner %s)', c.relname, pg_get_userbyid(c.relowner)), ', '
+                                       ORDER BY c.relname)
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+                       AND (c.relname LIKE 'outbox\\_%' OR c.relname LIKE 'inbox\\_%')
+                       AND NOT pg_has_role(c.relowner, 'USAGE')) AS foreign_tables,
+                    ",
+            placement_columns!()
+        )),
         // Serialises concurrent runs (several service instances starting at once), of either
         // crate's set: one key, "outbox" in ASCII.
         lock: Some("SELECT pg_advisory_xact_lock(122550254464888)"),

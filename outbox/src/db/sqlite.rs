@@ -72,6 +72,7 @@ impl super::migrations::MigrationStore for SqliteConnection {
         // SQLite resolves names at prepare time: the table is looked up before it is read.
         table_exists: "SELECT count(*) > 0 AS present FROM sqlite_master WHERE type = 'table' \
                        AND name = 'outbox_schema_migrations'",
+        placement: None,
         rights: None,
         // The runner's transaction starts with BEGIN IMMEDIATE: the write lock is taken then.
         lock: None,
