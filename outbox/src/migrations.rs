@@ -14,11 +14,12 @@
 //! behind.
 //!
 //! On PostgreSQL, where the tables are is the search path's business, so the runner and the check
-//! refuse a search path that would make them act on other tables than the ones recorded: one
-//! whose first schema the role may not use (PostgreSQL skips it silently), one that names no
-//! existing schema, and one whose first schema is not the one the version table was found in
-//! (`CREATE TABLE IF NOT EXISTS` would make a second, empty set of tables there, and the services
-//! would switch to it, stranding the rows of the first).
+//! refuse a search path that hides the tables: one whose first schema the role may not use
+//! (PostgreSQL skips it silently) or that names no existing schema. The runner also refuses one
+//! whose first schema is not the one the version table was found in (`CREATE TABLE IF NOT EXISTS`
+//! would make a second, empty set of tables there, and the services would switch to it,
+//! stranding the rows of the first); the check does not, since the services' statements find
+//! the same tables it does.
 
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Nullable, Text};
@@ -88,8 +89,8 @@ struct Placement {
 
 impl Placement {
     /// Refuses a search path on which `what` (`outbox::migrate`, or the set's name for the
-    /// start-up check) would read or create other tables than the recorded ones.
-    fn check(&self, what: &str) -> Result<()> {
+    /// start-up check) would not see the tables, or (`migrating`) would create them elsewhere.
+    fn check(&self, what: &str, migrating: bool) -> Result<()> {
         let Placement { current_schema, path_schema, usable, found_in, search_path, role } = self;
         let message = match (path_schema, current_schema, found_in) {
             (Some(first), _, _) if !usable => format!(
@@ -101,7 +102,7 @@ impl Placement {
                 "{what}: no schema of role {role}'s search_path ({search_path}) exists, so there is no schema \
                  to find or create the tables in; set its search_path to the tables' schema (docs/databases.md)"
             ),
-            (_, Some(current), Some(found)) if current != found => format!(
+            (_, Some(current), Some(found)) if migrating && current != found => format!(
                 "{what}: the version table outbox_schema_migrations is in schema {found}, but schema {current} \
                  comes first in role {role}'s search_path ({search_path}): migrating would create a second, \
                  empty set of tables in {current}, and the services would use those; put {found} first in the \
@@ -162,9 +163,11 @@ impl Migrations {
     /// it was never migrated), in order. Only reads: any role with SELECT on
     /// `outbox_schema_migrations` may ask.
     ///
-    /// On PostgreSQL, fails ([`ErrorKind::Config`]) when the search path would hide the recorded
-    /// tables or put new ones elsewhere (see the module's guide): a service must not start on
-    /// other tables than the ones migrated.
+    /// On PostgreSQL, fails ([`ErrorKind::Config`]) when the search path hides the tables (no
+    /// USAGE on its first schema) or names no existing schema. A version table found in another
+    /// schema than the first is not refused here, only by [`apply`](Self::apply): the services'
+    /// statements find the same tables as this check, so a service on current tables works, and
+    /// only migrating through that search path would create a second set.
     pub async fn missing<C: Database>(&self, conn: &mut C) -> Result<Vec<&'static str>> {
         self.missing_checked(conn, true).await
     }
@@ -178,7 +181,7 @@ impl Migrations {
         let applied: Vec<Applied> = crate::db::read(conn, async |tx| {
             if let Some(query) = sql.placement.filter(|_| placement) {
                 let p: Placement = on_backend!(tx, c => diesel::sql_query(query).get_result(c).await)?;
-                p.check(self.name)?;
+                p.check(self.name, false)?;
             }
             let table: Present = on_backend!(tx, c => diesel::sql_query(sql.table_exists).get_result(c).await)?;
             if table.present {
@@ -220,7 +223,7 @@ impl Migrations {
         };
         let what = format!("{}::migrate", self.name);
         if let Some(r) = &rights {
-            r.placement.check(&what)?;
+            r.placement.check(&what, true)?;
         }
         if let Some(r) = &rights
             && !r.readable
