@@ -94,11 +94,7 @@ async fn a_follow_up_is_published_after_its_own_commit_not_after_the_batch() {
         .unwrap();
     let health = relay.health();
     let (stop_relay, relay_task) = rs::spawn(relay);
-    let started = Instant::now();
-    while health.status().last_success.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the relay's first round did not end");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    first_round_over(&health).await;
     let handler = Arc::new(PublishThenWait {
         pool: db.pool(2).await,
         published: AtomicU32::new(0),
@@ -160,6 +156,19 @@ async fn a_handlers_publish_wakes_the_shared_line_by_default<B: Backend>() {
     follow_ups_reach_kafka::<B>(None).await;
 }
 
+/// Waits until the relay's first round (an empty claim) is over: from then on only a wake-up
+/// makes it claim. Fails if that never happens.
+async fn first_round_over(health: &outbox::health::RelayHealth) {
+    let first_round = async {
+        while health.status().last_success.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), first_round).await.is_err() {
+        panic!("the relay's first round did not end: {:?}", health.status());
+    }
+}
+
 /// `line`: the relay's own line, also given to the inbox; `None`: both on the default.
 async fn follow_ups_reach_kafka<B: Backend>(line: Option<Wakeup>) {
     let db = TestDb::<B>::fresh().await;
@@ -173,16 +182,7 @@ async fn follow_ups_reach_kafka<B: Backend>(line: Option<Wakeup>) {
     let relay = relay.build().unwrap();
     let health = relay.health();
     let (stop_relay, relay_task) = rs::spawn(relay);
-    // The relay's first round (an empty claim) is over: from here on only a wake-up makes it claim.
-    let started = Instant::now();
-    while health.status().last_success.is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the relay's first round did not end: {:?}",
-            health.status()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    first_round_over(&health).await;
 
     let mut inbox = Inbox::builder(db.pool(4).await, inbox_kafka_config(&kafka)).group("shipping").handle(FollowUp);
     if let Some(line) = &line {
