@@ -24,45 +24,10 @@ async fn relay_publishes_then_stops_gracefully_on_sigterm() {
     )
     .await;
 
-    let mut relay = db
-        .outbox(
-            &["relay", "--poll-interval-ms", "50"],
-            &[("KAFKA_BROKERS", &brokers), ("OUTBOX_LEASE_MS", "3000"), ("OUTBOX_RELAY_NAME", "cli-test")],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start outbox relay");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.count("SELECT count(*) AS n FROM outbox_messages").await > 0 {
-        if let Some(status) = relay.try_wait().expect("poll relay") {
-            panic!("relay exited early with {status}: {:?}", relay.wait_with_output().map(|o| o.stderr));
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the relay did not drain the outbox");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let lease = &db.json(&["status", "--json"])["lease"];
-    assert_eq!(lease["name"], "cli-test", "{lease}");
-    assert!(
-        lease["owner"].is_string() && lease["expires_in_secs"].is_f64(),
-        "a running relay holds the lease: {lease}"
-    );
-
-    let killed = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().expect("run kill");
-    assert!(killed.success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = relay.try_wait().expect("poll relay") {
-            break status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the relay ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let stderr = relay.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
-    assert!(status.success(), "relay exited with {status}: {stderr}");
-    assert!(stderr.contains("relay stopped"), "graceful shutdown is logged: {stderr}");
-    let lease = &db.json(&["status", "--json"])["lease"];
-    assert!(lease["owner"].is_null(), "a graceful shutdown releases the lease: {lease}");
+    common::relay_drains_then_stops_on_sigterm(&db, &brokers, async || {
+        db.count("SELECT count(*) AS n FROM outbox_messages").await
+    })
+    .await;
     db.drop_db().await;
 }
 
