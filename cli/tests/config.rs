@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Binary, TestDb, assert_usage_error, command};
@@ -93,33 +92,11 @@ async fn the_relay_runs_with_the_config_file() {
     )
     .await;
     let file = ConfigFile::new("name = \"from-file\"\npoll_interval = \"50ms\"\nlease = \"3s\"\n");
-    let mut relay = db
-        .outbox(&["relay", "--config", file.path()], &[("KAFKA_BROKERS", &brokers)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start outbox relay");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while db.count("SELECT count(*) AS n FROM outbox_messages").await > 0 {
-        if let Some(status) = relay.try_wait().expect("poll relay") {
-            panic!("relay exited early with {status}: {:?}", relay.wait_with_output().map(|o| o.stderr));
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the relay did not drain the outbox");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let lease = &db.json(&["status", "--json"])["lease"];
-    assert_eq!(lease["name"], "from-file", "the relay runs under the file's name: {lease}");
-    assert!(lease["owner"].is_string(), "a running relay holds the lease: {lease}");
-    assert!(Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().expect("run kill").success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = relay.try_wait().expect("poll relay") {
-            break status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the relay ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "relay exited with {status}");
+    let (args, env) = (["relay", "--config", file.path()], [("KAFKA_BROKERS", brokers.as_str())]);
+    common::relay_drains_then_stops_on_sigterm(&db, &args, &env, "from-file", async || {
+        db.count("SELECT count(*) AS n FROM outbox_messages").await
+    })
+    .await;
     db.drop_db().await;
 }
 

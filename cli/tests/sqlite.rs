@@ -199,7 +199,9 @@ async fn sqlite_relay_publishes_then_stops_gracefully_on_sigterm() {
     )
     .await;
 
-    common::relay_drains_then_stops_on_sigterm(&db, &brokers, async || {
+    let env = [("KAFKA_BROKERS", brokers.as_str()), ("OUTBOX_LEASE_MS", "3000"), ("OUTBOX_RELAY_NAME", "cli-test")];
+    let args = ["relay", "--poll-interval-ms", "50"];
+    common::relay_drains_then_stops_on_sigterm(&db, &args, &env, "cli-test", async || {
         db.count("SELECT count(*) AS n FROM outbox_messages").await
     })
     .await;

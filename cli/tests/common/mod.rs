@@ -127,22 +127,21 @@ pub fn assert_usage_error(out: &Output, needles: &[&str]) {
     }
 }
 
-/// Runs `outbox relay` against `db` and `brokers` until `pending()` (the outbox's rows) is 0,
-/// checks that it holds the lease meanwhile, stops it with SIGTERM and checks that it exits 0,
-/// logs "relay stopped" and released the lease.
+/// Runs `outbox <args>` (a relay) against `db` with `env` until `pending()` (the outbox's rows)
+/// is 0, checks that it holds the lease under `name` meanwhile, stops it with SIGTERM and checks
+/// that it exits 0, logs "relay stopped" and released the lease.
 #[cfg(unix)]
-pub async fn relay_drains_then_stops_on_sigterm<B: Binary>(db: &B, brokers: &str, pending: impl AsyncFn() -> i64) {
+pub async fn relay_drains_then_stops_on_sigterm<B: Binary>(
+    db: &B,
+    args: &[&str],
+    env: &[(&str, &str)],
+    name: &str,
+    pending: impl AsyncFn() -> i64,
+) {
     use std::process::Stdio;
     use std::time::Duration;
-    let mut relay = db
-        .outbox(
-            &["relay", "--poll-interval-ms", "50"],
-            &[("KAFKA_BROKERS", brokers), ("OUTBOX_LEASE_MS", "3000"), ("OUTBOX_RELAY_NAME", "cli-test")],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start outbox relay");
+    let mut relay =
+        db.outbox(args, env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start outbox relay");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while pending().await > 0 {
         if let Some(status) = relay.try_wait().expect("poll relay") {
@@ -152,7 +151,7 @@ pub async fn relay_drains_then_stops_on_sigterm<B: Binary>(db: &B, brokers: &str
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lease = &db.json(&["status", "--json"])["lease"];
-    assert_eq!(lease["name"], "cli-test", "{lease}");
+    assert_eq!(lease["name"], name, "the relay runs under {name}: {lease}");
     assert!(
         lease["owner"].is_string() && lease["expires_in_secs"].is_f64(),
         "a running relay holds the lease: {lease}"
